@@ -1,0 +1,3 @@
+"""synth-train: one module (or small subpackage) per DVC stage, plus the shared
+record schema (`records`), params validation (`params`) and text normalisation
+(`text`)."""

@@ -1,0 +1,67 @@
+"""`dvc repro` end to end on a tiny params file: every kind of source, then a no-op rerun."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import FIXTURES, REPO, SHARED_DATA
+
+DVC = str(Path(sys.executable).parent / "dvc")
+
+
+def dvc(workdir: Path, *args: str) -> str:
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    result = subprocess.run([DVC, *args], cwd=workdir, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    root = tmp_path_factory.mktemp("project")
+    shutil.copytree(REPO / "stages", root / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "dvc.yaml", root)
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["sources"] = {
+        "builtin": {**params["sources"]["builtin"], "max_samples": 3000},
+        "c4": {"kind": "local", "path": str(SHARED_DATA / "human/c4-sample.jsonl"), "category": "web", "max_samples": 100},
+        "fineweb": {"kind": "hub", "name": str(FIXTURES / "hub/HuggingFaceFW/fineweb-edu"), "config": "sample-10BT", "max_samples": 100},
+    }
+    params["builtin_eval"]["per_family"] = 20
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    dvc(root, "init", "-q")
+    dvc(root, "repro")
+    return root
+
+
+def test_repro_writes_every_source_and_the_eval_set(project):
+    for name, kept in {"builtin": 3000, "c4": 100, "fineweb": 15}.items():
+        metrics = json.loads((project / f"metrics/download/{name}.json").read_text())
+        assert metrics["kept"] == kept and metrics["read"] == metrics["kept"] + metrics["rejected"]
+        assert (project / f"data/raw/{name}.parquet").exists() and (project / f"data/rejects/download-{name}.parquet").exists()
+    assert json.loads((project / "metrics/builtin_eval.json").read_text())["problems"] == 100
+    assert "metrics/download/builtin.json" in dvc(project, "metrics", "show", "--json")
+
+
+def test_second_repro_is_a_no_op(project):
+    before = {p: p.stat().st_mtime_ns for p in (project / "data").rglob("*.parquet")}
+    output = dvc(project, "repro")
+    assert "Running stage" not in output and "up to date" in output
+    assert {p: p.stat().st_mtime_ns for p in (project / "data").rglob("*.parquet")} == before
+
+
+def test_a_param_change_reruns_only_its_source(project):
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["sources"]["c4"]["max_samples"] = 50
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    output = dvc(project, "repro")
+    assert "Running stage 'download@c4'" in output
+    assert "Running stage 'download@builtin'" not in output and "Running stage 'builtin_eval'" not in output
+    assert json.loads((project / "metrics/download/c4.json").read_text())["kept"] == 50
