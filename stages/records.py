@@ -190,8 +190,11 @@ class RejectWriter(_ParquetSink):
         self.source = source
         self.by_reason: Counter = Counter()
 
-    def reject(self, reason: str, location: str, detail: str, raw: str | None) -> None:
+    def reject(self, reason: str, location: str, detail: str, raw: object) -> None:
+        """``raw`` is the input as read: a line of text, or a parsed row (stored as JSON)."""
         self.by_reason[reason] += 1
+        if raw is not None and not isinstance(raw, str):
+            raw = json.dumps(raw, ensure_ascii=False, default=str)
         raw = None if raw is None else raw.encode("utf-8", "backslashreplace").decode("utf-8")
         self.write({"source": self.source, "reason": reason, "location": location, "detail": detail, "raw": raw})
 

@@ -17,7 +17,7 @@ SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "a
 @dataclass
 class Parsed:
     location: str
-    raw: str
+    raw: object  # the input as read (a line, or a parsed row), kept if the record is rejected
     messages: list[dict] | None = None
     text: str | None = None
     meta: dict = field(default_factory=dict)
@@ -28,7 +28,7 @@ class Rejected:
     location: str
     reason: str
     detail: str
-    raw: str | None
+    raw: object
 
 
 def require(row: dict, key: str, kind: type = str):
@@ -133,7 +133,7 @@ def detect(keys: set[str]) -> str | None:
     return None
 
 
-def parse_row(row: dict, fmt: str, location: str, raw: str, meta: dict) -> list[Parsed]:
+def parse_row(row: dict, fmt: str, location: str, raw: object, meta: dict) -> list[Parsed]:
     """Normalise a row; the extra fields of the row join ``meta``."""
     if not isinstance(row, dict):
         raise InvalidRecord("bad_type", f"the row is {type(row).__name__}, expected an object")

@@ -83,6 +83,6 @@ def read(source: HubSource, timeout_s: float) -> Iterator[Parsed | Rejected]:
             yield Rejected(location, "below_min_int_score", f"int_score {row.get('int_score')} < {source.min_int_score}", row.get("text"))
             continue
         try:
-            yield from parse_row(row, fmt, location, str(row), provenance)
+            yield from parse_row(row, fmt, location, row, provenance)
         except InvalidRecord as exc:
-            yield Rejected(location, exc.reason, str(exc), str(row))
+            yield Rejected(location, exc.reason, str(exc), row)

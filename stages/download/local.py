@@ -32,7 +32,7 @@ def file_type(path: Path) -> str:
     return FILE_TYPES[path.suffix.lower()]
 
 
-def json_rows(path: Path) -> Iterator[tuple[str, object, str] | Rejected]:
+def json_rows(path: Path) -> Iterator[tuple[str, object, object] | Rejected]:
     """A JSON array, or JSON Lines saved as .json."""
     content = path.read_bytes().decode("utf-8", errors="surrogateescape")
     if not content.lstrip().startswith("["):
@@ -44,10 +44,10 @@ def json_rows(path: Path) -> Iterator[tuple[str, object, str] | Rejected]:
         raise StageError(f"{path}:{exc.lineno}:{exc.colno}: not valid JSON ({exc.msg})") from None
     # Items of an array have no line of their own; locate them by index.
     for index, row in enumerate(rows):
-        yield f"{path}[{index}]", row, json.dumps(row, ensure_ascii=False)
+        yield f"{path}[{index}]", row, row
 
 
-def jsonl_rows(path: Path) -> Iterator[tuple[str, object, str] | Rejected]:
+def jsonl_rows(path: Path) -> Iterator[tuple[str, object, object] | Rejected]:
     with open(path, "rb") as handle:
         for number, line in enumerate(handle, 1):
             raw = line.decode("utf-8", errors="surrogateescape").rstrip("\r\n")
@@ -59,11 +59,11 @@ def jsonl_rows(path: Path) -> Iterator[tuple[str, object, str] | Rejected]:
                 yield Rejected(f"{path}:{number}", "malformed_json", f"not valid JSON: {exc.msg} at column {exc.colno}", raw)
 
 
-def parquet_rows(path: Path) -> Iterator[tuple[str, object, str]]:
+def parquet_rows(path: Path) -> Iterator[tuple[str, object, object]]:
     number = 0
     for batch in pq.ParquetFile(path).iter_batches(batch_size=2_000):
         for row in batch.to_pylist():
-            yield f"{path}#row{number}", row, json.dumps(row, ensure_ascii=False, default=str)
+            yield f"{path}#row{number}", row, row
             number += 1
 
 
