@@ -206,10 +206,6 @@ def read_batches(path: str | os.PathLike, columns: list[str] | None = None, batc
         yield batch.to_pylist()
 
 
-def count_rows(path: str | os.PathLike) -> int:
-    return pq.ParquetFile(path).metadata.num_rows
-
-
 def write_metrics(path: str | os.PathLike, metrics: dict) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -53,10 +53,9 @@ def download(params: Params, name: str, root: str = ".") -> dict:
     started = time.perf_counter()
     with RecordWriter(f"{root}/data/raw/{name}.parquet") as records, RejectWriter(f"{root}/data/rejects/download-{name}.parquet", name) as rejects:
         if isinstance(source, BuiltinSource):
-            tally = builtin.generate(params, name, records, params.download.workers)
-            counts = {"read": source.max_samples, "kept": source.max_samples,
-                      "by_category": {k: v for k, v in tally.items() if not k.startswith("flaw:")},
-                      "flaws": {k.removeprefix("flaw:"): v for k, v in tally.items() if k.startswith("flaw:") and k != "flaw:None"}}
+            categories, flaws = builtin.generate(params, name, records, params.download.workers)
+            counts = {"read": source.max_samples, "kept": source.max_samples, "by_category": dict(sorted(categories.items())),
+                      "flaws": dict(sorted(flaws.items()))}
         elif isinstance(source, HubSource):
             counts = ingest(hub.read(source, params.download.hub_timeout_s), name, hub.category_for(source), source.max_samples,
                             params.download.max_chars, records, rejects)

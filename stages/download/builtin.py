@@ -230,13 +230,14 @@ class Generator:
         return messages
 
     # --- one chunk ------------------------------------------------------------
-    def chunk(self, index: int, count: int) -> tuple[pa.Table, Counter]:
+    def chunk(self, index: int, count: int) -> tuple[pa.Table, Counter, Counter]:
+        """``count`` records from the chunk's own seed, with their counts by category and by flaw."""
         rng = random.Random(self.params.seed * 1_000_003 + index)
         columns = {name: [] for name in SCHEMA.names}
         recent: list[tuple[str, list | None, str | None, dict]] = []  # clean records to duplicate or borrow from
         flaw_names = [f for f, _ in self.flaws]
         flaw_cum = [sum(r for _, r in self.flaws[: i + 1]) for i in range(len(self.flaws))]
-        tally = Counter()
+        categories, flaws = Counter(), Counter()
         for _ in range(count):
             u = rng.random()
             flaw = next((flaw_names[i] for i, c in enumerate(flaw_cum) if u < c), None)
@@ -274,15 +275,16 @@ class Generator:
                         recent.pop(rng.randrange(len(recent)))
             meta.setdefault("flaw", None)
             meta["generator"] = "builtin"
-            tally[category] += 1
-            tally[f"flaw:{meta['flaw']}"] += 1
+            categories[category] += 1
+            if flaw:
+                flaws[flaw] += 1
             columns["id"].append(record_id(messages, text))
             columns["source"].append(self.source)
             columns["category"].append(category)
             columns["messages"].append(messages)
             columns["text"].append(text)
             columns["meta"].append(dump_meta(meta))
-        return pa.Table.from_pydict(columns, schema=SCHEMA), tally
+        return pa.Table.from_pydict(columns, schema=SCHEMA), categories, flaws
 
     def clean(self, rng: random.Random):
         category = rng.choices(self.categories, self.category_weights)[0]
@@ -347,13 +349,13 @@ def _run_chunk(job: tuple[int, int]):
     return _GENERATOR.chunk(*job)
 
 
-def generate(params: Params, source: str, sink, workers: int = 0) -> Counter:
-    """Write ``max_samples`` records to ``sink`` (a RecordWriter); returns counts
-    by category and by flaw."""
+def generate(params: Params, source: str, sink, workers: int = 0) -> tuple[Counter, Counter]:
+    """Write ``max_samples`` records to ``sink`` (a RecordWriter); returns the
+    counts by category and by flaw."""
     total = params.sources[source].max_samples
     jobs = [(i, min(CHUNK, total - i * CHUNK)) for i in range((total + CHUNK - 1) // CHUNK)]
     workers = workers or os.cpu_count() or 1
-    tally = Counter()
+    categories, flaws = Counter(), Counter()
     with contextlib.ExitStack() as stack, tqdm(total=total, unit="rec", desc=f"builtin {source}", mininterval=1) as bar:
         if workers == 1:
             _init_worker(params, source)
@@ -361,8 +363,9 @@ def generate(params: Params, source: str, sink, workers: int = 0) -> Counter:
         else:
             pool = stack.enter_context(multiprocessing.get_context("fork").Pool(workers, _init_worker, (params, source)))
             results = pool.imap(_run_chunk, jobs)
-        for table, counts in results:
+        for table, chunk_categories, chunk_flaws in results:
             sink.write_table(table)
-            tally += counts
+            categories += chunk_categories
+            flaws += chunk_flaws
             bar.update(table.num_rows)
-    return tally
+    return categories, flaws
