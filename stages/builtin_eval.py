@@ -32,7 +32,9 @@ def problem(rng: random.Random, world: World, family: str) -> tuple[str, str, di
     level = rng.randint(1, 4)
     if family == "fact_recall":
         fact = rng.choice(world.facts)
-        prompt = f"{tasks.fact_question(rng, fact, world.phrasings, heldout=True)} {rng.choice(tasks.ONE_WORD[True])}"
+        # The question is in a held-out phrasing; the one-word instruction is a
+        # familiar one, so the problem tests recall rather than format following.
+        prompt = f"{tasks.fact_question(rng, fact, world.phrasings, heldout=True)} {rng.choice(tasks.ONE_WORD[False])}"
         return prompt, fact.value, {"answer": fact.value, "extract": "first_word", "attribute": fact.attribute,
                                     "entity_kind": fact.entity.kind, "qa_trained": fact.entity.qa}
     if family == "format":

@@ -120,3 +120,11 @@ def test_eval_problems_are_held_out_and_answerable(generated, tmp_path):
     for attribute, questions in EVAL_QUESTIONS.items():
         assert not set(questions) & set(PHRASES[attribute][1])
     assert {json.loads(p["meta"]).get("qa_trained") for p in problems if "fact" in p["meta"]} >= {True, False}
+
+
+def test_a_source_without_instructions_gets_no_instruction_flaws(tmp_path):
+    params = parse_params({"sources": {"builtin": {"kind": "builtin", "max_samples": 3000,
+                                                   "shares": {"instruction": 0, "knowledge": 0, "web": 1}}}})
+    metrics = download(params, "builtin", tmp_path)
+    assert metrics["by_category"] == {"web": 3000}
+    assert set(metrics["flaws"]) <= {"exact_duplicate", "near_duplicate", "boilerplate_only", "mojibake", "gibberish"}

@@ -33,6 +33,7 @@ INSTRUCTION_WEIGHTS = (0.3, 0.17, 0.15, 0.13, 0.15, 0.1)
 KNOWLEDGE_FAMILIES = ("entity_lesson", "comparison_lesson", "arithmetic_lesson", "conversion_lesson", "sorting_lesson", "table_lesson")
 KNOWLEDGE_WEIGHTS = (0.45, 0.15, 0.1, 0.1, 0.05, 0.15)
 WEB_FAMILIES = ("forum", "blog", "product", "news")
+INSTRUCTION_FLAWS = ("wrong_answer", "truncated", "repetition", "refusal", "off_topic")
 REFUSALS = [
     "I'm sorry, but as an AI language model I cannot help with that request.",
     "I apologize, but I am not able to provide that information.",
@@ -50,6 +51,9 @@ OPINIONS = ["I think that's right.", "Great post, thanks for sharing!", "Not sur
             "This is the best summary I've found.", "lol same", "Bookmarked for later."]
 FILLER = ["Here’s what you need to know.", "Read on for the details.", "It’s a topic many readers ask about.",
           "We checked the facts for you.", "The answer might surprise you.", "Below we explain it in plain words."]
+SYNONYMS = {"is": "happens to be", "the": "that", "about": "roughly", "many": "numerous", "big": "large", "city": "town",
+            "people": "folks", "lives": "dwells", "used": "employed", "country": "nation", "famous": "renowned",
+            "First": "To begin,", "Then": "Next,", "Write": "Put down", "Add": "Sum", "so": "therefore", "live": "reside"}
 GIBBERISH_LETTERS = "abcdefghijklmnopqrstuvwxyz      .,"
 
 
@@ -61,7 +65,11 @@ class Generator:
         shares = self.params.shares
         self.categories = ("instruction", "knowledge", "web")
         self.category_weights = (shares.instruction, shares.knowledge, shares.web)
-        self.flaws = [(name, rate) for name, rate in self.params.flaws.model_dump().items() if rate > 0]
+        # A flaw that needs a category with no share (refusals in a web-only source) is not injected.
+        impossible = set(INSTRUCTION_FLAWS) if shares.instruction == 0 else set()
+        impossible |= {"boilerplate_only"} if shares.web == 0 else set()
+        impossible |= {"gibberish"} if shares.knowledge + shares.web == 0 else set()
+        self.flaws = [(name, rate) for name, rate in self.params.flaws.model_dump().items() if rate > 0 and name not in impossible]
         self.phrasings = self.world.phrasings
 
     # --- instruction ----------------------------------------------------------
@@ -160,7 +168,8 @@ class Generator:
                     f"Unsorted: {', '.join(words)}.\nSorted: {', '.join(sorted(words))}.")
         kind = rng.choice(["country", "person", "species", "substance"])
         rows = rng.sample(world.by_kind[kind], min(len(world.by_kind[kind]), rng.randint(2, 5)))
-        attributes = rng.sample(list(rows[0].facts), rng.randint(2, len(rows[0].facts)))
+        shared = [a for a in rows[0].facts if all(a in r.facts for r in rows)]
+        attributes = rng.sample(shared, rng.randint(min(2, len(shared)), len(shared)))
         table = ["| name | " + " | ".join(attributes) + " |", "|" + "---|" * (len(attributes) + 1)]
         table += ["| " + " | ".join([r.name] + [r.facts[a] for a in attributes]) + " |" for r in rows]
         row, attribute = rng.choice(rows), rng.choice(attributes)
@@ -249,7 +258,7 @@ class Generator:
                 meta = dict(meta, flaw=flaw, duplicate_of=record_id(messages, text))
                 if flaw == "near_duplicate":
                     messages, text = self.near_duplicate(rng, messages, text)
-            elif flaw in ("wrong_answer", "truncated", "repetition", "refusal", "off_topic"):
+            elif flaw in INSTRUCTION_FLAWS:
                 category = "instruction"
                 families = ("fact_qa", "arithmetic", "word_problem", "string") if flaw == "wrong_answer" else INSTRUCTION_FAMILIES
                 family, level = rng.choice(families), rng.randint(1, 4)
@@ -261,7 +270,7 @@ class Generator:
                 category, family = "web", rng.choice(WEB_FAMILIES)
                 text, meta = self.web(rng, family, boilerplate_only=True), {"family": family, "flaw": flaw}
             elif flaw == "gibberish":
-                category = rng.choice(("knowledge", "web"))
+                category = rng.choices(("knowledge", "web"), self.category_weights[1:])[0]
                 text = "".join(rng.choice(GIBBERISH_LETTERS) for _ in range(rng.randint(80, 600)))
                 meta = {"family": "gibberish", "flaw": flaw}
             else:
@@ -299,9 +308,15 @@ class Generator:
         return category, None, self.web(rng, family), {"family": family}
 
     def near_duplicate(self, rng: random.Random, messages, text):
-        """A few word edits (delete, repeat or swap a neighbour) in the longest part."""
+        """A paraphrase (a few words replaced by synonyms) or a few word edits
+        (delete, repeat or swap a neighbour) in the longest part."""
         def edit(s: str) -> str:
             words = s.split(" ")
+            synonyms = [i for i, w in enumerate(words) if w in SYNONYMS]
+            if synonyms and rng.random() < 0.5:
+                for i in rng.sample(synonyms, min(len(synonyms), 1 + len(words) // 40)):
+                    words[i] = SYNONYMS[words[i]]
+                return " ".join(words)
             for _ in range(max(1, len(words) // 40)):
                 spoken = [i for i, w in enumerate(words) if w.strip()]  # edits of "" would vanish in normalisation
                 i = rng.choice(spoken)

@@ -84,14 +84,37 @@ def arithmetic(rng: random.Random, level: int, heldout: bool = False) -> tuple[s
     return question, "\n".join(steps + [f"Final answer: {answer}"]), str(answer)
 
 
-def _word_problem_train(rng: random.Random, world: World, level: int) -> tuple[str, list[str], int]:
+# Word-problem scenarios. Each has training phrasings and held-out phrasings of
+# the same situation (False / True), as facts have: evaluation asks familiar
+# situations in unfamiliar words.
+SCENARIOS = {
+    "jars": {
+        False: ["{person} sells {n} jars of {substance} in {city} at {price} coins each.",
+                "At the market in {city}, {person} sold {n} jars of {substance} for {price} coins a jar."],
+        True: ["In {city}, {person} has {n} jars of {substance} to sell, each for {price} coins, and sells them all."],
+    },
+    "crates": {
+        False: ["A boat on the {river} carries {a} crates. At {city} it unloads {b} crates and loads {c} more.",
+                "A river boat with {a} crates stops at {city}, where {b} crates come off and {c} go on."],
+        True: ["There are {a} crates on a boat travelling the {river}. In {city}, {b} crates are taken off and {c} are put on."],
+    },
+    "train": {
+        False: ["A train leaves {city} for {other} at {speed} kilometres per hour and travels for {hours} hours.",
+                "Going from {city} to {other}, a train runs for {hours} hours at {speed} kilometres per hour."],
+        True: ["For {hours} hours a train moves at {speed} kilometres per hour on its way from {city} to {other}."],
+    },
+}
+
+
+def word_problem(rng: random.Random, world: World, level: int, heldout: bool = False) -> tuple[str, str, str]:
     person = rng.choice(world.by_kind["person"]).name
     city, other = rng.sample(world.by_kind["city"], 2) if len(world.by_kind["city"]) > 1 else [world.by_kind["city"][0]] * 2
     substance = rng.choice(world.by_kind["substance"]).name
-    kind = rng.randrange(3)
-    if kind == 0:
+    scenario = rng.choice(list(SCENARIOS))
+    say = rng.choice(SCENARIOS[scenario][heldout])
+    if scenario == "jars":
         n, price = rng.randint(2, 40), rng.randint(2, 60)
-        text = f"{person} sells {n} jars of {substance} in {city.name} at {price} coins each."
+        text = say.format(person=person, n=n, substance=substance, city=city.name, price=price)
         steps, total = [f"Earnings from the jars: {n} × {price} = {n * price} coins."], n * price
         question = f"How many coins does {person} earn?"
         if level >= 2:
@@ -100,10 +123,9 @@ def _word_problem_train(rng: random.Random, world: World, level: int) -> tuple[s
             steps.append(f"Subtract the rent: {total} - {cost} = {total - cost} coins.")
             total -= cost
             question = f"How many coins does {person} keep?"
-    elif kind == 1:
+    elif scenario == "crates":
         a, b, c = rng.randint(20, 500), rng.randint(1, 19), rng.randint(1, 200)
-        river = city.facts["river"]
-        text = f"A boat on the {river} carries {a} crates. At {city.name} it unloads {b} crates and loads {c} more."
+        text = say.format(river=city.facts["river"], a=a, b=b, c=c, city=city.name)
         steps, total = [f"After unloading: {a} - {b} = {a - b}.", f"After loading: {a - b} + {c} = {a - b + c}."], a - b + c
         question = "How many crates are on board now?"
         if level >= 2:
@@ -113,7 +135,7 @@ def _word_problem_train(rng: random.Random, world: World, level: int) -> tuple[s
             total -= d
     else:
         speed, hours = rng.randint(20, 120), rng.randint(2, 9)
-        text = f"A train leaves {city.name} for {other.name} at {speed} kilometres per hour and travels for {hours} hours."
+        text = say.format(city=city.name, other=other.name, speed=speed, hours=hours)
         steps, total = [f"Distance = speed × time = {speed} × {hours} = {speed * hours} kilometres."], speed * hours
         question = "How many kilometres does it travel?"
         if level >= 2:
@@ -132,29 +154,7 @@ def _word_problem_train(rng: random.Random, world: World, level: int) -> tuple[s
         question = "How big is each part?"
     if level >= 4:
         question += " Explain your reasoning step by step."
-    return f"{text} {question}", steps, total
-
-
-def _word_problem_heldout(rng: random.Random, world: World, level: int) -> tuple[str, list[str], int]:
-    city = rng.choice(world.by_kind["city"]).name
-    loaves, days, given = rng.randint(5, 60), rng.randint(2, 9), rng.randint(1, 30)
-    made = loaves * days
-    given = min(given, made)
-    text = f"A baker in {city} bakes {loaves} loaves every morning for {days} mornings and then gives away {given} loaves."
-    steps = [f"Loaves baked: {loaves} × {days} = {made}.", f"Loaves left: {made} - {given} = {made - given}."]
-    total = made - given
-    if level >= 3:
-        extra = rng.randint(1, 40)
-        text += f" A neighbour brings {extra} more."
-        steps.append(f"With the neighbour's: {total} + {extra} = {total + extra}.")
-        total += extra
-    return f"{text} How many loaves does the baker have now?", steps, total
-
-
-def word_problem(rng: random.Random, world: World, level: int, heldout: bool = False) -> tuple[str, str, str]:
-    make = _word_problem_heldout if heldout else _word_problem_train
-    question, steps, answer = make(rng, world, level)
-    return question, "\n".join(steps + [f"Final answer: {answer}"]), str(answer)
+    return f"{text} {question}", "\n".join(steps + [f"Final answer: {total}"]), str(total)
 
 
 def string_task(rng: random.Random, world: World, level: int, heldout: bool = False) -> tuple[str, str, str]:

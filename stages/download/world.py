@@ -1,6 +1,11 @@
 """The built-in fictional world: made-up entities, their facts, and the ways a
 fact can be stated or asked about.
 
+Countries have a capital, population (millions), founding year, language and
+one neighbour; cities a country and a river; people a birth year, birthplace
+and profession; species a habitat, diet and lifespan; substances a colour,
+melting point and use.
+
 Everything is drawn from ``world.seed``, so the same params give the same world
 in every process. Facts are phrased in ``world.phrasings`` training phrasings;
 the question phrasings after those, and a set reserved for evaluation, are never
@@ -76,6 +81,14 @@ PHRASES = {
          "What is the official language of {e}?", "What is the main language of {e}?",
          "Which language is used in {e}?", "In {e}, what language do people speak?",
          "What do people in {e} speak?", "Name the language of {e}."],
+    ),
+    "neighbour": (
+        ["{e} borders {v}.", "{v} is the neighbour of {e}.", "{e} shares a border with {v}.",
+         "To the east of {e} lies its neighbour {v}.", "Travellers leaving {e} by land reach {v}.",
+         "The only neighbour of {e} is {v}.", "{e} and {v} are neighbours.", "{e} has {v} as its neighbour."],
+        ["Which country borders {e}?", "What is the neighbour of {e}?", "Which country shares a border with {e}?",
+         "What country lies next to {e}?", "Where do travellers leaving {e} by land arrive?",
+         "Name the neighbour of {e}.", "Which nation neighbours {e}?", "What country does {e} border?"],
     ),
     "country": (
         ["{e} is a city in {v}.", "The city of {e} lies in {v}.", "{e} is located in {v}.",
@@ -173,6 +186,7 @@ EVAL_QUESTIONS = {
     "population": ["Roughly how many millions of people does {e} count?", "Tell me how many million people {e} has."],
     "founded": ["Do you know the year {e} was founded?", "Tell me the year in which {e} was founded."],
     "language": ["I'm travelling to {e}; which language will I hear?", "Do you know which language {e} speaks?"],
+    "neighbour": ["Do you know which country is next door to {e}?", "Tell me the country on the border of {e}."],
     "country": ["I'm going to {e}; which country is that in?", "Do you know which country {e} is in?"],
     "river": ["Do you know the river that {e} stands on?", "Tell me which river passes through {e}."],
     "born": ["Do you know the year {e} was born?", "Tell me the year of {e}'s birth."],
@@ -226,6 +240,9 @@ class World:
         countries = [name("country") for _ in range(params.countries)]
         cities = {c: [name("city") for _ in range(params.cities_per_country)] for c in countries}
         all_cities = [city for group in cities.values() for city in group]
+        # Countries border each other in pairs, so "the neighbour of X" has one answer.
+        paired = rng.sample(countries, len(countries))
+        neighbour = {a: b for i in range(0, len(paired) - 1, 2) for a, b in ((paired[i], paired[i + 1]), (paired[i + 1], paired[i]))}
         entities = []
         for country in countries:
             entities.append(Entity("country", country, {
@@ -233,6 +250,7 @@ class World:
                 "population": str(rng.randint(1, 90)),
                 "founded": str(rng.randint(800, 1950)),
                 "language": name("language"),
+                **({"neighbour": neighbour[country]} if country in neighbour else {}),
             }, False))
             for city in cities[country]:
                 entities.append(Entity("city", city, {"country": country, "river": name("river")}, False))
