@@ -10,6 +10,8 @@ from stages.download.__main__ import download
 from stages.download.builtin import REFUSALS
 from stages.download.world import EVAL_QUESTIONS, PHRASES, World
 from stages.params import parse_params
+from stages.records import content_of
+from stages.text import normalize
 
 N = 40_000
 
@@ -128,3 +130,21 @@ def test_a_source_without_instructions_gets_no_instruction_flaws(tmp_path):
     metrics = download(params, "builtin", tmp_path)
     assert metrics["by_category"] == {"web": 3000}
     assert set(metrics["flaws"]) <= {"exact_duplicate", "near_duplicate", "boilerplate_only", "mojibake", "gibberish"}
+
+
+def shingles(text: str, size: int = 5) -> set:
+    words = normalize(text).split()
+    return {tuple(words[i:i + size]) for i in range(max(1, len(words) - size + 1))}
+
+
+def test_near_duplicates_stay_near_their_original(generated):
+    """Near duplicates are meant to be found by a 5-word-shingle Jaccard threshold of 0.8."""
+    _, _, rows = generated
+    clean = {r["id"]: content_of(r["messages"], r["text"]) for r in rows if json.loads(r["meta"])["flaw"] is None}
+    similarities = sorted(
+        len(shingles(content_of(r["messages"], r["text"])) & shingles(clean[meta["duplicate_of"]]))
+        / len(shingles(content_of(r["messages"], r["text"])) | shingles(clean[meta["duplicate_of"]]))
+        for r in rows if (meta := json.loads(r["meta"]))["flaw"] == "near_duplicate")
+    assert len(similarities) > 500
+    assert similarities[len(similarities) // 2] >= 0.85 and similarities[len(similarities) // 20] >= 0.8, similarities[:20]
+    assert similarities[-1] < 1.0

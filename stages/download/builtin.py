@@ -51,6 +51,7 @@ OPINIONS = ["I think that's right.", "Great post, thanks for sharing!", "Not sur
             "This is the best summary I've found.", "lol same", "Bookmarked for later."]
 FILLER = ["Here’s what you need to know.", "Read on for the details.", "It’s a topic many readers ask about.",
           "We checked the facts for you.", "The answer might surprise you.", "Below we explain it in plain words."]
+NEAR_DUPLICATE_MIN_WORDS = 80
 SYNONYMS = {"is": "happens to be", "the": "that", "about": "roughly", "many": "numerous", "big": "large", "city": "town",
             "people": "folks", "lives": "dwells", "used": "employed", "country": "nation", "famous": "renowned",
             "First": "To begin,", "Then": "Next,", "Write": "Put down", "Add": "Sum", "so": "therefore", "live": "reside"}
@@ -243,18 +244,20 @@ class Generator:
         """``count`` records from the chunk's own seed, with their counts by category and by flaw."""
         rng = random.Random(self.params.seed * 1_000_003 + index)
         columns = {name: [] for name in SCHEMA.names}
-        recent: list[tuple[str, list | None, str | None, dict]] = []  # clean records to duplicate or borrow from
+        # Recent clean records to copy; near duplicates copy only long ones, so
+        # that a few edits leave them near (5-word-shingle Jaccard >= 0.8).
+        recent = {"exact_duplicate": [], "near_duplicate": []}
         flaw_names = [f for f, _ in self.flaws]
         flaw_cum = [sum(r for _, r in self.flaws[: i + 1]) for i in range(len(self.flaws))]
         categories, flaws = Counter(), Counter()
         for _ in range(count):
             u = rng.random()
             flaw = next((flaw_names[i] for i, c in enumerate(flaw_cum) if u < c), None)
-            if flaw in ("exact_duplicate", "near_duplicate") and not recent:
+            if flaw in recent and not recent[flaw]:
                 flaw = None
             messages = text = None
             if flaw in ("exact_duplicate", "near_duplicate"):
-                category, messages, text, meta = rng.choice(recent)
+                category, messages, text, meta = rng.choice(recent[flaw])
                 meta = dict(meta, flaw=flaw, duplicate_of=record_id(messages, text))
                 if flaw == "near_duplicate":
                     messages, text = self.near_duplicate(rng, messages, text)
@@ -279,9 +282,11 @@ class Generator:
                     messages, text = mojibake(messages, text)
                     meta = dict(meta, flaw=flaw)
                 else:
-                    recent.append((category, messages, text, meta))
-                    if len(recent) > 200:
-                        recent.pop(rng.randrange(len(recent)))
+                    words = len((text or " ".join(m["content"] for m in messages)).split())
+                    for pool in (recent["exact_duplicate"], recent["near_duplicate"]) if words >= NEAR_DUPLICATE_MIN_WORDS else (recent["exact_duplicate"],):
+                        pool.append((category, messages, text, meta))
+                        if len(pool) > 200:
+                            pool.pop(rng.randrange(len(pool)))
             meta.setdefault("flaw", None)
             meta["generator"] = "builtin"
             categories[category] += 1
@@ -312,12 +317,13 @@ class Generator:
         (delete, repeat or swap a neighbour) in the longest part."""
         def edit(s: str) -> str:
             words = s.split(" ")
+            edits = max(1, len(words) // 100)
             synonyms = [i for i, w in enumerate(words) if w in SYNONYMS]
             if synonyms and rng.random() < 0.5:
-                for i in rng.sample(synonyms, min(len(synonyms), 1 + len(words) // 40)):
+                for i in rng.sample(synonyms, min(len(synonyms), edits)):
                     words[i] = SYNONYMS[words[i]]
                 return " ".join(words)
-            for _ in range(max(1, len(words) // 40)):
+            for _ in range(edits):
                 spoken = [i for i, w in enumerate(words) if w.strip()]  # edits of "" would vanish in normalisation
                 i = rng.choice(spoken)
                 op = rng.randrange(3)
