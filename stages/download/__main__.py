@@ -8,7 +8,6 @@ input to ``data/rejects/download-SOURCE.parquet``, and the counts to
 
 import logging
 import time
-from collections import Counter
 
 from tqdm import tqdm
 
@@ -23,7 +22,6 @@ log = logging.getLogger("download")
 def ingest(items, name: str, category: str, max_samples: int, max_chars: int, records: RecordWriter, rejects: RejectWriter) -> dict:
     """Validate parsed rows into records until ``max_samples`` are kept."""
     read = kept = 0
-    by_category = Counter()
     with tqdm(total=max_samples, unit="rec", desc=f"download {name}", mininterval=1) as bar:
         for item in items:
             read += 1
@@ -37,13 +35,12 @@ def ingest(items, name: str, category: str, max_samples: int, max_chars: int, re
                 continue
             records.write(record)
             kept += 1
-            by_category[category] += 1
             bar.update()
             if kept >= max_samples:
                 break
     if kept == 0:
         raise StageError(f"source '{name}': no valid records (rejected {dict(rejects.by_reason)})")
-    return {"read": read, "kept": kept, "by_category": dict(by_category)}
+    return {"read": read, "kept": kept, "by_category": {category: kept}}
 
 
 def download(params: Params, name: str, root: str = ".") -> dict:

@@ -60,7 +60,8 @@ def read(source: HubSource, timeout_s: float) -> Iterator[Parsed | Rejected]:
         # attempt tells within seconds whether the hub can be reached at all.
         endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
         try:
-            socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=timeout_s).close()
+            port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
+            socket.create_connection((endpoint.hostname, port), timeout=timeout_s).close()
         except OSError as exc:
             raise StageError(unreachable.format(f"{endpoint.hostname} is unreachable ({exc})")) from None
     try:

@@ -54,9 +54,11 @@ def jsonl_rows(path: Path) -> Iterator[tuple[str, object, object] | Rejected]:
             if not raw.strip():
                 continue
             try:
-                yield f"{path}:{number}", json.loads(raw), raw
+                row = json.loads(raw)
             except json.JSONDecodeError as exc:
                 yield Rejected(f"{path}:{number}", "malformed_json", f"not valid JSON: {exc.msg} at column {exc.colno}", raw)
+                continue
+            yield f"{path}:{number}", row, raw
 
 
 def parquet_rows(path: Path) -> Iterator[tuple[str, object, object]]:
