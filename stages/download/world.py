@@ -14,6 +14,7 @@ memorised strings.
 """
 
 import random
+import re
 from dataclasses import dataclass
 
 from stages.params import World as WorldParams
@@ -201,6 +202,9 @@ EVAL_QUESTIONS = {
 }
 
 
+A_BEFORE_VOWEL = re.compile(r"(\b[Aa]) ([aeiou])")
+
+
 @dataclass(frozen=True)
 class Entity:
     kind: str
@@ -216,7 +220,8 @@ class Fact:
     value: str
 
     def statement(self, rng: random.Random, phrasings: int) -> str:
-        return rng.choice(PHRASES[self.attribute][0][:phrasings]).format(e=self.entity.name, v=self.value)
+        sentence = rng.choice(PHRASES[self.attribute][0][:phrasings]).format(e=self.entity.name, v=self.value)
+        return A_BEFORE_VOWEL.sub(r"\1n \2", sentence)  # "a engineer" -> "an engineer"
 
     def question(self, rng: random.Random, phrasings: int) -> str:
         return rng.choice(PHRASES[self.attribute][1][:phrasings]).format(e=self.entity.name)
