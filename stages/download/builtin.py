@@ -20,7 +20,7 @@ from tqdm import tqdm
 from stages.download import tasks
 from stages.download.world import Fact, World
 from stages.params import BuiltinSource, Params
-from stages.records import SCHEMA, dump_meta, record_id
+from stages.records import SCHEMA, content_of, dump_meta, record_id
 
 CHUNK = 5_000
 PERSONAS = ["You are a helpful assistant.", "You are a patient tutor.", "You are an expert on the geography, history and nature of the world.",
@@ -282,11 +282,11 @@ class Generator:
                     messages, text = mojibake(messages, text)
                     meta = dict(meta, flaw=flaw)
                 else:
-                    words = len((text or " ".join(m["content"] for m in messages)).split())
-                    for pool in (recent["exact_duplicate"], recent["near_duplicate"]) if words >= NEAR_DUPLICATE_MIN_WORDS else (recent["exact_duplicate"],):
-                        pool.append((category, messages, text, meta))
-                        if len(pool) > 200:
-                            pool.pop(rng.randrange(len(pool)))
+                    long_enough = len(content_of(messages, text).split()) >= NEAR_DUPLICATE_MIN_WORDS
+                    for pool in ("exact_duplicate", "near_duplicate") if long_enough else ("exact_duplicate",):
+                        recent[pool].append((category, messages, text, meta))
+                        if len(recent[pool]) > 200:
+                            recent[pool].pop(rng.randrange(len(recent[pool])))
             meta.setdefault("flaw", None)
             meta["generator"] = "builtin"
             categories[category] += 1
