@@ -140,11 +140,57 @@ class BuiltinEval(Section):
     seed: int = 0
 
 
+class NearDuplicates(Section):
+    shingle: int = Field(5, ge=1, le=64, description="words per shingle")
+    num_perm: int = Field(128, ge=16, le=1024, description="MinHash permutations")
+    threshold: float = Field(0.8, gt=0.0, lt=1.0, description="Jaccard similarity of 'near duplicate'")
+    false_positive_weight: Fraction = Field(0.2, description="weight of LSH false positives when choosing bands and rows")
+    false_negative_weight: Fraction = Field(0.8, description="weight of LSH false negatives (candidates are verified, so misses cost more)")
+
+
+class Heldout(Section):
+    fraction: Fraction = Field(0.01, description="share of each source's deduplicated records held out")
+    max_per_source: int = Field(2000, ge=0, description="cap on held-out records per source")
+    seed: int = 0
+
+
+class Benchmark(Section):
+    path: str = Field(min_length=1, description="a JSONL file")
+    fields: list[str] = Field(min_length=1, description="fields whose text is checked; list values are joined")
+    required: bool = Field(True, description="false: a missing file is skipped with a warning (and reported)")
+
+
+class Decontaminate(Section):
+    ngram: int = Field(13, ge=4, le=64, description="words per n-gram (13 as in GPT-3)")
+    min_ngram: int = Field(8, ge=4, le=64, description="shorter texts down to this many words are matched whole")
+    max_matches: int = Field(10, ge=1, description="an n-gram in more training records is common phrasing, not leakage")
+    benchmarks: dict[str, Benchmark] = {}
+
+    @model_validator(mode="after")
+    def _min_below_ngram(self):
+        if self.min_ngram > self.ngram:
+            raise ValueError(f"min_ngram ({self.min_ngram}) must be at most ngram ({self.ngram})")
+        return self
+
+
+class Dedup(Section):
+    near: NearDuplicates = NearDuplicates()
+    heldout: Heldout = Heldout()
+    decontaminate: Decontaminate = Decontaminate()
+    workers: int = Field(0, ge=0, description="processes; 0 = one per core")
+
+
+class Quality(Section):
+    """Filled in by the quality stage."""
+
+
 class Params(Section):
     world: World = World()
     sources: dict[str, Source]
     download: Download = Download()
     builtin_eval: BuiltinEval = BuiltinEval()
+    dedup: Dedup = Dedup()
+    quality: Quality = Quality()
 
     @field_validator("sources", mode="before")
     @classmethod
