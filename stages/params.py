@@ -144,8 +144,8 @@ class NearDuplicates(Section):
     shingle: int = Field(5, ge=1, le=64, description="words per shingle")
     num_perm: int = Field(128, ge=16, le=1024, description="MinHash permutations")
     threshold: float = Field(0.8, gt=0.0, lt=1.0, description="Jaccard similarity of 'near duplicate'")
-    false_positive_weight: Fraction = Field(0.2, description="weight of LSH false positives when choosing bands and rows")
-    false_negative_weight: Fraction = Field(0.8, description="weight of LSH false negatives (candidates are verified, so misses cost more)")
+    false_positive_weight: Fraction = Field(0.05, description="weight of LSH false positives when choosing bands and rows")
+    false_negative_weight: Fraction = Field(0.95, description="weight of LSH false negatives (candidates are verified, so misses cost more)")
 
 
 class Heldout(Section):
@@ -173,15 +173,142 @@ class Decontaminate(Section):
         return self
 
 
+class TextFile(Section):
+    path: str = Field(min_length=1, description="a local file in any format the local source reads")
+    split: Literal["block", "line"] = Field("block", description="plain text: one text per blank-line block or per line")
+    required: bool = Field(False, description="false: a missing file is skipped with a warning (and reported)")
+
+
+class DedupAccuracy(Section):
+    """Labelled pairs made from real texts by random word edits at known Jaccard similarity."""
+
+    files: dict[str, TextFile] = {}
+    pairs: int = Field(2000, ge=0, description="texts to copy with edits")
+    min_words: int = Field(50, ge=10, description="shorter texts are not used")
+    seed: int = 0
+
+
 class Dedup(Section):
     near: NearDuplicates = NearDuplicates()
     heldout: Heldout = Heldout()
     decontaminate: Decontaminate = Decontaminate()
+    accuracy: DedupAccuracy = DedupAccuracy()
     workers: int = Field(0, ge=0, description="processes; 0 = one per core")
 
 
+class RecordSelection(Section):
+    """Records chosen by category or by source name (a record matching either is chosen)."""
+
+    categories: list[Category] = []
+    sources: list[str] = []
+
+    @model_validator(mode="after")
+    def _not_empty(self):
+        if not self.categories and not self.sources:
+            raise ValueError("name at least one category or source")
+        return self
+
+
+class QualityClassifier(Section):
+    positives: RecordSelection = RecordSelection(categories=["instruction", "knowledge"])
+    negatives: RecordSelection = RecordSelection(categories=["web"])
+    train_records: int = Field(20_000, ge=10, description="records sampled per class, for training and held-out accuracy")
+    heldout_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="share of the sample kept for the held-out accuracy")
+    hash_bits: int = Field(18, ge=8, le=24, description="features are word and bigram hashes modulo 2**hash_bits")
+    regularisation: float = Field(1.0, gt=0.0, description="LogisticRegression's C (inverse strength)")
+
+
+class ReferenceLM(Section):
+    trusted: RecordSelection = RecordSelection(categories=["instruction", "knowledge"])
+    train_records: int = Field(50_000, ge=10, description="trusted records sampled to count n-grams")
+    calibration_records: int = Field(2_000, ge=10, description="held-out records per category whose perplexity and IFD are the reference points")
+    order: int = Field(3, ge=1, le=6, description="n of the word n-grams")
+    question_weight: float = Field(0.2, gt=0.0, lt=1.0, description="weight of the question cache in IFD's conditional loss")
+
+
+class QualityWeights(Section):
+    """Weights of the components of the combined quality score."""
+
+    heuristics: float = Field(0.35, ge=0.0)
+    refusal: float = Field(0.2, ge=0.0)
+    classifier: float = Field(0.1, ge=0.0)
+    reference_lm: float = Field(0.15, ge=0.0)
+    ifd: float = Field(0.2, ge=0.0)
+
+    @model_validator(mode="after")
+    def _not_all_zero(self):
+        if sum(self.model_dump().values()) <= 0:
+            raise ValueError("at least one weight must be positive")
+        return self
+
+
+class QualityLimits(Section):
+    """Where a heuristic score turns bad: the hard rules compare with these, and the
+    heuristics component of the quality score falls off past them."""
+
+    min_words: int = Field(3, ge=0)
+    max_words: int = Field(100_000, ge=1)
+    min_mean_word_length: float = Field(2.0, ge=0.0)
+    max_mean_word_length: float = Field(12.0, gt=0.0)
+    min_alpha_ratio: Fraction = Field(0.4, description="letters / visible characters")
+    max_symbol_ratio: Fraction = Field(0.2, description="symbols (not letters, digits or punctuation) / visible characters")
+    max_dup_line_fraction: Fraction = Field(0.3, description="share of lines repeating an earlier line (Gopher: 0.3)")
+    max_dup_ngram_fraction: Fraction = Field(0.4, description="share of word n-grams repeating an earlier one")
+    max_boilerplate_fraction: Fraction = Field(0.8, description="share of characters in navigation, cookie and footer lines")
+    max_mojibake: int = Field(0, ge=0, description="mis-decoded character pairs allowed")
+    min_stopwords: int = Field(2, ge=0, le=8, description="distinct Gopher stop words a document needs")
+    max_answer_errors: int = Field(0, ge=0, description="wrong equations or unsupported final answers allowed")
+    max_refusal: Fraction = Field(0.5, description="refusal scores above this are refusals")
+    min_response_ratio: float = Field(0.0, ge=0.0, description="reply words / question words")
+
+    @model_validator(mode="after")
+    def _min_below_max(self):
+        for low, high in (("min_words", "max_words"), ("min_mean_word_length", "max_mean_word_length")):
+            if getattr(self, low) > getattr(self, high):
+                raise ValueError(f"{low} ({getattr(self, low)}) must be at most {high} ({getattr(self, high)})")
+        return self
+
+
+class QualityRules(Section):
+    """Hard rules: a record breaking an enabled rule is rejected whatever its quality."""
+
+    words: bool = True
+    mean_word_length: bool = True
+    alpha_ratio: bool = True
+    symbol_ratio: bool = True
+    dup_lines: bool = True
+    dup_ngrams: bool = True
+    boilerplate: bool = True
+    mojibake: bool = True
+    stopwords: bool = True
+    unfinished: bool = False
+    answer_errors: bool = True
+    refusal: bool = True
+    response_ratio: bool = False
+
+
+class ScoredFile(Section):
+    """A file outside the pipeline scored with the trained scorers, for comparison."""
+
+    path: str = Field(min_length=1)
+    category: Category
+    format: Literal["auto", "alpaca", "sharegpt", "messages", "prompt_completion", "self_instruct", "text"] = "auto"
+    split: Literal["block", "line"] = "block"
+    max_records: int = Field(5_000, ge=1)
+    required: bool = Field(False, description="false: a missing file is reported in metrics and skipped")
+
+
 class Quality(Section):
-    """Filled in by the quality stage."""
+    threshold: Fraction = Field(0.5, description="records with a lower quality are rejected (below_threshold)")
+    seed: int = 0
+    workers: int = Field(0, ge=0, description="scoring processes; 0 = one per core")
+    dup_ngram: int = Field(4, ge=2, le=16, description="words per n-gram of dup_ngram_fraction")
+    weights: QualityWeights = QualityWeights()
+    limits: QualityLimits = QualityLimits()
+    rules: QualityRules = QualityRules()
+    classifier: QualityClassifier = QualityClassifier()
+    reference_lm: ReferenceLM = ReferenceLM()
+    files: dict[str, ScoredFile] = {}
 
 
 class Params(Section):

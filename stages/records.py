@@ -53,6 +53,33 @@ REJECT_SCHEMA = pa.schema(
         pa.field("raw", pa.string()),
     ]
 )
+# The quality stage's output: the record columns unchanged, then its scores
+# (null where a score does not apply: refusal, IFD and the answer check to
+# documents, stop words to conversations), the combined quality in [0, 1] and
+# the rule that rejected the record (null when kept). stages/quality explains each.
+QUALITY_SCORES = pa.schema(
+    [
+        pa.field("words", pa.int32()),
+        pa.field("mean_word_length", pa.float32()),
+        pa.field("alpha_ratio", pa.float32()),
+        pa.field("symbol_ratio", pa.float32()),
+        pa.field("dup_line_fraction", pa.float32()),
+        pa.field("dup_ngram_fraction", pa.float32()),
+        pa.field("boilerplate_fraction", pa.float32()),
+        pa.field("mojibake", pa.int32()),
+        pa.field("stopwords", pa.int32()),
+        pa.field("unfinished", pa.bool_()),
+        pa.field("answer_errors", pa.int32()),
+        pa.field("response_ratio", pa.float32()),
+        pa.field("refusal", pa.float32()),
+        pa.field("classifier", pa.float32()),
+        pa.field("perplexity", pa.float32()),
+        pa.field("ifd", pa.float32()),
+    ]
+)
+SCORED_SCHEMA = pa.schema(
+    list(SCHEMA) + list(QUALITY_SCORES) + [pa.field("quality", pa.float32(), nullable=False), pa.field("reject_reason", pa.string())]
+)
 
 
 class InvalidRecord(ValueError):
@@ -180,6 +207,13 @@ class _ParquetSink:
 class RecordWriter(_ParquetSink):
     def __init__(self, path: str | os.PathLike):
         super().__init__(path, SCHEMA)
+
+
+class ScoredWriter(_ParquetSink):
+    """Records with the quality stage's scores (SCORED_SCHEMA)."""
+
+    def __init__(self, path: str | os.PathLike):
+        super().__init__(path, SCORED_SCHEMA)
 
 
 class RejectWriter(_ParquetSink):
