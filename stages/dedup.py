@@ -486,7 +486,7 @@ def dedup(params: Params, workers: int | None = None) -> dict:
 
     # 4. decontamination
     _state["wanted"] = np.flatnonzero(heldout)
-    heldout_tables = [t for t in _parallel(_heldout_table, inputs.jobs, workers, "heldout") if t.num_rows]
+    heldout_tables = [t for t in _parallel(_heldout_table, inputs.jobs, workers, "heldout") if t is not None]
     benchmarks, texts_by_benchmark = contamination_texts(params, heldout_tables)
     table, entry_benchmarks, coverage = contamination_table(texts_by_benchmark, config.decontaminate)
     _state.update(contamination=table, train=survivor & ~heldout, max_matches=config.decontaminate.max_matches)

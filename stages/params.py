@@ -223,7 +223,7 @@ class ReferenceLM(Section):
     train_records: int = Field(50_000, ge=10, description="trusted records sampled to count n-grams")
     calibration_records: int = Field(2_000, ge=10, description="held-out records per category whose perplexity and IFD are the reference points")
     order: int = Field(3, ge=1, le=6, description="n of the word n-grams")
-    question_weight: float = Field(0.2, gt=0.0, lt=1.0, description="weight of the question cache in IFD's conditional loss")
+    question_weight: float = Field(0.05, gt=0.0, lt=1.0, description="weight of the question cache in IFD's conditional loss")
 
 
 class QualityWeights(Section):
@@ -256,7 +256,7 @@ class QualityLimits(Section):
     max_dup_ngram_fraction: Fraction = Field(0.4, description="share of word n-grams repeating an earlier one")
     max_boilerplate_fraction: Fraction = Field(0.8, description="share of characters in navigation, cookie and footer lines")
     max_mojibake: int = Field(0, ge=0, description="mis-decoded character pairs allowed")
-    min_stopwords: int = Field(2, ge=0, le=8, description="distinct Gopher stop words a document needs")
+    min_stopwords: int = Field(1, ge=0, le=8, description="distinct Gopher stop words a document needs (Gopher: 2)")
     max_answer_errors: int = Field(0, ge=0, description="wrong equations or unsupported final answers allowed")
     max_refusal: Fraction = Field(0.5, description="refusal scores above this are refusals")
     min_response_ratio: float = Field(0.0, ge=0.0, description="reply words / question words")
@@ -281,7 +281,7 @@ class QualityRules(Section):
     boilerplate: bool = True
     mojibake: bool = True
     stopwords: bool = True
-    unfinished: bool = False
+    unfinished: bool = True
     answer_errors: bool = True
     refusal: bool = True
     response_ratio: bool = False

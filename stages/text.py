@@ -80,7 +80,7 @@ def mix64(x: np.ndarray) -> np.ndarray:
 
 def _powers(base: int, count: int) -> np.ndarray:
     powers = np.full(count, base, dtype=np.uint64)
-    powers[0] = 1
+    powers[:1] = 1
     return np.cumprod(powers, dtype=np.uint64)  # wraps modulo 2**64, as intended
 
 

@@ -130,7 +130,8 @@ def text_statistics(units: Units, ngram: int) -> dict[str, np.ndarray]:
         "boilerplate_fraction": _ratio(np.bincount(line_owner, line_chars * boilerplate, minlength=records),
                                        np.bincount(line_owner, line_chars, minlength=records)),
         "mojibake": units.per_record(pc.count_substring_regex(units.texts, MOJIBAKE).to_numpy(zero_copy_only=False)),
-        "stopwords": np.bincount(distinct_stopwords // len(STOPWORDS), minlength=records),
+        # Gopher's stop-word rule is for documents; a chat turn can be two words.
+        "stopwords": np.where(units.answer < 0, np.bincount(distinct_stopwords // len(STOPWORDS), minlength=records), np.nan),
     }
 
 

@@ -63,11 +63,15 @@ def gram_keys(tokens: np.ndarray, offsets: np.ndarray, order: int) -> list[np.nd
     return keys
 
 
-def _lookup(keys: np.ndarray, values: np.ndarray, query: np.ndarray) -> np.ndarray:
-    at = np.searchsorted(keys, query).clip(max=max(len(keys) - 1, 0))
-    if not len(keys):
-        return np.zeros(len(query), dtype=values.dtype)
-    return np.where(keys[at] == query, values[at], 0)
+def _lookup(keys: np.ndarray, query: np.ndarray, *values: np.ndarray) -> list[np.ndarray]:
+    """``values[i][j]`` where ``keys[j] == query``, 0 where the key is absent.
+    Queries are searched in sorted order, which is 3x faster than at random."""
+    order = np.argsort(query)
+    at = np.empty(len(query), dtype=np.int64)
+    at[order] = np.searchsorted(keys, query[order])
+    at = at.clip(max=max(len(keys) - 1, 0))
+    found = keys[at] == query if len(keys) else np.zeros(len(query), dtype=bool)
+    return [np.where(found, value[at], 0) if len(keys) else np.zeros(len(query), value.dtype) for value in values]
 
 
 class ReferenceLM:
@@ -100,13 +104,12 @@ class ReferenceLM:
         tokens, offsets = sentences(hashes, word_offsets)
         keys = gram_keys(tokens, offsets, self.order)
         a = self.arrays
-        prob = (_lookup(a["gram1"], a["count1"], keys[0]) + 1.0) / (float(a["tokens"]) + len(a["gram1"]) + 1)
+        prob = (_lookup(a["gram1"], keys[0], a["count1"])[0] + 1.0) / (float(a["tokens"]) + len(a["gram1"]) + 1)
         for k in range(2, self.order + 1):
             context = np.zeros(len(tokens), dtype=np.uint64)
             context[1:] = keys[k - 2][:-1]
-            total = _lookup(a[f"context{k}"], a[f"total{k}"], context).astype(np.float64)
-            types = _lookup(a[f"context{k}"], a[f"types{k}"], context).astype(np.float64)
-            count = _lookup(a[f"gram{k}"], a[f"count{k}"], keys[k - 1])
+            total, types = _lookup(a[f"context{k}"], context, a[f"total{k}"].astype(np.float64), a[f"types{k}"].astype(np.float64))
+            (count,) = _lookup(a[f"gram{k}"], keys[k - 1], a[f"count{k}"])
             seen = (total > 0) & (keys[k - 1] != 0)
             prob = np.where(seen, (count + types * prob) / np.maximum(total + types, 1), prob)
         predicted = tokens != BEGIN
@@ -133,7 +136,8 @@ def ifd(log_probs: np.ndarray, tokens: np.ndarray, token_offsets: np.ndarray, ha
 
     said, pair = spans(token_offsets, answer)
     alone = log_probs[said]
-    cached = _lookup(cache, in_question, tokens[said] ^ mix64(pair.astype(np.uint64))) / np.maximum(question_words[pair], 1)
+    (in_cache,) = _lookup(cache, tokens[said] ^ mix64(pair.astype(np.uint64)), in_question)
+    cached = in_cache / np.maximum(question_words[pair], 1)
     given = np.log((1 - question_weight) * np.exp(alone) + question_weight * cached)
     loss_alone = np.bincount(pair, -alone, minlength=len(answer))
     loss_given = np.bincount(pair, -given, minlength=len(answer))

@@ -1,0 +1,253 @@
+import json
+import random
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from conftest import SHARED_DATA, stage
+from stages.dedup import (MinHasher, collision_probability, edited_copy, jaccard, near_duplicate_roots, optimal_bands,
+                          real_text_accuracy, shingle_sets, union_find)
+from stages.download.__main__ import download
+from stages.params import NearDuplicates, parse_params
+from stages.records import RecordWriter, make_record
+
+NEAR = NearDuplicates()
+WORDS = ("river stone lamp garden violet copper winter tall quiet bright seven window market forest silver "
+         "harbour candle meadow thunder paper orange castle mirror bridge pencil cloud engine valley").split()
+
+
+def essay(seed: int, words: int = 120) -> str:
+    rng = random.Random(seed)
+    return " ".join(rng.choice(WORDS) + str(rng.randint(0, 99)) for _ in range(words))
+
+
+def edit(text: str, edits: int, seed: int = 0) -> str:
+    rng = random.Random(seed)
+    words = text.split()
+    for _ in range(edits):
+        words[rng.randrange(len(words))] = "changed"
+    return " ".join(words)
+
+
+# --- the algorithm on texts in memory ------------------------------------------------------
+def test_bands_and_rows_fit_the_permutations_and_put_the_s_curve_at_the_threshold():
+    for threshold in (0.5, 0.7, 0.8, 0.9):
+        near = NearDuplicates(threshold=threshold, false_positive_weight=0.5, false_negative_weight=0.5)
+        bands, rows = optimal_bands(near)
+        assert bands * rows <= near.num_perm
+        assert collision_probability(np.array(threshold - 0.15), bands, rows) < 0.5 < collision_probability(np.array(threshold + 0.1), bands, rows)
+    strict = optimal_bands(NearDuplicates(false_positive_weight=0.9, false_negative_weight=0.1))
+    lenient = optimal_bands(NearDuplicates(false_positive_weight=0.1, false_negative_weight=0.9))
+    assert strict[1] > lenient[1]  # fearing false positives means more rows per band
+
+
+def test_exact_duplicates_fold_case_whitespace_punctuation_and_unicode_form():
+    texts = ["The ﬁrst café, in Paris!", "the  first CAFÉ in paris", "The first cafe\u0301 in Paris.", "ＴＨＥ first café in Paris",
+             "The second café in Paris"]
+    roots = near_duplicate_roots(texts, NEAR)
+    assert roots.tolist() == [0, 0, 0, 0, 4]
+
+
+def test_near_duplicates_above_the_threshold_cluster_and_those_below_do_not():
+    original = essay(1)
+    close = edit(original, 2, seed=1)      # ~10 of ~116 shingles differ: Jaccard ~0.85
+    far = edit(original, 25, seed=2)       # Jaccard well below 0.5
+    texts = [essay(0), original, close, far, essay(2)]
+    shingles, owner, _ = MinHasher(NEAR).shingles(__import__("pyarrow").array(texts))
+    similarity = jaccard(np.array([[1, 2], [1, 3]]), shingle_sets(shingles, owner, range(len(texts))))
+    assert similarity[0] >= 0.8 > 0.5 > similarity[1]
+    roots = near_duplicate_roots(texts, NEAR)
+    assert roots.tolist() == [0, 1, 1, 3, 4]  # the first of a cluster is its representative
+
+
+def test_union_find_joins_chains_and_roots_at_the_smallest_index():
+    roots = union_find(7, np.array([[5, 6], [2, 5], [1, 3]]))
+    assert roots.tolist() == [0, 1, 2, 1, 4, 2, 2]
+
+
+def test_edited_copies_land_near_their_target_similarity():
+    rng = np.random.default_rng(0)
+    text = essay(3, 300).split()
+    minhasher = MinHasher(NEAR)
+    for target in (0.6, 0.8, 0.95):
+        copies = [" ".join(edited_copy(text, target, NEAR.shingle, WORDS, rng)) for _ in range(20)]
+        shingles, owner, _ = minhasher.shingles(__import__("pyarrow").array([" ".join(text)] + copies))
+        sets = shingle_sets(shingles, owner, range(21))
+        similarity = jaccard(np.array([[0, k] for k in range(1, 21)]), sets)
+        assert abs(similarity.mean() - target) < 0.06, (target, similarity.mean())
+
+
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="needs ../shared/data")
+def test_f1_on_real_texts_edited_at_known_similarity_meets_the_target():
+    params = parse_params({"sources": {"x": {"kind": "builtin"}}, "dedup": {"accuracy": {"pairs": 600, "files": {
+        "c4": {"path": str(SHARED_DATA / "human/c4-sample.jsonl")},
+        "stories": {"path": str(SHARED_DATA / "synthetic/tinystories-val.txt")}}}}})
+    result = real_text_accuracy(params.dedup)
+    assert 100 < result["positives"] < 500
+    assert result["f1"] >= 0.95, result
+
+
+# --- the stage --------------------------------------------------------------------------------
+def write_source(path, records):
+    with RecordWriter(path) as writer:
+        for record in records:
+            writer.write(record)
+
+
+def doc(text, source="a", **meta):
+    return make_record(source, "knowledge", text=text, meta=meta)
+
+
+BENCHMARK_QUESTION = "which of the seven bridges of the old harbour town was built first by the river guild"
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    """Two sources with duplicates within and across them, a built-in eval file
+    and a benchmark file."""
+    a = [doc(essay(i)) for i in range(40)]
+    a.append(doc(essay(0).upper()))                        # exact duplicate of a[0]
+    a.append(doc(edit(essay(1), 2, seed=1)))                # near duplicate of a[1]
+    a.append(doc("Notes. " + BENCHMARK_QUESTION + " is what the quiz asked."))  # contains a benchmark 13-gram
+    b = [doc(essay(100 + i), "b") for i in range(30)]
+    b.append(doc(essay(2) + "!!", "b"))                     # exact duplicate of a[2], across sources
+    b.append(doc(edit(essay(3), 1, seed=3), "b"))           # near duplicate of a[3], across sources
+    b.append(doc("Ten green bottles hanging on the wall said the old song", "b"))  # an eval text, matched whole
+    write_source(tmp_path / "data/raw/a.parquet", a)
+    write_source(tmp_path / "data/raw/b.parquet", b)
+    write_source(tmp_path / "data/raw/builtin_eval.parquet",
+                 [make_record("builtin_eval", "instruction", messages=[{"role": "user", "content": "Name it."}, {"role": "assistant", "content": "No."}])])
+    (tmp_path / "bench.jsonl").write_text(json.dumps({"q": BENCHMARK_QUESTION + "?"}) + "\n"
+                                          + json.dumps({"q": ["ten green bottles hanging", "on the wall said the old song"]}) + "\n"
+                                          + json.dumps({"q": "too short"}) + "\n")
+    return tmp_path
+
+
+def params_file(workdir, heldout=None, sources=("a", "b"), **dedup):
+    sources = {name: {"kind": "local", "path": f"{name}.jsonl", "category": "knowledge", "max_samples": 100} for name in sources}
+    section = {"heldout": heldout or {"fraction": 0.1, "max_per_source": 2},
+               "decontaminate": {"benchmarks": {"quiz": {"path": "bench.jsonl", "fields": ["q"]}}}, "workers": 2, **dedup}
+    path = workdir / "params.yaml"
+    path.write_text(yaml.safe_dump({"sources": sources, "dedup": section}))
+    return path
+
+
+def rows(path):
+    return pq.read_table(path).to_pylist()
+
+
+def test_stage_removes_duplicates_across_sources_keeps_the_first_and_accounts_for_every_record(workdir):
+    params_file(workdir)
+    result = stage(workdir, "stages.dedup")
+    assert "read 76" in result.stdout
+    metrics = json.loads((workdir / "metrics/dedup.json").read_text())
+    assert metrics["exact_duplicates"] == 2 and metrics["near_duplicates"] == 2 and metrics["clusters"] == 4
+    assert metrics["decontaminated"] == 2 and metrics["decontamination"]["quiz"] == {"texts": 3, "checked": 2, "too_short": 1, "records_removed": 2}
+    assert metrics["heldout"] == 4
+    assert metrics["in"] == 76 == metrics["kept"] + metrics["heldout"] + metrics["exact_duplicates"] + metrics["near_duplicates"] + metrics["decontaminated"]
+    for source in ("a", "b"):
+        counts = metrics["by_source"][source]
+        assert counts["in"] == counts["kept"] + counts["heldout"] + counts["exact_duplicates"] + counts["near_duplicates"] + counts["decontaminated"]
+
+    a = rows(workdir / "data/raw/a.parquet")
+    rejects = {r["id"]: r for r in rows(workdir / "data/rejects/dedup.parquet")}
+    assert rejects[a[40]["id"]]["reason"] == "exact_duplicate" and rejects[a[40]["id"]]["duplicate_of"] == a[0]["id"]
+    assert rejects[a[41]["id"]]["reason"] == "near_duplicate" and rejects[a[41]["id"]]["duplicate_of"] == a[1]["id"]
+    b = rows(workdir / "data/raw/b.parquet")
+    assert rejects[b[30]["id"]]["duplicate_of"] == a[2]["id"] and rejects[b[31]["id"]]["duplicate_of"] == a[3]["id"]
+    assert len({rejects[r["id"]]["cluster_id"] for r in (a[40], a[41], b[30], b[31])}) == 4
+    assert rejects[a[42]["id"]]["reason"] == "decontaminated" and rejects[a[42]["id"]]["detail"] == "quiz"
+    assert rejects[b[32]["id"]]["detail"] == "quiz" and rejects[b[32]["id"]]["cluster_id"] is None
+
+    train = rows(workdir / "data/dedup/train.parquet")
+    heldout = rows(workdir / "data/heldout/a.parquet") + rows(workdir / "data/heldout/b.parquet")
+    assert len(train) == metrics["kept"] and len(heldout) == 4
+    kept_ids = {r["id"] for r in train} | {r["id"] for r in heldout}
+    assert {a[0]["id"], a[1]["id"], a[2]["id"], a[3]["id"]} <= kept_ids
+    assert not kept_ids & {i for i, r in rejects.items() if r["reason"] != "exact_duplicate"}  # a case-folded copy shares its id
+    assert [r["text"] for r in train] == [r["text"] for r in a + b if r["text"] in {t["text"] for t in train}]  # input order
+
+
+def test_heldout_is_stable_when_other_params_or_sources_change_and_output_is_deterministic(workdir):
+    params_file(workdir)
+    stage(workdir, "stages.dedup")
+    first = {p.name: p.read_bytes() for p in (workdir / "data").rglob("*.parquet") if "raw" not in p.parts}
+    params_file(workdir, workers=1, near={"num_perm": 128})  # same choices, one process
+    stage(workdir, "stages.dedup")
+    assert first == {p.name: p.read_bytes() for p in (workdir / "data").rglob("*.parquet") if "raw" not in p.parts}
+    # another source joins: source a keeps the same held-out records
+    write_source(workdir / "data/raw/c.parquet", [doc(essay(500 + i), "c") for i in range(20)])
+    params_file(workdir, sources=("a", "b", "c"))
+    stage(workdir, "stages.dedup")
+    assert (workdir / "data/heldout/a.parquet").read_bytes() == first["a.parquet"]
+    assert len(rows(workdir / "data/heldout/c.parquet")) == 2
+
+
+def test_a_held_out_record_removes_training_records_that_share_its_ngrams(workdir):
+    params_file(workdir, heldout={"fraction": 1.0, "max_per_source": 1})
+    stage(workdir, "stages.dedup")
+    heldout = rows(workdir / "data/heldout/a.parquet")[0]
+    # add a training record quoting 13 words of the held-out record: it must go
+    quote = " ".join(heldout["text"].split()[:13])
+    write_source(workdir / "data/raw/c.parquet", [doc("Quoted: " + quote, "c")] + [doc(essay(900 + i), "c") for i in range(50)])
+    params_file(workdir, heldout={"fraction": 1.0, "max_per_source": 1}, sources=("a", "b", "c"))
+    stage(workdir, "stages.dedup")
+    metrics = json.loads((workdir / "metrics/dedup.json").read_text())
+    assert metrics["by_source"]["c"]["decontaminated"] == 1 and metrics["decontamination"]["heldout"]["records_removed"] == 1
+
+
+def test_common_ngrams_are_not_leakage(workdir):
+    # the benchmark question inside more than max_matches training records is common phrasing
+    write_source(workdir / "data/raw/c.parquet", [doc(f"{essay(700 + i, 30)} {BENCHMARK_QUESTION}", "c") for i in range(3)])
+    no_heldout = {"fraction": 0.0, "max_per_source": 0}
+    params_file(workdir, no_heldout, sources=("a", "b", "c"), decontaminate={"max_matches": 3, "benchmarks": {"quiz": {"path": "bench.jsonl", "fields": ["q"]}}})
+    stage(workdir, "stages.dedup")
+    assert json.loads((workdir / "metrics/dedup.json").read_text())["decontamination"]["quiz"]["records_removed"] == 1  # only the whole-text match
+    params_file(workdir, no_heldout, sources=("a", "b", "c"), decontaminate={"max_matches": 4, "benchmarks": {"quiz": {"path": "bench.jsonl", "fields": ["q"]}}})
+    stage(workdir, "stages.dedup")
+    assert json.loads((workdir / "metrics/dedup.json").read_text())["decontamination"]["quiz"]["records_removed"] == 5
+
+
+def test_bad_input_gives_one_clear_line(workdir):
+    params_file(workdir, sources=("a", "missing"))
+    result = stage(workdir, "stages.dedup", check=False)
+    assert result.returncode == 1 and "data/raw/missing.parquet is missing: run `dvc repro download@missing`" in result.stderr
+    assert "Traceback" not in result.stderr
+
+    write_source(workdir / "data/raw/empty.parquet", [])
+    params_file(workdir, sources=("empty",))
+    result = stage(workdir, "stages.dedup", check=False)
+    assert "no records to deduplicate" in result.stderr and "Traceback" not in result.stderr
+
+    (workdir / "bench.jsonl").write_text('{"q": "fine"}\n{"q": broken\n')
+    params_file(workdir)
+    result = stage(workdir, "stages.dedup", check=False)
+    assert "bench.jsonl:2: not valid JSON" in result.stderr
+
+    params_file(workdir, decontaminate={"benchmarks": {"quiz": {"path": "nowhere.jsonl", "fields": ["q"]}}})
+    result = stage(workdir, "stages.dedup", check=False)
+    assert "dedup.decontaminate.benchmarks.quiz.path: nowhere.jsonl not found" in result.stderr
+
+    params_file(workdir, decontaminate={"ngram": 6, "min_ngram": 8})
+    result = stage(workdir, "stages.dedup", check=False)
+    assert "min_ngram (8) must be at most ngram (6)" in result.stderr
+
+
+def test_a_source_left_without_training_records_is_reported(workdir):
+    write_source(workdir / "data/raw/c.parquet", [doc(essay(0), "c")])  # only a duplicate of a[0]
+    params_file(workdir, sources=("a", "c"))
+    result = stage(workdir, "stages.dedup")
+    assert "warning: source c has no training records left" in result.stdout
+    assert json.loads((workdir / "metrics/dedup.json").read_text())["by_source"]["c"] == {
+        "in": 1, "kept": 0, "heldout": 0, "exact_duplicates": 1, "near_duplicates": 0, "decontaminated": 0}
+
+
+def test_builtin_injected_near_duplicates_are_found(tmp_path):
+    params = parse_params({"sources": {"builtin": {"kind": "builtin", "max_samples": 30_000}}, "dedup": {"workers": 2}})
+    download(params, "builtin", tmp_path)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"sources": {"builtin": {"kind": "builtin", "max_samples": 30_000}}}))
+    stage(tmp_path, "stages.dedup")
+    accuracy = json.loads((tmp_path / "metrics/dedup.json").read_text())["accuracy"]["builtin_injected"]
+    assert accuracy["positives"] > 500 and accuracy["f1"] >= 0.95, accuracy
