@@ -76,6 +76,7 @@ REJECT_SCHEMA = SCHEMA.append(pa.field("reason", pa.string(), nullable=False)).a
     pa.field("cluster_id", pa.int64())).append(pa.field("duplicate_of", pa.string())).append(pa.field("detail", pa.string()))
 ROW_GROUPS_PER_JOB = 5
 NO_KEY = np.uint64(0)  # content key of a record with no words at all
+BITMAP_MASK = np.uint64(2**24 - 1)  # low hash bits indexing the contamination prefilter
 
 
 # --- LSH configuration ----------------------------------------------------------
@@ -425,8 +426,11 @@ def _contamination(job):
     table = _state["inputs"].read(job, ["messages", "text"]).take(rows)
     words, offsets = word_hashes(content_column(table))
     matches = []
+    seen = _state["contamination_bitmap"]
     for length, (hashes, entries) in _state["contamination"].items():
         grams, owner = ngram_hashes(words, offsets, length, short=False)
+        maybe = seen[grams & BITMAP_MASK]  # one lookup rules out almost every n-gram
+        grams, owner = grams[maybe], owner[maybe]
         at = np.searchsorted(hashes, grams).clip(max=len(hashes) - 1)
         hit = hashes[at] == grams
         matches.append(np.stack([first + rows[owner[hit]], entries[at[hit]]], axis=1))
@@ -489,7 +493,11 @@ def dedup(params: Params, workers: int | None = None) -> dict:
     heldout_tables = [t for t in _parallel(_heldout_table, inputs.jobs, workers, "heldout") if t is not None]
     benchmarks, texts_by_benchmark = contamination_texts(params, heldout_tables)
     table, entry_benchmarks, coverage = contamination_table(texts_by_benchmark, config.decontaminate)
-    _state.update(contamination=table, train=survivor & ~heldout, max_matches=config.decontaminate.max_matches)
+    bitmap = np.zeros(int(BITMAP_MASK) + 1, dtype=bool)
+    for hashes, _ in table.values():
+        bitmap[hashes & BITMAP_MASK] = True
+    _state.update(contamination=table, contamination_bitmap=bitmap, train=survivor & ~heldout,
+                  max_matches=config.decontaminate.max_matches)
     records_per_entry = np.zeros(len(entry_benchmarks), dtype=np.int64)
     rare_matches = []
     for entries, records, matches in _parallel(_contamination, inputs.jobs, workers, "decontaminate"):

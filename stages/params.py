@@ -223,17 +223,16 @@ class ReferenceLM(Section):
     train_records: int = Field(50_000, ge=10, description="trusted records sampled to count n-grams")
     calibration_records: int = Field(2_000, ge=10, description="held-out records per category whose perplexity and IFD are the reference points")
     order: int = Field(3, ge=1, le=6, description="n of the word n-grams")
+    min_count: int = Field(2, ge=1, description="n-grams seen fewer times in the sample are pruned")
     question_weight: float = Field(0.05, gt=0.0, lt=1.0, description="weight of the question cache in IFD's conditional loss")
 
 
 class QualityWeights(Section):
-    """Weights of the components of the combined quality score."""
+    """Weights of the graded components of the quality score (heuristics and refusal multiply it)."""
 
-    heuristics: float = Field(0.35, ge=0.0)
-    refusal: float = Field(0.2, ge=0.0)
     classifier: float = Field(0.1, ge=0.0)
-    reference_lm: float = Field(0.15, ge=0.0)
-    ifd: float = Field(0.2, ge=0.0)
+    reference_lm: float = Field(0.45, ge=0.0)
+    ifd: float = Field(0.45, ge=0.0)
 
     @model_validator(mode="after")
     def _not_all_zero(self):
@@ -257,6 +256,7 @@ class QualityLimits(Section):
     max_boilerplate_fraction: Fraction = Field(0.8, description="share of characters in navigation, cookie and footer lines")
     max_mojibake: int = Field(0, ge=0, description="mis-decoded character pairs allowed")
     min_stopwords: int = Field(1, ge=0, le=8, description="distinct Gopher stop words a document needs (Gopher: 2)")
+    max_end_surprisal: float = Field(5.0, gt=0.0, description="-log P(end of reply) under the reference LM, in nats; above: cut off")
     max_answer_errors: int = Field(0, ge=0, description="wrong equations or unsupported final answers allowed")
     max_refusal: Fraction = Field(0.5, description="refusal scores above this are refusals")
     min_response_ratio: float = Field(0.0, ge=0.0, description="reply words / question words")
@@ -299,7 +299,7 @@ class ScoredFile(Section):
 
 
 class Quality(Section):
-    threshold: Fraction = Field(0.5, description="records with a lower quality are rejected (below_threshold)")
+    threshold: Fraction = Field(0.4, description="records with a lower quality are rejected (below_threshold)")
     seed: int = 0
     workers: int = Field(0, ge=0, description="scoring processes; 0 = one per core")
     dup_ngram: int = Field(4, ge=2, le=16, description="words per n-gram of dup_ngram_fraction")

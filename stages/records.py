@@ -74,6 +74,7 @@ QUALITY_SCORES = pa.schema(
         pa.field("refusal", pa.float32()),
         pa.field("classifier", pa.float32()),
         pa.field("perplexity", pa.float32()),
+        pa.field("end_surprisal", pa.float32()),
         pa.field("ifd", pa.float32()),
     ]
 )

@@ -78,10 +78,17 @@ def mix64(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(31))
 
 
+_power_tables: dict[int, np.ndarray] = {}
+
+
 def _powers(base: int, count: int) -> np.ndarray:
-    powers = np.full(count, base, dtype=np.uint64)
-    powers[:1] = 1
-    return np.cumprod(powers, dtype=np.uint64)  # wraps modulo 2**64, as intended
+    """base**0 .. base**(count-1) modulo 2**64, from a table that grows as needed."""
+    table = _power_tables.get(base)
+    if table is None or len(table) < count:
+        table = np.full(max(count, 2**20), base, dtype=np.uint64)
+        table[:1] = 1
+        table = _power_tables[base] = np.cumprod(table, dtype=np.uint64)  # wraps modulo 2**64, as intended
+    return table[:count]
 
 
 def ngram_hashes(hashes: np.ndarray, offsets: np.ndarray, n: int, short: bool = True) -> tuple[np.ndarray, np.ndarray]:

@@ -80,7 +80,10 @@ class ReferenceLM:
         self.order = int(arrays["order"])
 
     @classmethod
-    def train(cls, hashes: np.ndarray, word_offsets: np.ndarray, order: int) -> "ReferenceLM":
+    def train(cls, hashes: np.ndarray, word_offsets: np.ndarray, order: int, min_count: int) -> "ReferenceLM":
+        """Count the n-grams of the given units; n-grams (words included) seen
+        fewer than ``min_count`` times are pruned, as KenLM can: the model then
+        does not memorise one-off strings (gibberish) of its own training sample."""
         tokens, offsets = sentences(hashes, word_offsets)
         keys = gram_keys(tokens, offsets, order)
         predicted = tokens != BEGIN
@@ -88,6 +91,8 @@ class ReferenceLM:
         for k in range(1, order + 1):
             events = predicted & (keys[k - 1] != 0)
             grams, first, counts = np.unique(keys[k - 1][events], return_index=True, return_counts=True)
+            frequent = counts >= min_count
+            grams, first, counts = grams[frequent], first[frequent], counts[frequent]
             arrays[f"gram{k}"], arrays[f"count{k}"] = grams, counts.astype(np.uint32)
             if k > 1:
                 # The context of the n-gram ending at t is the (k-1)-gram ending at t-1.

@@ -37,11 +37,14 @@ def lm_scores(lm: ReferenceLM, units, question_weight: float) -> dict[str, np.nd
     loss = np.concatenate([[0], np.cumsum(-log_probs)])
     unit_loss = loss[token_offsets[1:]] - loss[token_offsets[:-1]]
     perplexity = np.exp(units.per_record(unit_loss) / np.maximum(units.per_record(np.diff(token_offsets)), 1))
+    # How surprised the model is that the reply (or document) ends where it does: -log P(</s>).
+    last = np.where(units.answer >= 0, units.answer, units.offsets[1:] - 1)
+    end_surprisal = -log_probs[token_offsets[last + 1] - 1]
     pairs = np.flatnonzero((units.answer >= 0) & (units.question >= 0))
     difficulty = np.full(units.records, np.nan)
     difficulty[pairs] = ifd(log_probs, tokens, token_offsets, units.hashes, units.word_offsets,
                             units.answer[pairs], units.question[pairs], question_weight)
-    return {"perplexity": perplexity, "ifd": difficulty}
+    return {"perplexity": perplexity, "end_surprisal": end_surprisal, "ifd": difficulty}
 
 
 # --- training -----------------------------------------------------------------
@@ -101,8 +104,8 @@ def train(sample: pa.Table, roles: dict[str, np.ndarray], params: Quality) -> tu
     accuracy = accuracy_score(positive[heldout], classifier.probability(x[heldout]) >= 0.5) if heldout.any() else None
 
     trusted = split_units(sample.take(pa.array(roles["trusted"])))
-    lm = ReferenceLM.train(trusted.hashes, trusted.word_offsets, lm_params.order)
-    calibration = {"category": [], "log_perplexity_median": [], "log_perplexity_p90": [], "ifd_median": []}
+    lm = ReferenceLM.train(trusted.hashes, trusted.word_offsets, lm_params.order, lm_params.min_count)
+    calibration = {"category": [], "log_perplexity_median": [], "log_perplexity_p90": [], "ifd_median": [], "ifd_p95": []}
     for name in CATEGORIES:
         rows = roles[f"calibration:{name}"]
         if not len(rows):
@@ -114,6 +117,7 @@ def train(sample: pa.Table, roles: dict[str, np.ndarray], params: Quality) -> tu
         calibration["log_perplexity_p90"].append(np.percentile(log_perplexity, 90))
         ifds = scores["ifd"][~np.isnan(scores["ifd"])]
         calibration["ifd_median"].append(np.median(ifds) if len(ifds) else np.nan)
+        calibration["ifd_p95"].append(np.percentile(ifds, 95) if len(ifds) else np.nan)
     calibration = {k: np.array(v) for k, v in calibration.items()}
     metrics = {
         "classifier": {"train_records": int((~heldout).sum()), "heldout_records": int(heldout.sum()),
@@ -123,14 +127,19 @@ def train(sample: pa.Table, roles: dict[str, np.ndarray], params: Quality) -> tu
                          "tokens": int(lm.arrays["tokens"]), "order": lm_params.order,
                          "ngrams": {k: len(lm.arrays[f"gram{k}"]) for k in range(1, lm_params.order + 1)},
                          "calibration": {name: {"median_perplexity": round(float(np.exp(m)), 2), "p90_perplexity": round(float(np.exp(p)), 2),
-                                                "median_ifd": None if np.isnan(i) else round(float(i), 4)}
-                                         for name, m, p, i in zip(calibration["category"], calibration["log_perplexity_median"],
-                                                                  calibration["log_perplexity_p90"], calibration["ifd_median"])}},
+                                                "median_ifd": None if np.isnan(i) else round(float(i), 4),
+                                                "p95_ifd": None if np.isnan(j) else round(float(j), 4)}
+                                         for name, m, p, i, j in zip(calibration["category"], calibration["log_perplexity_median"],
+                                                                     calibration["log_perplexity_p90"], calibration["ifd_median"],
+                                                                     calibration["ifd_p95"])}},
     }
     return Scorer(params, classifier, lm, calibration), metrics
 
 
 # --- deciding -----------------------------------------------------------------
+
+GRADES = ("classifier", "reference_lm", "ifd")  # averaged; heuristics and refusal gate (multiply)
+
 
 def _at_most(value: np.ndarray, limit: float) -> np.ndarray:
     """1 up to the limit, then limit / value (0 when the limit is 0)."""
@@ -151,7 +160,8 @@ def components(scores: dict[str, np.ndarray], category: np.ndarray, calibration:
                             ("dup_line_fraction", None, limits.max_dup_line_fraction),
                             ("dup_ngram_fraction", None, limits.max_dup_ngram_fraction),
                             ("boilerplate_fraction", None, limits.max_boilerplate_fraction), ("mojibake", None, limits.max_mojibake),
-                            ("stopwords", limits.min_stopwords, None), ("unfinished", None, 0), ("answer_errors", None, limits.max_answer_errors),
+                            ("stopwords", limits.min_stopwords, None), ("unfinished", None, 0), ("end_surprisal", None, limits.max_end_surprisal),
+                            ("answer_errors", None, limits.max_answer_errors),
                             ("response_ratio", limits.min_response_ratio, None)):
         value = scores[name].astype(np.float64)  # NaN compares false with any limit, so it passes
         if low is not None:
@@ -164,26 +174,28 @@ def components(scores: dict[str, np.ndarray], category: np.ndarray, calibration:
     at = np.searchsorted(calibration["category"], np.where(known, category, calibration["category"][0]))
     median, p90 = calibration["log_perplexity_median"][at], calibration["log_perplexity_p90"][at]
     excess = np.maximum(np.log(scores["perplexity"]) - median, 0) / np.maximum(p90 - median, 1e-6)
-    ifd_median = np.nanmedian(calibration["ifd_median"])  # conversations of any category share one reference
+    # Conversations of any category share the reference of those calibrated.
+    ifd_median, ifd_p95 = np.nanmax(calibration["ifd_median"]), np.nanmax(calibration["ifd_p95"])
     return {
         "heuristics": heuristic,
         "refusal": 1 - scores["refusal"],
         "classifier": scores["classifier"],
         "reference_lm": np.where(known, np.exp(-excess), np.nan),
-        "ifd": np.clip((1 - scores["ifd"]) / max(1 - ifd_median, 1e-6), 0, 1),
+        "ifd": np.clip((ifd_p95 - scores["ifd"]) / max(ifd_p95 - ifd_median, 1e-6), 0, 1),
     }
 
 
 def combine(parts: dict[str, np.ndarray], params: Quality) -> np.ndarray:
-    """Weighted mean of the applicable components."""
+    """quality = heuristics * (1 - refusal) * weighted mean of the applicable graded components."""
     weights = params.weights.model_dump()
     total = np.zeros(len(parts["heuristics"]))
     weight = np.zeros(len(total))
-    for name, value in parts.items():
-        applies = ~np.isnan(value)
-        total += np.where(applies, value, 0) * weights[name]
+    for name in GRADES:
+        applies = ~np.isnan(parts[name])
+        total += np.where(applies, parts[name], 0) * weights[name]
         weight += applies * weights[name]
-    return np.divide(total, weight, out=np.zeros(len(total)), where=weight > 0)
+    graded = np.divide(total, weight, out=np.ones(len(total)), where=weight > 0)
+    return parts["heuristics"] * np.nan_to_num(parts["refusal"], nan=1.0) * graded
 
 
 def rules_broken(scores: dict[str, np.ndarray], params: Quality) -> dict[str, np.ndarray]:
@@ -203,7 +215,7 @@ def rules_broken(scores: dict[str, np.ndarray], params: Quality) -> dict[str, np
             "alpha_ratio": scores["alpha_ratio"] < limits.min_alpha_ratio,
             "symbol_ratio": scores["symbol_ratio"] > limits.max_symbol_ratio,
             "stopwords": scores["stopwords"] < limits.min_stopwords,
-            "unfinished": scores["unfinished"] > 0,
+            "unfinished": (scores["unfinished"] > 0) | (scores["end_surprisal"] > limits.max_end_surprisal),
             "response_ratio": scores["response_ratio"] < limits.min_response_ratio,
         }
 
