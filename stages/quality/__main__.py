@@ -32,7 +32,7 @@ from stages.download import local
 from stages.download.formats import Rejected
 from stages.params import LocalSource, Params, Quality, StageError, load_params, run_stage, stage_arguments
 from stages.quality.npz import save_arrays
-from stages.quality.scorer import Scorer, combine, components, reject_reasons, sample_rows, score_columns, train
+from stages.quality.scorer import Scorer, combine, components, judged, reject_reasons, sample_rows, score_columns, train
 from stages.records import SCHEMA, SCORED_SCHEMA, InvalidRecord, ScoredWriter, make_record, write_metrics
 
 log = logging.getLogger("quality")
@@ -64,6 +64,13 @@ def read_rows(parquet: pq.ParquetFile, rows: np.ndarray) -> pa.Table:
         local_rows = rows[(rows >= starts[group]) & (rows < starts[group + 1])] - starts[group]
         parts.append(parquet.read_row_group(int(group)).take(pa.array(local_rows)))
     return pa.concat_tables(parts) if parts else SCHEMA.empty_table()
+
+
+def train_scorer(parquet: pq.ParquetFile, params: Quality) -> tuple[Scorer, dict]:
+    """Train the classifier and the reference LM on a seeded sample of the input."""
+    roles = sample_rows(parquet.read(columns=["source", "category"]), params)
+    sampled = np.unique(np.concatenate(list(roles.values())))
+    return train(read_rows(parquet, sampled), {role: np.searchsorted(sampled, rows) for role, rows in roles.items()}, params)
 
 
 class Tally:
@@ -148,7 +155,8 @@ class Tally:
 
 def decide(scorer: Scorer, table: pa.Table, scores: dict[str, np.ndarray]):
     """The filter half: components, quality and reject reason from score columns."""
-    parts = components(scores, table.column("category").to_numpy(zero_copy_only=False), scorer.calibration, scorer.params)
+    scores = judged(scores, table.column("category").to_numpy(zero_copy_only=False), scorer.calibration)
+    parts = components(scores, scorer.params, scorer.calibration)
     quality = combine(parts, scorer.params)
     return parts, quality, reject_reasons(scores, quality, scorer.params)
 
@@ -203,14 +211,11 @@ def quality_stage(params: Params, input_path: str | os.PathLike = INPUT, root: s
         raise StageError(f"{input_path}: no records to score (the input is empty)")
     log.info("read %s: %d records in %d row groups", input_path, parquet.metadata.num_rows, parquet.num_row_groups)
 
-    roles = sample_rows(parquet.read(columns=["source", "category"]), q)
-    sampled = np.unique(np.concatenate(list(roles.values())))
-    sample = read_rows(parquet, sampled)
-    scorer, training = train(sample, {role: np.searchsorted(sampled, rows) for role, rows in roles.items()}, q)
+    scorer, training = train_scorer(parquet, q)
     save_arrays(root / "data/quality/classifier.npz", **scorer.classifier.arrays)
     save_arrays(root / "data/quality/reference_lm.npz", **scorer.lm.arrays, **{f"calibration_{k}": v for k, v in scorer.calibration.items()})
-    log.info("trained on %d sampled records: classifier held-out accuracy %s; reference LM of %d tokens",
-             len(sampled), training["classifier"]["heldout_accuracy"], training["reference_lm"]["tokens"])
+    log.info("trained on a sample: classifier held-out accuracy %s; reference LM of %d tokens",
+             training["classifier"]["heldout_accuracy"], training["reference_lm"]["tokens"])
 
     tally = Tally()
     workers = min(q.workers or os.cpu_count() or 1, parquet.num_row_groups)

@@ -28,6 +28,7 @@ _STOPWORD_HASHES = np.sort(word_hashes(pa.array([" ".join(STOPWORDS)]))[0])
 BOILERPLATE = (r"cookie|privacy policy|terms of (use|service)|all rights reserved|©|\bsign up\b|\blog in\b|subscribe|newsletter"
                r"|follow us|sitemap|skip to (content|main)|add to (cart|basket|wishlist)|^share:|read more|click here|javascript"
                r"|^\s*[^|\s].*\s[|›»>·•]\s.*\s[|›»>·•]\s")
+MAX_BOILERPLATE_LINE = 200  # characters
 
 # UTF-8 read as Windows-1252 or Latin-1: a lead byte's character (Â Ã â ð...)
 # followed by a continuation byte's (€ ™ “ ¦ ...), and U+FFFD, the mark of a
@@ -49,7 +50,7 @@ MORALISING = (r"\bit(?: is|'s) (?:not |never )?(?:appropriate|ethical|acceptable
               r"|\brespectful(?:ly)?\b|\bconsult (?:a|with a) (?:professional|qualified)|\bi (?:would )?(?:strongly )?(?:advise|encourage|urge) (?:you|against)")
 
 # A reply cut off mid-sentence ends in a connective sign or a function word.
-UNFINISHED = r"(?:[,:;=+\-–—(&/]|\b(?:the|a|an|and|or|but|of|to|in|on|at|by|for|with|from|is|are|was|were|that|which|if|as))\s*$"
+UNFINISHED = r"(?:[,:=+\-–—(&/]|\b(?:the|a|an|and|or|but|of|to|in|on|at|by|for|with|from|is|are|was|were|that|which|if|as))\s*$"
 
 # "12 + 7 = 19", "3 × 4 × 2 = 24": integers joined by operators, then a result.
 EQUATION = re.compile(r"(?<![\d.])(\d+(?:\s*[-+×*/÷]\s*\d+)+)\s*=\s*(-?\d+)(?!\d|\.\d)")
@@ -113,7 +114,10 @@ def text_statistics(units: Units, ngram: int) -> dict[str, np.ndarray]:
     lines, line_owner = lines.filter(pa.array(spoken)), units.owner[line_unit[spoken]]
     line_chars = pc.utf8_length(lines).to_numpy(zero_copy_only=False).astype(np.float64)
     line_ids = pc.dictionary_encode(lines).indices.to_numpy(zero_copy_only=False).astype(np.uint64)
-    boilerplate = pc.match_substring_regex(lines, BOILERPLATE, ignore_case=True).to_numpy(zero_copy_only=False)
+    # Lines of only signs ("}", "---") repeat in code and tables by design.
+    worded = pc.match_substring_regex(lines, r"[\p{L}\p{N}]").to_numpy(zero_copy_only=False)
+    # A marker makes a short line boilerplate; a paragraph that mentions cookies is not.
+    boilerplate = pc.match_substring_regex(lines, BOILERPLATE, ignore_case=True).to_numpy(zero_copy_only=False) & (line_chars <= MAX_BOILERPLATE_LINE)
 
     unit_ngrams, ngram_unit = ngram_hashes(units.hashes, units.word_offsets, ngram, short=False)
     stopword = np.searchsorted(_STOPWORD_HASHES, units.hashes).clip(max=len(_STOPWORD_HASHES) - 1)
@@ -125,7 +129,7 @@ def text_statistics(units: Units, ngram: int) -> dict[str, np.ndarray]:
         "mean_word_length": _ratio(classes["letters"] + classes["digits"], words),
         "alpha_ratio": _ratio(classes["letters"], visible),
         "symbol_ratio": _ratio(classes["symbols"], visible),
-        "dup_line_fraction": _duplicate_fraction(line_ids, line_owner, records),
+        "dup_line_fraction": _duplicate_fraction(line_ids[worded], line_owner[worded], records),
         "dup_ngram_fraction": _duplicate_fraction(unit_ngrams, units.owner[ngram_unit], records),
         "boilerplate_fraction": _ratio(np.bincount(line_owner, line_chars * boilerplate, minlength=records),
                                        np.bincount(line_owner, line_chars, minlength=records)),

@@ -150,10 +150,23 @@ def _at_least(value: np.ndarray, limit: float) -> np.ndarray:
     return np.where(value < limit, value / (limit if limit > 0 else 1), 1.0)
 
 
-def components(scores: dict[str, np.ndarray], category: np.ndarray, calibration: dict[str, np.ndarray], params: Quality) -> dict[str, np.ndarray]:
-    """The five quality components, each in [0, 1] (NaN where not applicable)."""
+def judged(scores: dict[str, np.ndarray], category: np.ndarray, calibration: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The scores the decision reads: ``end_surprisal`` counts only where the
+    reference LM knows the text (perplexity up to the 90th percentile of its
+    category); on other text (code, another domain) its guess about endings is noise.
+    Also returns the LM's excess log perplexity, in units of (p90 - median)."""
+    known = np.isin(category, calibration["category"])
+    at = np.searchsorted(calibration["category"], np.where(known, category, calibration["category"][0]))
+    median, p90 = calibration["log_perplexity_median"][at], calibration["log_perplexity_p90"][at]
+    excess = np.where(known, np.maximum(np.log(scores["perplexity"]) - median, 0) / np.maximum(p90 - median, 1e-6), np.nan)
+    with np.errstate(invalid="ignore"):
+        return {**scores, "end_surprisal": np.where(excess <= 1, scores["end_surprisal"], np.nan), "lm_excess": excess}
+
+
+def components(scores: dict[str, np.ndarray], params: Quality, calibration: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The quality components, each in [0, 1] (NaN where not applicable), from ``judged`` scores."""
     limits = params.limits
-    heuristic = np.ones(len(category))
+    heuristic = np.ones(len(scores["words"]))
     for name, low, high in (("words", limits.min_words, limits.max_words),
                             ("mean_word_length", limits.min_mean_word_length, limits.max_mean_word_length),
                             ("alpha_ratio", limits.min_alpha_ratio, None), ("symbol_ratio", None, limits.max_symbol_ratio),
@@ -169,18 +182,14 @@ def components(scores: dict[str, np.ndarray], category: np.ndarray, calibration:
         if high is not None:
             heuristic *= _at_most(value, high)
 
-    # Perplexity and IFD are judged against held-out records of the same category.
-    known = np.isin(category, calibration["category"])
-    at = np.searchsorted(calibration["category"], np.where(known, category, calibration["category"][0]))
-    median, p90 = calibration["log_perplexity_median"][at], calibration["log_perplexity_p90"][at]
-    excess = np.maximum(np.log(scores["perplexity"]) - median, 0) / np.maximum(p90 - median, 1e-6)
-    # Conversations of any category share the reference of those calibrated.
+    # Perplexity is judged against held-out records of the same category (``judged``); IFD
+    # against held-out conversations, of whichever category has them.
     ifd_median, ifd_p95 = np.nanmax(calibration["ifd_median"]), np.nanmax(calibration["ifd_p95"])
     return {
         "heuristics": heuristic,
         "refusal": 1 - scores["refusal"],
         "classifier": scores["classifier"],
-        "reference_lm": np.where(known, np.exp(-excess), np.nan),
+        "reference_lm": np.exp(-scores["lm_excess"]),
         "ifd": np.clip((ifd_p95 - scores["ifd"]) / max(ifd_p95 - ifd_median, 1e-6), 0, 1),
     }
 
