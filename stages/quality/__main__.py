@@ -251,11 +251,13 @@ def quality_stage(params: Params, input_path: str | os.PathLike = INPUT, root: s
     log.info("read %d, kept %d, rejected %d %s in %.1fs (%.0f records/s) -> data/quality/scored.parquet, data/rejects/quality.parquet",
              tally.read, tally.kept, rejected, dict(sorted(tally.by_reason.items())), seconds, tally.read / max(seconds, 1e-9))
     if tally.kept == 0:
-        if set(tally.by_reason) == {"below_threshold"}:
-            best = max(float(pc.max(pq.read_table(root / "data/quality/scored.parquet", columns=["quality"]).column(0)).as_py()), 0)
-            raise StageError(f"quality.threshold = {q.threshold} rejects all {tally.read} records (the highest quality is {best:.3f}); lower it")
-        raise StageError(f"every one of the {tally.read} records was rejected ({dict(tally.by_reason)}); "
-                         f"relax quality.limits, switch off quality.rules, or lower quality.threshold")
+        by_rules = rejected - tally.by_reason["below_threshold"]
+        if tally.by_reason["below_threshold"]:
+            best = float(pc.max(pq.read_table(root / "data/quality/scored.parquet", columns=["quality"]).column(0)).as_py())
+            raise StageError(f"quality.threshold = {q.threshold} rejects all {tally.read} records ({by_rules} by hard rules, the rest "
+                             f"below the threshold; the highest quality is {best:.3f}); lower it")
+        raise StageError(f"every one of the {tally.read} records breaks a hard rule ({dict(sorted(tally.by_reason.items()))}); "
+                         f"relax quality.limits or switch off some of quality.rules")
     return metrics
 
 

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from stages.quality.batch import ASSISTANT, DOCUMENT, Units
-from stages.text import ngram_hashes, word_hashes
+from stages.text import mix64, ngram_hashes, word_hashes
 
 # Gopher's stop words: real prose uses at least two of them.
 STOPWORDS = ("the", "be", "to", "of", "and", "that", "have", "with")
@@ -88,17 +88,15 @@ def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
     return np.divide(numerator, denominator, out=np.zeros(len(numerator)), where=denominator > 0)
 
 
-def _duplicate_fraction(keys: np.ndarray, owner: np.ndarray, records: int, weights: np.ndarray | None = None) -> np.ndarray:
-    """Per record: the share (by count, or by ``weights``) of its items whose key
-    occurred before in the same record."""
-    if weights is None:
-        weights = np.ones(len(keys))
-    order = np.lexsort((keys, owner))
-    keys, owner, weights = keys[order], owner[order], weights[order]
-    repeat = np.zeros(len(keys), dtype=bool)
-    repeat[1:] = (keys[1:] == keys[:-1]) & (owner[1:] == owner[:-1])
-    repeated = np.bincount(owner, weights * repeat, minlength=records)
-    return _ratio(repeated, np.bincount(owner, weights, minlength=records))
+def _duplicate_fraction(keys: np.ndarray, owner: np.ndarray, records: int) -> np.ndarray:
+    """Per record: the share of its items whose key occurred before in the same
+    record. The record goes into the top 24 bits of a 64-bit sort key (a batch
+    has far fewer than 2**24 records), the item's key into the other 40: one
+    plain sort, no argsort; two items of a record collide with odds 2**-40."""
+    combined = np.sort((owner.astype(np.uint64) << np.uint64(40)) | (keys.astype(np.uint64) >> np.uint64(24)))
+    repeat = np.flatnonzero(combined[1:] == combined[:-1]) + 1
+    repeated = np.bincount((combined[repeat] >> np.uint64(40)).astype(np.int64), minlength=records)
+    return _ratio(repeated, np.bincount(owner, minlength=records))
 
 
 def text_statistics(units: Units, ngram: int) -> dict[str, np.ndarray]:
@@ -113,7 +111,7 @@ def text_statistics(units: Units, ngram: int) -> dict[str, np.ndarray]:
     spoken = pc.greater(pc.utf8_length(lines), 0).to_numpy(zero_copy_only=False)
     lines, line_owner = lines.filter(pa.array(spoken)), units.owner[line_unit[spoken]]
     line_chars = pc.utf8_length(lines).to_numpy(zero_copy_only=False).astype(np.float64)
-    line_ids = pc.dictionary_encode(lines).indices.to_numpy(zero_copy_only=False).astype(np.uint64)
+    line_ids = mix64(pc.dictionary_encode(lines).indices.to_numpy(zero_copy_only=False).astype(np.uint64))  # spread over 64 bits
     # Lines of only signs ("}", "---") repeat in code and tables by design.
     worded = pc.match_substring_regex(lines, r"[\p{L}\p{N}]").to_numpy(zero_copy_only=False)
     # A marker makes a short line boilerplate; a paragraph that mentions cookies is not.

@@ -1,0 +1,113 @@
+"""Benchmark: the quality stage's records/s on the built-in data.
+
+Target (issue: quality stage): score 1M records in <= 120 s on a 2-core
+machine. Runs the stage core (train the scorers, score on all cores, decide,
+write Parquet, metrics and the real-file scores) on the first --records rows of
+data/raw/builtin.parquet. Baseline, measured in the same run: a straightforward
+per-record pure-Python implementation of the text heuristics alone (split,
+dicts, ``re``) on --baseline-records records, extrapolated.
+
+    python bench/quality_speed.py [--records 1000000] [--baseline-records 20000]
+"""
+
+import argparse
+import json
+import os
+import platform
+import re
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from stages.params import load_params  # noqa: E402
+from stages.quality.__main__ import quality_stage  # noqa: E402
+from stages.quality.heuristics import BOILERPLATE, MOJIBAKE, REFUSAL  # noqa: E402
+from stages.records import content_of  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+WORD = re.compile(r"[^\W_]+")
+BOILERPLATE_RE = re.compile(BOILERPLATE, re.IGNORECASE)
+MOJIBAKE_RE = re.compile(MOJIBAKE.replace(r"\x{80}-\x{BF}", "\x80-\xbf").replace(r"\x{FFFD}", "\ufffd"))
+REFUSAL_RE = re.compile(REFUSAL, re.IGNORECASE)
+
+
+def python_heuristics(record: dict) -> dict:
+    """The per-record way: one Python pass per statistic."""
+    text = content_of(record["messages"], record["text"])
+    words = WORD.findall(text.casefold())
+    visible = [c for c in text if not c.isspace()]
+    lines = [line.strip() for line in text.split("\n") if line.strip()]
+    ngrams = [tuple(words[i:i + 4]) for i in range(len(words) - 3)]
+    replies = [m["content"] for m in record["messages"] or [] if m["role"] == "assistant"]
+    return {
+        "words": len(words),
+        "mean_word_length": sum(map(len, words)) / max(len(words), 1),
+        "alpha_ratio": sum(c.isalpha() for c in visible) / max(len(visible), 1),
+        "symbol_ratio": sum(not (c.isalnum() or c in ".,;:!?'\"()-") for c in visible) / max(len(visible), 1),
+        "dup_line_fraction": (len(lines) - len(set(lines))) / max(len(lines), 1),
+        "dup_ngram_fraction": (len(ngrams) - len(set(ngrams))) / max(len(ngrams), 1),
+        "boilerplate_fraction": sum(len(line) for line in lines if BOILERPLATE_RE.search(line)) / max(sum(map(len, lines)), 1),
+        "mojibake": len(MOJIBAKE_RE.findall(text)),
+        "refusal": sum(len(REFUSAL_RE.findall(reply)) for reply in replies),
+    }
+
+
+def baseline_rate(path: str, records: int) -> float:
+    rows = pq.ParquetFile(path).read_row_groups(range(0, 1 + records // 5000)).slice(0, records).to_pylist()
+    started = time.perf_counter()
+    for row in rows:
+        python_heuristics(row)
+    return len(rows) / (time.perf_counter() - started)
+
+
+def peak_rss_mb() -> float:
+    """Largest resident set of this process or of any of its (worker) children."""
+    return max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, default=1_000_000)
+    parser.add_argument("--baseline-records", type=int, default=20_000)
+    parser.add_argument("--metrics", help="also copy the stage's metrics JSON here")
+    args = parser.parse_args()
+    source = pq.ParquetFile(REPO / "data/raw/builtin.parquet")
+    params = load_params(REPO / "params.yaml")
+    os.chdir(REPO)  # quality.files paths are relative to the repository, as under dvc repro
+    with tempfile.TemporaryDirectory() as tmp:
+        input_path = f"{tmp}/input.parquet"
+        with pq.ParquetWriter(input_path, source.schema_arrow, compression="zstd") as writer:
+            copied = 0
+            for group in range(source.num_row_groups):
+                if copied >= args.records:
+                    break
+                table = source.read_row_group(group).slice(0, args.records - copied)
+                writer.write_table(table)
+                copied += table.num_rows
+        baseline = baseline_rate(input_path, args.baseline_records)
+        started = time.perf_counter()
+        metrics = quality_stage(params, input_path, f"{tmp}/out")
+        seconds = time.perf_counter() - started
+    if args.metrics:
+        Path(args.metrics).write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    rate = copied / seconds
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
+    print(f"baseline (pure-Python per-record heuristics only, {args.baseline_records:,} records): {baseline:,.0f} records/s "
+          f"-> {copied / baseline:.1f} s for {copied:,}")
+    print(f"quality stage ({copied:,} records, all scores, training and writing included): {seconds:.1f} s, {rate:,.0f} records/s, "
+          f"peak RSS {peak_rss_mb():,.0f} MB")
+    print(f"speed-up vs baseline: {rate / baseline:.2f}x")
+    print(f"1M records in {1_000_000 / rate:.1f} s; target <= 120 s: {'met' if 1_000_000 / rate <= 120 else 'MISSED'}")
+    accuracy = metrics["builtin_accuracy"] or {}
+    print(f"AUC {accuracy.get('auc')}, recall {json.dumps(accuracy.get('recall_at_threshold'))}, "
+          f"clean rejected {accuracy.get('clean_rejected_share')}, classifier held-out accuracy {metrics['classifier']['heldout_accuracy']}")
+
+
+if __name__ == "__main__":
+    main()
