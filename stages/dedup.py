@@ -49,6 +49,7 @@ import glob
 import json
 import multiprocessing
 import os
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -116,10 +117,13 @@ class MinHasher:
 
     def shingles(self, texts: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(shingle hashes, owner text of each, content key of each text)."""
-        words, offsets = word_hashes(texts)
+        return self.shingles_of_words(*word_hashes(texts))
+
+    def shingles_of_words(self, words: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        count = len(offsets) - 1
         longest = int(np.diff(offsets).max(initial=0))
         whole, whole_owner = ngram_hashes(words, offsets, longest + 1)
-        keys = np.full(len(texts), NO_KEY, dtype=np.uint64)
+        keys = np.full(count, NO_KEY, dtype=np.uint64)
         keys[whole_owner] = whole
         shingles, owner = ngram_hashes(words, offsets, self.near.shingle)
         return shingles, owner, keys
@@ -373,7 +377,10 @@ def _sketch(job):
     """Pass 1: content keys, LSH band keys and ids of one job's records."""
     inputs, minhasher = _state["inputs"], _state["minhasher"]
     table = inputs.read(job, ["id", "messages", "text", "meta"])
-    shingles, owner, keys = minhasher.shingles(content_column(table))
+    words, offsets = word_hashes(content_column(table))
+    np.save(_state["words"] / f"{job[2]}-words.npy", words)
+    np.save(_state["words"] / f"{job[2]}-offsets.npy", offsets)
+    shingles, owner, keys = minhasher.shingles_of_words(words, offsets)
     bands = minhasher.band_keys(shingles, owner, table.num_rows)
     has_words = np.zeros(table.num_rows, dtype=bool)
     has_words[owner] = True
@@ -394,27 +401,29 @@ def generator_labels(meta: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray, lis
     return np.where(injected, 1, np.where(clean, 0, 2)).astype(np.int8), copied, family.to_pylist()
 
 
-def _wanted_rows(job):
-    """The job's records whose global rows are in the sorted _state['wanted'], as (rows, table)."""
+def _cached_words(job, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The word hashes pass 1 saved for these rows of the job (numbers within the job)."""
+    words = np.load(_state["words"] / f"{job[2]}-words.npy", mmap_mode="r")
+    offsets = np.load(_state["words"] / f"{job[2]}-offsets.npy")
+    lengths = np.diff(offsets)[rows]
+    ends = np.cumsum(lengths)
+    within = np.arange(ends[-1] if len(ends) else 0) - np.repeat(ends - lengths, lengths)
+    return words[np.repeat(offsets[:-1][rows], lengths) + within], np.r_[0, ends].astype(np.int64)
+
+
+def _wanted_words(job):
+    """Global rows of the job in the sorted _state['wanted'], and their words."""
     _, _, first, count = job
     wanted = _state["wanted"]
     rows = wanted[np.searchsorted(wanted, first) : np.searchsorted(wanted, first + count)]
-    if not len(rows):
-        return rows, None
-    return rows, _state["inputs"].read(job).take(rows - first)
+    return rows, _cached_words(job, rows - first)
 
 
 def _candidate_sets(job):
     """Shingle sets of the job's records that are in candidate pairs."""
-    rows, table = _wanted_rows(job)
-    if table is None:
-        return {}
-    shingles, owner, _ = _state["minhasher"].shingles(content_column(table))
+    rows, words = _wanted_words(job)
+    shingles, owner, _ = _state["minhasher"].shingles_of_words(*words)
     return shingle_sets(shingles, owner, rows.tolist())
-
-
-def _heldout_table(job):
-    return _wanted_rows(job)[1]
 
 
 def _contamination(job):
@@ -423,8 +432,7 @@ def _contamination(job):
     entry) matches of entries that are not already common within the job."""
     _, _, first, count = job
     rows = np.flatnonzero(_state["train"][first : first + count])
-    table = _state["inputs"].read(job, ["messages", "text"]).take(rows)
-    words, offsets = word_hashes(content_column(table))
+    words, offsets = _cached_words(job, rows)
     matches = []
     seen = _state["contamination_bitmap"]
     for length, (hashes, entries) in _state["contamination"].items():
@@ -447,8 +455,10 @@ def dedup(params: Params) -> dict:
     inputs = Inputs(list(params.sources))
     if inputs.count == 0:
         raise StageError(f"no records to deduplicate: {', '.join(map(str, inputs.paths))} are all empty")
+    words_by_benchmark = benchmark_words(params)  # first, so that a bad benchmark file fails fast
     minhasher = MinHasher(config.near)
-    _state.update(inputs=inputs, minhasher=minhasher)
+    words_dir = tempfile.TemporaryDirectory(prefix="dedup-words-")  # pass 1 saves each job's words for the later passes
+    _state.update(inputs=inputs, minhasher=minhasher, words=Path(words_dir.name))
     print(f"dedup: {inputs.count:,} records from {len(inputs.sources)} source(s); "
           f"MinHash {config.near.num_perm} permutations, {minhasher.bands} bands x {minhasher.rows} rows")
 
@@ -489,9 +499,9 @@ def dedup(params: Params) -> dict:
 
     # 4. decontamination
     _state["wanted"] = np.flatnonzero(heldout)
-    heldout_tables = [t for t in _parallel(_heldout_table, inputs.jobs, workers, "heldout") if t is not None]
-    benchmarks, texts_by_benchmark = contamination_texts(params, heldout_tables)
-    table, entry_benchmarks, coverage = contamination_table(texts_by_benchmark, config.decontaminate)
+    words_by_benchmark = {"heldout": concatenate_words([_wanted_words(job)[1] for job in inputs.jobs]), **words_by_benchmark}
+    benchmarks = list(words_by_benchmark)
+    table, entry_benchmarks, coverage = contamination_table(words_by_benchmark, config.decontaminate)
     bitmap = np.zeros(int(BITMAP_MASK) + 1, dtype=bool)
     for hashes, _ in table.values():
         bitmap[hashes & BITMAP_MASK] = True
@@ -510,6 +520,13 @@ def dedup(params: Params) -> dict:
     for row, entry in leaks.tolist():
         contaminated_by.setdefault(row, set()).update(b for k, b in enumerate(benchmarks) if entry_benchmarks[entry] >> k & 1)
     train = survivor & ~heldout & ~decontaminated
+    words_dir.cleanup()
+    if not train.any():
+        raise StageError(
+            f"no training record is left of {inputs.count:,}: {int(exact_duplicate.sum()):,} exact and "
+            f"{int(near_duplicate.sum()):,} near duplicates (dedup.near.threshold = {config.near.threshold}), "
+            f"{int(heldout.sum()):,} held out (dedup.heldout.fraction = {config.heldout.fraction}, max_per_source = "
+            f"{config.heldout.max_per_source}), {int(decontaminated.sum()):,} contaminated (dedup.decontaminate)")
 
     # 5. write
     cluster_roots = np.unique(root[~survivor])
@@ -543,16 +560,20 @@ def dedup(params: Params) -> dict:
     return metrics
 
 
-def contamination_texts(params: Params, heldout_tables: list[pa.Table]) -> tuple[list[str], dict[str, pa.Array]]:
-    """The texts training must not overlap: held-out records, built-in evaluation
-    problems and the benchmark files in params, by benchmark name."""
-    texts = {}
-    if heldout_tables:
-        texts["heldout"] = content_column(pa.concat_tables(heldout_tables))
-    else:
-        texts["heldout"] = pa.array([], pa.string())
+def concatenate_words(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Join (words, offsets) of several batches into one."""
+    shift = np.cumsum([0] + [len(w) for w, _ in parts])
+    words = np.concatenate([w for w, _ in parts] or [np.empty(0, np.uint64)])
+    return words, np.concatenate([[0]] + [o[1:] + k for (_, o), k in zip(parts, shift)]).astype(np.int64)
+
+
+def benchmark_words(params: Params) -> dict:
+    """The words of the texts training must not overlap, besides the held-out
+    records: built-in evaluation problems and the benchmark files in params,
+    by benchmark name (None for a benchmark file that is absent)."""
+    words = {}
     if BUILTIN_EVAL.is_file():
-        texts["builtin_eval"] = content_column(pq.read_table(BUILTIN_EVAL, columns=["messages", "text"]))
+        words["builtin_eval"] = word_hashes(content_column(pq.read_table(BUILTIN_EVAL, columns=["messages", "text"])))
     for name, benchmark in params.dedup.decontaminate.benchmarks.items():
         path = Path(benchmark.path)
         if not path.is_file():
@@ -560,10 +581,10 @@ def contamination_texts(params: Params, heldout_tables: list[pa.Table]) -> tuple
                 raise StageError(f"dedup.decontaminate.benchmarks.{name}.path: {path} not found "
                                  "(set required: false to skip a file that may be absent)")
             print(f"dedup: warning: benchmark {name}: {path} not found, skipped")
-            texts[name] = None
+            words[name] = None
             continue
-        texts[name] = pa.array(read_benchmark(path, benchmark.fields, f"dedup.decontaminate.benchmarks.{name}"), pa.string())
-    return list(texts), texts
+        words[name] = word_hashes(pa.array(read_benchmark(path, benchmark.fields, f"dedup.decontaminate.benchmarks.{name}"), pa.string()))
+    return words
 
 
 def read_benchmark(path: Path, fields: list[str], key: str) -> list[str]:
@@ -587,18 +608,18 @@ def read_benchmark(path: Path, fields: list[str], key: str) -> list[str]:
     return texts
 
 
-def contamination_table(texts: dict[str, pa.Array | None], decontaminate) -> tuple[dict, np.ndarray, dict]:
+def contamination_table(texts: dict[str, tuple | None], decontaminate) -> tuple[dict, np.ndarray, dict]:
     """The n-grams training must not share, as entries: ``{window length:
     (sorted hashes, entry numbers)}``, a bit mask of the benchmarks of each
     entry, and per benchmark how many texts could be checked."""
     if len(texts) > 63:
         raise StageError(f"dedup.decontaminate.benchmarks: at most 61 benchmarks, not {len(texts) - 2}")
     grams, lengths, masks, coverage = [], [], [], {}
-    for b, (name, array) in enumerate(texts.items()):
-        if array is None:
+    for b, (name, words) in enumerate(texts.items()):
+        if words is None:
             coverage[name] = {"missing": True}
             continue
-        words, offsets = word_hashes(array)
+        words, offsets = words
         sizes = np.diff(offsets)
         checkable = sizes >= decontaminate.min_ngram
         hashes, owner = ngram_hashes(words, offsets, decontaminate.ngram)
@@ -606,7 +627,7 @@ def contamination_table(texts: dict[str, pa.Array | None], decontaminate) -> tup
         grams.append(hashes[keep])
         lengths.append(np.minimum(sizes[owner[keep]], decontaminate.ngram).astype(np.uint64))
         masks.append(np.full(int(keep.sum()), 1 << b, dtype=np.int64))
-        coverage[name] = {"texts": len(array), "checked": int(checkable.sum()), "too_short": int((~checkable).sum())}
+        coverage[name] = {"texts": len(sizes), "checked": int(checkable.sum()), "too_short": int((~checkable).sum())}
     if not grams:
         return {}, np.empty(0, np.int64), coverage
     grams, lengths, masks = np.concatenate(grams), np.concatenate(lengths), np.concatenate(masks)

@@ -221,6 +221,11 @@ def test_bad_input_gives_one_clear_line(workdir):
     result = stage(workdir, "stages.dedup", check=False)
     assert "no records to deduplicate" in result.stderr and "Traceback" not in result.stderr
 
+    params_file(workdir, heldout={"fraction": 1.0, "max_per_source": 1000})
+    result = stage(workdir, "stages.dedup", check=False)
+    assert result.returncode == 1 and "no training record is left of 76" in result.stderr
+    assert "72 held out (dedup.heldout.fraction = 1.0, max_per_source = 1000)" in result.stderr
+
     (workdir / "bench.jsonl").write_text('{"q": "fine"}\n{"q": broken\n')
     params_file(workdir)
     result = stage(workdir, "stages.dedup", check=False)
