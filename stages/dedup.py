@@ -121,6 +121,7 @@ class MinHasher:
 
     def shingles_of_words(self, words: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         count = len(offsets) - 1
+        # the content key: one hash of all of a text's words (a window longer than any text)
         longest = int(np.diff(offsets).max(initial=0))
         whole, whole_owner = ngram_hashes(words, offsets, longest + 1)
         keys = np.full(count, NO_KEY, dtype=np.uint64)
@@ -129,8 +130,8 @@ class MinHasher:
         return shingles, owner, keys
 
     def band_keys(self, shingles: np.ndarray, owner: np.ndarray, count: int) -> np.ndarray:
-        """One key per band and text, shape (bands, count); texts without
-        shingles get keys unique to them, so they never collide."""
+        """One key per band and text, shape (bands, count). Texts without
+        shingles (no words) get meaningless keys: leave them out of candidate_pairs."""
         present = np.unique(owner)
         starts = np.searchsorted(owner, present)
         values = (shingles >> np.uint64(32)).astype(np.uint32)
@@ -139,7 +140,7 @@ class MinHasher:
             permuted = values * self.a[p]
             permuted += self.b[p]
             signature[p] = np.minimum.reduceat(permuted, starts)
-        keys = mix64(np.arange(self.bands * count, dtype=np.uint64) + np.uint64(2**63)).reshape(self.bands, count)
+        keys = np.zeros((self.bands, count), dtype=np.uint64)
         for band in range(self.bands):
             rows = signature[band * self.rows : (band + 1) * self.rows].astype(np.uint64)
             combined = (rows * self.band_multipliers[: len(rows), None]).sum(axis=0) + np.uint64(band)
@@ -220,8 +221,8 @@ def near_duplicate_roots(texts: list[str], near: NearDuplicates) -> np.ndarray:
     array = pa.array(texts, pa.string())
     shingles, owner, keys = minhasher.shingles(array)
     first = first_of_equal(keys)
-    unique = first == np.arange(len(texts))
-    pairs = candidate_pairs(minhasher.band_keys(shingles, owner, len(texts)), unique)
+    eligible = (first == np.arange(len(texts))) & np.isin(np.arange(len(texts)), owner)
+    pairs = candidate_pairs(minhasher.band_keys(shingles, owner, len(texts)), eligible)
     sets = shingle_sets(shingles, owner, range(len(texts)))
     verified = pairs[jaccard(pairs, sets) >= near.threshold] if len(pairs) else pairs
     roots = union_find(len(texts), verified)
