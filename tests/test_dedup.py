@@ -48,6 +48,7 @@ def test_exact_duplicates_fold_case_whitespace_punctuation_and_unicode_form():
              "The second café in Paris"]
     roots = near_duplicate_roots(texts, NEAR)
     assert roots.tolist() == [0, 0, 0, 0, 4]
+    assert near_duplicate_roots(["!!!", "a b", "???"], NEAR).tolist() == [0, 1, 0]  # nothing left after folding: equal
 
 
 def test_near_duplicates_above_the_threshold_cluster_and_those_below_do_not():
