@@ -12,6 +12,7 @@ its coefficients in an .npz file (no pickle); scoring is one sparse product.
 import numpy as np
 from scipy import sparse
 from sklearn.linear_model import LogisticRegression
+from threadpoolctl import threadpool_limits
 
 from stages.quality.batch import ASSISTANT, DOCUMENT, Units
 from stages.quality.reference_lm import spans
@@ -43,7 +44,8 @@ class QualityClassifier:
     @classmethod
     def train(cls, x: sparse.csr_matrix, positive: np.ndarray, hash_bits: int, regularisation: float, seed: int) -> "QualityClassifier":
         model = LogisticRegression(C=regularisation, class_weight="balanced", max_iter=1000, random_state=seed)
-        model.fit(x, positive.astype(np.int8))
+        with threadpool_limits(1):  # a multi-threaded BLAS may sum in another order from run to run
+            model.fit(x, positive.astype(np.int8))
         coefficients = model.coef_[0].astype(np.float32)
         columns = np.flatnonzero(coefficients)
         return cls({"hash_bits": np.array(hash_bits), "columns": columns, "coefficients": coefficients[columns],

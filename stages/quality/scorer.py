@@ -66,8 +66,12 @@ def sample_rows(table: pa.Table, params: Quality) -> dict[str, np.ndarray]:
     order = rng.permutation(table.num_rows)
     c, lm = params.classifier, params.reference_lm
     category = table.column("category").to_numpy(zero_copy_only=False)
-    # Calibration records come first, so that the reference LM never sees them.
-    rows = {f"calibration:{name}": np.sort(order[(category == name)[order]][: lm.calibration_records]) for name in CATEGORIES}
+    # Calibration records come first, so that the reference LM never sees them;
+    # at most a fifth of a category, so that a small input still trains the LM.
+    rows = {}
+    for name in CATEGORIES:
+        members = order[(category == name)[order]]
+        rows[f"calibration:{name}"] = np.sort(members[: min(lm.calibration_records, len(members) // 5)])
     unused = np.ones(table.num_rows, dtype=bool)
     unused[np.concatenate(list(rows.values()))] = False
     for role, selection, count, key in (("positives", c.positives, c.train_records, "classifier.positives"),
@@ -118,6 +122,8 @@ def train(sample: pa.Table, roles: dict[str, np.ndarray], params: Quality) -> tu
         ifds = scores["ifd"][~np.isnan(scores["ifd"])]
         calibration["ifd_median"].append(np.median(ifds) if len(ifds) else np.nan)
         calibration["ifd_p95"].append(np.percentile(ifds, 95) if len(ifds) else np.nan)
+    if not calibration["category"]:
+        raise StageError("quality.reference_lm: too few records to calibrate perplexity (a category needs at least 5)")
     calibration = {k: np.array(v) for k, v in calibration.items()}
     metrics = {
         "classifier": {"train_records": int((~heldout).sum()), "heldout_records": int(heldout.sum()),
