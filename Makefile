@@ -21,3 +21,5 @@ test: venv
 bench: venv
 	python bench/builtin_generator.py
 	python bench/local_loader.py
+	python bench/dedup_speed.py
+	python bench/quality_speed.py
