@@ -63,7 +63,7 @@ from tqdm import tqdm
 from stages.download.formats import Parsed
 from stages.download.local import read as read_local
 from stages.params import LocalSource, NearDuplicates, Params, StageError, load_params, run_stage, stage_arguments
-from stages.records import SCHEMA, RecordWriter, _ParquetSink, content_of, write_metrics
+from stages.records import DedupRejectWriter, RecordWriter, content_of, write_metrics
 from stages.text import content_column, mix64, ngram_hashes, word_hashes
 
 RAW = Path("data/raw")
@@ -73,8 +73,6 @@ REJECTS = Path("data/rejects/dedup.parquet")
 METRICS = Path("metrics/dedup.json")
 BUILTIN_EVAL = RAW / "builtin_eval.parquet"
 
-REJECT_SCHEMA = SCHEMA.append(pa.field("reason", pa.string(), nullable=False)).append(
-    pa.field("cluster_id", pa.int64())).append(pa.field("duplicate_of", pa.string())).append(pa.field("detail", pa.string()))
 ROW_GROUPS_PER_JOB = 5
 NO_KEY = np.uint64(0)  # content key of a record with no words at all
 BITMAP_MASK = np.uint64(2**24 - 1)  # low hash bits indexing the contamination prefilter
@@ -650,7 +648,7 @@ def write_outputs(inputs: Inputs, train, heldout, exact_duplicate, near_duplicat
     for stale in HELDOUT.glob("*.parquet"):
         stale.unlink()
     counts = {}
-    with RecordWriter(TRAIN) as train_writer, _ParquetSink(REJECTS, REJECT_SCHEMA) as reject_writer:
+    with RecordWriter(TRAIN) as train_writer, DedupRejectWriter(REJECTS) as reject_writer:
         heldout_writers = {}
         for job in tqdm(inputs.jobs, desc="write", unit="job"):
             source = inputs.sources[job[0]]

@@ -78,6 +78,14 @@ QUALITY_SCORES = pa.schema(
         pa.field("ifd", pa.float32()),
     ]
 )
+# What dedup removed: the record, why (exact_duplicate, near_duplicate,
+# decontaminated), its cluster and the id of the record kept in its place (null
+# for decontamination), and the benchmarks it overlaps (null for duplicates).
+DEDUP_REJECT_SCHEMA = pa.schema(
+    list(SCHEMA)
+    + [pa.field("reason", pa.string(), nullable=False), pa.field("cluster_id", pa.int64()),
+       pa.field("duplicate_of", pa.string()), pa.field("detail", pa.string())]
+)
 SCORED_SCHEMA = pa.schema(
     list(SCHEMA) + list(QUALITY_SCORES) + [pa.field("quality", pa.float32(), nullable=False), pa.field("reject_reason", pa.string())]
 )
@@ -208,6 +216,11 @@ class _ParquetSink:
 class RecordWriter(_ParquetSink):
     def __init__(self, path: str | os.PathLike):
         super().__init__(path, SCHEMA)
+
+
+class DedupRejectWriter(_ParquetSink):
+    def __init__(self, path: str | os.PathLike):
+        super().__init__(path, DEDUP_REJECT_SCHEMA)
 
 
 class ScoredWriter(_ParquetSink):
