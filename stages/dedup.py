@@ -63,7 +63,7 @@ from tqdm import tqdm
 from stages.download.formats import Parsed
 from stages.download.local import read as read_local
 from stages.params import LocalSource, NearDuplicates, Params, StageError, load_params, run_stage, stage_arguments
-from stages.records import DedupRejectWriter, RecordWriter, content_of, write_metrics
+from stages.records import DedupRejectWriter, RecordWriter, content_of, meta_field, write_metrics
 from stages.text import content_column, mix64, ngram_hashes, word_hashes
 
 RAW = Path("data/raw")
@@ -391,12 +391,11 @@ def generator_labels(meta: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray, lis
     """Ground truth of the built-in generator, for scoring only: per record
     whether it is an injected near duplicate, the id it copies (b"" if none), and
     its family name."""
-    flaw = pc.struct_field(pc.extract_regex(meta, r'"flaw":"(?P<flaw>[a-z_]+)"'), "flaw")
+    flaw = meta_field(meta, "flaw")
     injected = pc.fill_null(pc.equal(flaw, "near_duplicate"), False).to_numpy(zero_copy_only=False)
     clean = pc.is_null(flaw).to_numpy(zero_copy_only=False)
-    copied = pc.struct_field(pc.extract_regex(meta, r'"duplicate_of":"(?P<id>[0-9a-f]+)"'), "id")
-    copied = pc.fill_null(copied, "").to_numpy(zero_copy_only=False).astype("S32")
-    family = pc.fill_null(pc.struct_field(pc.extract_regex(meta, r'"family":"(?P<family>[^"]*)"'), "family"), "")
+    copied = pc.fill_null(meta_field(meta, "duplicate_of"), "").to_numpy(zero_copy_only=False).astype("S32")
+    family = pc.fill_null(meta_field(meta, "family"), "")
     return np.where(injected, 1, np.where(clean, 0, 2)).astype(np.int8), copied, family.to_pylist()
 
 

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from stages.records import CATEGORIES
 
 Category = Literal[CATEGORIES]
+Format = Literal["auto", "alpaca", "sharegpt", "messages", "prompt_completion", "self_instruct", "text"]  # local files
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 SOURCE_KINDS = ("builtin", "hub", "local")
 SOURCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -122,7 +123,7 @@ class LocalSource(Section):
     path: str = Field(min_length=1, description="a file or a glob")
     category: Category
     max_samples: int = Field(ge=1)
-    format: Literal["auto", "alpaca", "sharegpt", "messages", "prompt_completion", "self_instruct", "text"] = "auto"
+    format: Format = "auto"
     split: Literal["block", "line"] = Field("block", description="plain text: one document per blank-line block or per line")
 
 
@@ -292,7 +293,7 @@ class ScoredFile(Section):
 
     path: str = Field(min_length=1)
     category: Category
-    format: Literal["auto", "alpaca", "sharegpt", "messages", "prompt_completion", "self_instruct", "text"] = "auto"
+    format: Format = "auto"
     split: Literal["block", "line"] = "block"
     max_records: int = Field(5_000, ge=1)
     required: bool = Field(False, description="false: a missing file is reported in metrics and skipped")

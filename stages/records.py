@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from stages.text import normalize
@@ -160,6 +161,12 @@ def make_record(
         "text": text,
         "meta": dump_meta(meta or {}),
     }
+
+
+def meta_field(meta: pa.Array | pa.ChunkedArray, key: str) -> pa.Array:
+    """A top-level string field of every record's meta, null where absent, read
+    from the JSON text without parsing it (meta is compact with sorted keys)."""
+    return pc.struct_field(pc.extract_regex(meta, f'"{key}":"(?P<value>[^"\\\\]*)"'), "value")
 
 
 def has_invalid_utf8(text: str) -> bool:

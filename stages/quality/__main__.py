@@ -33,7 +33,7 @@ from stages.download.formats import Rejected
 from stages.params import LocalSource, Params, Quality, StageError, load_params, run_stage, stage_arguments
 from stages.quality.npz import save_arrays
 from stages.quality.scorer import Scorer, combine, components, judged, reject_reasons, sample_rows, score_columns, train
-from stages.records import SCHEMA, SCORED_SCHEMA, InvalidRecord, ScoredWriter, make_record, write_metrics
+from stages.records import SCHEMA, SCORED_SCHEMA, InvalidRecord, ScoredWriter, make_record, meta_field, write_metrics
 
 log = logging.getLogger("quality")
 
@@ -103,11 +103,9 @@ class Tally:
                     group[f"{name}_records"] += applies.sum()
                 self.histogram[f"{column}:{value}"] += np.bincount(bins[mine], minlength=HISTOGRAM_BINS)
         meta = table.column("meta")
-        builtin = pc.match_substring(meta, '"generator":"builtin"').to_numpy(zero_copy_only=False)
+        builtin = pc.fill_null(pc.equal(meta_field(meta, "generator"), "builtin"), False).to_numpy(zero_copy_only=False)
         if builtin.any():
-            flaw = pc.struct_field(pc.extract_regex(meta, r'"flaw":"(?P<flaw>[a-z_]+)"'), "flaw").to_numpy(zero_copy_only=False)
-            self.flaw.append(np.where(pc.is_null(pc.extract_regex(meta, r'"flaw":"(?P<flaw>[a-z_]+)"')).to_numpy(zero_copy_only=False),
-                                      "clean", flaw)[builtin])
+            self.flaw.append(pc.fill_null(meta_field(meta, "flaw"), "clean").to_numpy(zero_copy_only=False)[builtin])
             self.quality.append(quality[builtin])
             self.rejected.append(rejected[builtin])
 
