@@ -63,7 +63,7 @@ from tqdm import tqdm
 from stages.download.formats import Parsed
 from stages.download.local import read as read_local
 from stages.params import LocalSource, NearDuplicates, Params, StageError, load_params, run_stage, stage_arguments
-from stages.records import DedupRejectWriter, RecordWriter, content_of, meta_field, write_metrics
+from stages.records import DEDUP_REJECT_SCHEMA, ParquetSink, RecordWriter, content_of, meta_field, write_metrics
 from stages.text import content_column, mix64, ngram_hashes, word_hashes
 
 RAW = Path("data/raw")
@@ -647,7 +647,7 @@ def write_outputs(inputs: Inputs, train, heldout, exact_duplicate, near_duplicat
     for stale in HELDOUT.glob("*.parquet"):
         stale.unlink()
     counts = {}
-    with RecordWriter(TRAIN) as train_writer, DedupRejectWriter(REJECTS) as reject_writer:
+    with RecordWriter(TRAIN) as train_writer, ParquetSink(REJECTS, DEDUP_REJECT_SCHEMA) as reject_writer:
         heldout_writers = {}
         for job in tqdm(inputs.jobs, desc="write", unit="job"):
             source = inputs.sources[job[0]]

@@ -87,6 +87,9 @@ DEDUP_REJECT_SCHEMA = pa.schema(
     + [pa.field("reason", pa.string(), nullable=False), pa.field("cluster_id", pa.int64()),
        pa.field("duplicate_of", pa.string()), pa.field("detail", pa.string())]
 )
+# Records of the real files the quality stage scores for comparison (quality.files).
+FILE_SCORES_SCHEMA = pa.schema([pa.field("file", pa.string(), nullable=False), pa.field("category", pa.string(), nullable=False)]
+                               + list(QUALITY_SCORES))
 SCORED_SCHEMA = pa.schema(
     list(SCHEMA) + list(QUALITY_SCORES) + [pa.field("quality", pa.float32(), nullable=False), pa.field("reject_reason", pa.string())]
 )
@@ -179,7 +182,7 @@ def has_invalid_utf8(text: str) -> bool:
     return False
 
 
-class _ParquetSink:
+class ParquetSink:
     """Appends rows to one Parquet file in fixed-size row groups, so output
     bytes depend only on the rows, not on how callers batched them. The file is
     written even when no row arrives, so DVC always finds the declared output."""
@@ -220,24 +223,19 @@ class _ParquetSink:
         self.close()
 
 
-class RecordWriter(_ParquetSink):
+class RecordWriter(ParquetSink):
     def __init__(self, path: str | os.PathLike):
         super().__init__(path, SCHEMA)
 
 
-class DedupRejectWriter(_ParquetSink):
-    def __init__(self, path: str | os.PathLike):
-        super().__init__(path, DEDUP_REJECT_SCHEMA)
-
-
-class ScoredWriter(_ParquetSink):
+class ScoredWriter(ParquetSink):
     """Records with the quality stage's scores (SCORED_SCHEMA)."""
 
     def __init__(self, path: str | os.PathLike):
         super().__init__(path, SCORED_SCHEMA)
 
 
-class RejectWriter(_ParquetSink):
+class RejectWriter(ParquetSink):
     """Keeps every rejected input for audit and counts rejections by reason."""
 
     def __init__(self, path: str | os.PathLike, source: str):

@@ -13,7 +13,8 @@ import pytest
 from conftest import stage
 from stages.download.__main__ import download
 from stages.params import ParamsError, StageError, parse_params
-from stages.quality.__main__ import decide, quality_stage, train_scorer
+from stages.quality.__main__ import decide, decide_stage, quality_stage
+from stages.quality.score import file_records, train_scorer
 from stages.quality.batch import split_units
 from stages.quality.heuristics import answer_errors, reply_statistics
 from stages.records import SCHEMA, SCORED_SCHEMA, make_record
@@ -54,7 +55,7 @@ def document(text, category="web"):
 def judge(scorer, records):
     table = pa.Table.from_pylist(records, schema=SCHEMA)
     scores = scorer.score(table)
-    _, quality, reason = decide(scorer, table, scores)
+    _, quality, reason = decide(scorer.params, scorer.calibration, table.column("category").to_numpy(zero_copy_only=False), scores)
     return scores, quality, reason
 
 
@@ -178,9 +179,20 @@ def test_empty_input_fails_with_a_clear_message(tmp_path):
     (tmp_path / "data/dedup").mkdir(parents=True)
     pq.write_table(SCHEMA.empty_table(), tmp_path / "data/dedup/train.parquet")
     (tmp_path / "params.yaml").write_text(json.dumps({"sources": {"builtin": {"kind": "builtin"}}}))
-    result = stage(tmp_path, "stages.quality", check=False)
+    result = stage(tmp_path, "stages.quality.score", check=False)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "error: data/dedup/train.parquet: no records to score (the input is empty)" in result.stderr
+    result = stage(tmp_path, "stages.quality", check=False)
+    assert "error: data/quality/scores.parquet: no such file (run the dedup and quality_score stages first)" in result.stderr
+
+
+def test_retuning_the_threshold_decides_again_without_rescoring(scored, tmp_path):
+    root, input_path, metrics = scored
+    scores = (root / "data/quality/scores.parquet").read_bytes()
+    stricter = decide_stage(quality_params(threshold=0.7), input_path, root)
+    assert (root / "data/quality/scores.parquet").read_bytes() == scores
+    assert stricter["kept"] < metrics["kept"] and stricter["rejected_by_reason"]["below_threshold"] > metrics["rejected_by_reason"]["below_threshold"]
+    decide_stage(quality_params(), input_path, root)  # back to the module's outputs
 
 
 @pytest.fixture(scope="module")
@@ -200,15 +212,15 @@ def test_a_selection_with_no_records_fails_naming_the_param(small_input, tmp_pat
 
 
 def test_missing_files_are_reported_or_fail_when_required(scorer, tmp_path):
-    from stages.quality.__main__ import score_files
-
     params = quality_params(files={"gone": {"path": str(tmp_path / "gone.jsonl"), "category": "web"}}).quality
-    assert score_files(scorer, params) == {"gone": {"path": str(tmp_path / "gone.jsonl"), "missing": True}}
+    assert file_records(params)[1] == {"gone": {"path": str(tmp_path / "gone.jsonl"), "missing": True}}
     params = quality_params(files={"gone": {"path": str(tmp_path / "gone.jsonl"), "category": "web", "required": True}}).quality
     with pytest.raises(StageError, match="quality.files.gone.path"):
-        score_files(scorer, params)
+        file_records(params)
     (tmp_path / "mine.jsonl").write_text("\n".join(json.dumps({"instruction": f"What is {i} + 1?", "output": f"{i} + 1 = {i + 1}."})
                                                    for i in range(20)))
     params = quality_params(files={"mine": {"path": str(tmp_path / "mine.jsonl"), "category": "instruction"}}).quality
-    result = score_files(scorer, params)["mine"]
-    assert result["records"] == 20 and 0 <= result["mean_quality"] <= 1
+    records, report = file_records(params)
+    assert report["mine"] == {"path": str(tmp_path / "mine.jsonl"), "category": "instruction", "records": 20, "invalid": 0}
+    _, quality, _ = judge(scorer, records.to_pylist())
+    assert len(quality) == 20 and ((0 <= quality) & (quality <= 1)).all()

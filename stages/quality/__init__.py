@@ -1,10 +1,11 @@
-"""The quality stage: score every training record, then decide which to keep.
+"""Quality: score every training record, then decide which to keep.
 
-Scoring and deciding are separate (DCLM's enricher and filter): the scores are
-columns of ``data/quality/scored.parquet``; ``quality`` and ``reject_reason``
-are computed from those columns alone (``scorer.components``, ``combine``,
-``reject_reasons``), so weights, limits, rules and the threshold can be retuned
-without rescoring.
+Scoring and deciding are separate stages (DCLM's enricher and filter):
+``score.py`` (stage ``quality_score``) writes the score columns to
+``data/quality/scores.parquet``; ``__main__.py`` (stage ``quality``) computes
+``quality`` and ``reject_reason`` from those columns alone (``scorer.components``,
+``combine``, ``reject_reasons``), so weights, limits, rules and the threshold
+are retuned without rescoring.
 
 Scores (one column each; ``heuristics.py`` and ``reference_lm.py`` say how):
 

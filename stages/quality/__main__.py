@@ -1,24 +1,26 @@
-"""quality stage: ``python -m stages.quality [--params FILE]``.
+"""quality stage, the filter: ``python -m stages.quality [--params FILE]``.
 
-Reads ``data/dedup/train.parquet``, trains the classifier and the reference LM
-on a seeded sample of it, scores every record on all cores, and writes
+Reads ``data/dedup/train.parquet`` and, row for row, the scores the
+``quality_score`` stage (``stages/quality/score.py``) wrote to
+``data/quality/scores.parquet``; combines them into ``quality`` and a
+``reject_reason`` with ``quality.threshold``, ``weights``, ``limits`` and
+``rules`` (nothing else), and writes
 
 - ``data/quality/scored.parquet``: every record with its scores, ``quality`` and ``reject_reason``;
 - ``data/rejects/quality.parquet``: the rejected rows, for audit;
-- ``data/quality/classifier.npz``, ``data/quality/reference_lm.npz``: the trained scorers;
 - ``metrics/quality.json``: counts (read = kept + rejected), means per source and
-  category, the classifier's held-out accuracy, accuracy against the built-in
-  generator's ground truth, and the mean quality of the files under ``quality.files``;
+  category, accuracy against the built-in generator's ground truth, and the mean
+  quality of the files under ``quality.files``;
 - ``plots/quality/histogram.csv``: quality histograms per source and per category.
+
+Retuning those params reruns only this stage, in seconds; the scores stay.
 """
 
-import contextlib
-import glob
 import logging
-import multiprocessing
 import os
 import time
 from collections import Counter, defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -28,49 +30,18 @@ import pyarrow.parquet as pq
 from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
-from stages.download import local
-from stages.download.formats import Rejected
-from stages.params import LocalSource, Params, Quality, StageError, load_params, run_stage, stage_arguments
-from stages.quality.npz import save_arrays
-from stages.quality.scorer import Scorer, combine, components, judged, reject_reasons, sample_rows, score_columns, train
-from stages.records import SCHEMA, SCORED_SCHEMA, InvalidRecord, ScoredWriter, make_record, meta_field, write_metrics
+from stages.params import Params, Quality, StageError, load_params, run_stage, stage_arguments
+from stages.quality.npz import load_arrays
+from stages.quality.score import FILE_SCORES, INPUT, REFERENCE_LM, SCORES, score_stage
+from stages.quality.scorer import combine, components, judged, reject_reasons
+from stages.records import BATCH_ROWS, QUALITY_SCORES, SCHEMA, SCORED_SCHEMA, ScoredWriter, meta_field, write_metrics
 
 log = logging.getLogger("quality")
 
-INPUT = "data/dedup/train.parquet"
 # Copies of a clean record: quality cannot and should not tell them from their
 # original (dedup removes them), so they are left out of the AUC and reported apart.
 DUPLICATE_FLAWS = ("exact_duplicate", "near_duplicate")
 HISTOGRAM_BINS = 20
-
-_SCORER: Scorer | None = None
-_PARQUET: pq.ParquetFile | None = None
-
-
-def _init_worker(scorer: Scorer, path: str) -> None:
-    global _SCORER, _PARQUET
-    _SCORER, _PARQUET = scorer, pq.ParquetFile(path)
-
-
-def _score_row_group(index: int) -> dict[str, np.ndarray]:
-    return _SCORER.score(_PARQUET.read_row_group(index, columns=["messages", "text"]))
-
-
-def read_rows(parquet: pq.ParquetFile, rows: np.ndarray) -> pa.Table:
-    """The given rows (sorted indices) of a Parquet file, reading only the row groups that hold them."""
-    starts = np.cumsum([0] + [parquet.metadata.row_group(i).num_rows for i in range(parquet.num_row_groups)])
-    parts = []
-    for group in np.unique(np.searchsorted(starts, rows, side="right") - 1):
-        local_rows = rows[(rows >= starts[group]) & (rows < starts[group + 1])] - starts[group]
-        parts.append(parquet.read_row_group(int(group)).take(pa.array(local_rows)))
-    return pa.concat_tables(parts) if parts else SCHEMA.empty_table()
-
-
-def train_scorer(parquet: pq.ParquetFile, params: Quality) -> tuple[Scorer, dict]:
-    """Train the classifier and the reference LM on a seeded sample of the input."""
-    roles = sample_rows(parquet.read(columns=["source", "category"]), params)
-    sampled = np.unique(np.concatenate(list(roles.values())))
-    return train(read_rows(parquet, sampled), {role: np.searchsorted(sampled, rows) for role, rows in roles.items()}, params)
 
 
 class Tally:
@@ -151,103 +122,85 @@ class Tally:
         path.write_text("\n".join(lines) + "\n")
 
 
-def decide(scorer: Scorer, table: pa.Table, scores: dict[str, np.ndarray]):
-    """The filter half: components, quality and reject reason from score columns."""
-    scores = judged(scores, table.column("category").to_numpy(zero_copy_only=False), scorer.calibration)
-    parts = components(scores, scorer.params, scorer.calibration)
-    quality = combine(parts, scorer.params)
-    return parts, quality, reject_reasons(scores, quality, scorer.params)
+def decide(params: Quality, calibration: dict[str, np.ndarray], category: np.ndarray, scores: dict[str, np.ndarray]):
+    """The filter: components, quality and reject reason from score columns."""
+    scores = judged(scores, category, calibration)
+    parts = components(scores, params, calibration)
+    quality = combine(parts, params)
+    return parts, quality, reject_reasons(scores, quality, params)
 
 
-def scored_table(table: pa.Table, scores: dict[str, np.ndarray], quality: np.ndarray, reason: np.ndarray) -> pa.Table:
-    columns = [table.column(name) for name in SCHEMA.names] + score_columns(scores)
+def score_arrays(table: pa.Table) -> dict[str, np.ndarray]:
+    """QUALITY_SCORES columns as float arrays, null becoming NaN."""
+    return {field.name: pc.cast(table.column(field.name), pa.float64()).to_numpy(zero_copy_only=False) for field in QUALITY_SCORES}
+
+
+def aligned(scores: pq.ParquetFile, sizes) -> Iterator[pa.Table]:
+    """The rows of ``scores`` in consecutive tables of the given sizes."""
+    batches = scores.iter_batches(batch_size=BATCH_ROWS)
+    pending = QUALITY_SCORES.empty_table()
+    for size in sizes:
+        while pending.num_rows < size:
+            pending = pa.concat_tables([pending, pa.Table.from_batches([next(batches)])])
+        yield pending.slice(0, size)
+        pending = pending.slice(size)
+
+
+def scored_table(table: pa.Table, scores: pa.Table, quality: np.ndarray, reason: np.ndarray) -> pa.Table:
+    columns = [table.column(name) for name in SCHEMA.names] + scores.columns
     columns += [pa.array(quality.astype(np.float32)), pa.array(reason.tolist(), pa.string())]
     return pa.Table.from_arrays(columns, schema=SCORED_SCHEMA)
 
 
-def score_files(scorer: Scorer, params: Quality) -> dict:
-    """Mean quality of each file under ``quality.files``, scored with the trained scorers."""
+def file_means(params: Quality, calibration: dict[str, np.ndarray], root: Path) -> dict:
+    """Per file under ``quality.files`` that was scored: mean quality, share kept, rejections and mean components."""
+    table = pq.read_table(root / FILE_SCORES)
     results = {}
-    for name, spec in params.files.items():
-        if not glob.glob(spec.path):
-            if spec.required:
-                raise StageError(f"quality.files.{name}.path: {spec.path}: no such file")
-            log.warning("quality.files.%s: %s not found, skipped (required: false)", name, spec.path)
-            results[name] = {"path": spec.path, "missing": True}
-            continue
-        source = LocalSource(kind="local", path=spec.path, category=spec.category, max_samples=spec.max_records,
-                             format=spec.format, split=spec.split)
-        rows, invalid = [], 0
-        for item in local.read(source):
-            if len(rows) >= spec.max_records:
-                break
-            try:
-                if isinstance(item, Rejected):
-                    raise InvalidRecord(item.reason, item.detail)
-                rows.append(make_record(name, spec.category, messages=item.messages, text=item.text, meta=item.meta))
-            except InvalidRecord:
-                invalid += 1
-        table = pa.Table.from_pylist(rows, schema=SCHEMA)
-        scores = scorer.score(table)
-        parts, quality, reason = decide(scorer, table, scores)
-        results[name] = {"path": spec.path, "category": spec.category, "records": len(rows), "invalid": invalid,
-                         "mean_quality": round(float(quality.mean()), 4), "kept_share": round(float(np.mean(reason == None)), 4),  # noqa: E711
+    for name in sorted(set(table.column("file").to_pylist())):
+        rows = table.filter(pc.equal(table.column("file"), name))
+        parts, quality, reason = decide(params, calibration, rows.column("category").to_numpy(zero_copy_only=False), score_arrays(rows))
+        results[name] = {"records": rows.num_rows, "mean_quality": round(float(quality.mean()), 4),
+                         "kept_share": round(float(np.mean(reason == None)), 4),  # noqa: E711
                          "rejected_by_reason": dict(sorted(Counter(reason[reason != None].tolist()).items())),  # noqa: E711
                          **{f"mean_{k}": round(float(np.nanmean(v)), 4) for k, v in parts.items() if not np.isnan(v).all()}}
-        log.info("file %s (%s): %d records, mean quality %.3f, kept %.1f%%", name, spec.path, len(rows), quality.mean(),
-                 100 * results[name]["kept_share"])
+        log.info("file %s: %d records, mean quality %.3f, kept %.1f%%", name, rows.num_rows, quality.mean(), 100 * results[name]["kept_share"])
     return results
 
 
-def quality_stage(params: Params, input_path: str | os.PathLike = INPUT, root: str | os.PathLike = ".") -> dict:
-    """Score ``input_path`` and write the outputs under ``root``; returns the metrics."""
+def decide_stage(params: Params, input_path: str | os.PathLike = INPUT, root: str | os.PathLike = ".") -> dict:
+    """Decide on every record of ``input_path`` from the scores under ``root``; returns the metrics."""
     q, root, started = params.quality, Path(root), time.perf_counter()
-    if not Path(input_path).is_file():
-        raise StageError(f"{input_path}: no such file (run the dedup stage first)")
-    parquet = pq.ParquetFile(input_path)
-    if parquet.metadata.num_rows == 0:
-        raise StageError(f"{input_path}: no records to score (the input is empty)")
-    log.info("read %s: %d records in %d row groups", input_path, parquet.metadata.num_rows, parquet.num_row_groups)
-
-    scorer, training = train_scorer(parquet, q)
-    save_arrays(root / "data/quality/classifier.npz", **scorer.classifier.arrays)
-    save_arrays(root / "data/quality/reference_lm.npz", **scorer.lm.arrays, **{f"calibration_{k}": v for k, v in scorer.calibration.items()})
-    log.info("trained on a sample: classifier held-out accuracy %s; reference LM of %d tokens",
-             training["classifier"]["heldout_accuracy"], training["reference_lm"]["tokens"])
+    for path in (Path(input_path), root / SCORES, root / REFERENCE_LM, root / FILE_SCORES):
+        if not path.is_file():
+            raise StageError(f"{path}: no such file (run the dedup and quality_score stages first)")
+    parquet, scores = pq.ParquetFile(input_path), pq.ParquetFile(root / SCORES)
+    if scores.metadata.num_rows != parquet.metadata.num_rows:
+        raise StageError(f"{root / SCORES} has {scores.metadata.num_rows} rows for the {parquet.metadata.num_rows} of {input_path}; "
+                         "rerun the quality_score stage")
+    calibration = {k.removeprefix("calibration_"): v for k, v in load_arrays(root / REFERENCE_LM).items() if k.startswith("calibration_")}
 
     tally = Tally()
-    workers = min(q.workers or os.cpu_count() or 1, parquet.num_row_groups)
-    with contextlib.ExitStack() as stack, tqdm(total=parquet.metadata.num_rows, unit="rec", desc="quality", mininterval=1) as bar:
-        scored = stack.enter_context(ScoredWriter(root / "data/quality/scored.parquet"))
-        rejects = stack.enter_context(ScoredWriter(root / "data/rejects/quality.parquet"))
-        jobs = range(parquet.num_row_groups)
-        if workers == 1:
-            _init_worker(scorer, str(input_path))
-            results = map(_score_row_group, jobs)
-        else:
-            pool = stack.enter_context(multiprocessing.get_context("fork").Pool(workers, _init_worker, (scorer, str(input_path))))
-            results = pool.imap(_score_row_group, jobs)
-        for index, scores in zip(jobs, results):
+    sizes = [parquet.metadata.row_group(i).num_rows for i in range(parquet.num_row_groups)]
+    with ScoredWriter(root / "data/quality/scored.parquet") as scored, ScoredWriter(root / "data/rejects/quality.parquet") as rejects:
+        for index, score_table in tqdm(zip(range(parquet.num_row_groups), aligned(scores, sizes)), total=len(sizes), desc="decide", unit="group"):
             table = parquet.read_row_group(index)
-            parts, quality, reason = decide(scorer, table, scores)
-            out = scored_table(table, scores, quality, reason)
+            values = score_arrays(score_table)
+            parts, quality, reason = decide(q, calibration, table.column("category").to_numpy(zero_copy_only=False), values)
+            out = scored_table(table, score_table, quality, reason)
             scored.write_table(out)
             rejects.write_table(out.filter(pa.array(reason != None)))  # noqa: E711
             tally.add(table, parts, quality, reason)
-            bar.update(table.num_rows)
 
     rejected = sum(tally.by_reason.values())
     assert tally.read == tally.kept + rejected == parquet.metadata.num_rows, (tally.read, tally.kept, rejected)
     metrics = {"read": tally.read, "kept": tally.kept, "rejected": rejected, "read_equals_kept_plus_rejected": True,
                "rejected_by_reason": dict(sorted(tally.by_reason.items())), "threshold": q.threshold,
-               "by_source": tally.group_means("source"), "by_category": tally.group_means("category"), **training,
-               "builtin_accuracy": tally.builtin_accuracy(q.threshold), "files": score_files(scorer, q)}
-    seconds = time.perf_counter() - started
-    metrics["seconds"] = round(seconds, 1)
+               "by_source": tally.group_means("source"), "by_category": tally.group_means("category"),
+               "builtin_accuracy": tally.builtin_accuracy(q.threshold), "files": file_means(q, calibration, root)}
     write_metrics(root / "metrics/quality.json", metrics)
     tally.write_histogram(root / "plots/quality/histogram.csv")
-    log.info("read %d, kept %d, rejected %d %s in %.1fs (%.0f records/s) -> data/quality/scored.parquet, data/rejects/quality.parquet",
-             tally.read, tally.kept, rejected, dict(sorted(tally.by_reason.items())), seconds, tally.read / max(seconds, 1e-9))
+    log.info("read %d, kept %d, rejected %d %s in %.1fs -> data/quality/scored.parquet, data/rejects/quality.parquet",
+             tally.read, tally.kept, rejected, dict(sorted(tally.by_reason.items())), time.perf_counter() - started)
     if tally.kept == 0:
         by_rules = rejected - tally.by_reason["below_threshold"]
         if tally.by_reason["below_threshold"]:
@@ -259,9 +212,14 @@ def quality_stage(params: Params, input_path: str | os.PathLike = INPUT, root: s
     return metrics
 
 
+def quality_stage(params: Params, input_path: str | os.PathLike = INPUT, root: str | os.PathLike = ".") -> dict:
+    """Both stages in a row, as ``dvc repro`` runs them (tests, benchmarks): the metrics of both."""
+    return {**score_stage(params, input_path, root), **decide_stage(params, input_path, root)}
+
+
 def main(argv=None) -> None:
     args = stage_arguments(__doc__.splitlines()[0]).parse_args(argv)
-    quality_stage(load_params(args.params))
+    decide_stage(load_params(args.params))
 
 
 if __name__ == "__main__":
