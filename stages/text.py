@@ -39,7 +39,8 @@ def content_column(batch: pa.RecordBatch | pa.Table) -> pa.Array:
         messages = messages.combine_chunks()
     turns = pc.list_flatten(messages)
     lines = pc.binary_join_element_wise(turns.field("role"), turns.field("content"), ": ")
-    conversations = pc.binary_join(pa.ListArray.from_arrays(messages.offsets, lines, mask=messages.is_null()), "\n")
+    offsets = pc.subtract(messages.offsets, messages.offsets[0])  # a sliced batch's offsets do not start at 0
+    conversations = pc.binary_join(pa.ListArray.from_arrays(offsets, lines, mask=messages.is_null()), "\n")
     return pc.coalesce(conversations, batch.column("text"))
 
 

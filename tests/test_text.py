@@ -14,6 +14,8 @@ def test_content_column_is_content_of_for_every_record():
     ]
     table = pa.Table.from_pylist(records, schema=SCHEMA)
     assert content_column(table).to_pylist() == [content_of(r["messages"], r["text"]) for r in records]
+    batch = table.to_batches()[0]
+    assert content_column(batch.slice(2)).to_pylist() == [content_of(records[2]["messages"], None)]
 
 
 def test_words_are_folded_and_hashed_the_same_in_every_batch():
