@@ -312,6 +312,79 @@ class Quality(Section):
     files: dict[str, ScoredFile] = {}
 
 
+class Sample(Section):
+    sizes: dict[str, int] = Field(default_factory=lambda: {"10K": 10_000, "100K": 100_000, "1M": 1_000_000},
+                                  description="sample name -> records")
+    strategy: Literal["top_quality", "random", "diverse"] = "top_quality"
+    stratify: bool = Field(True, description="keep the pool's category shares")
+    allow_short: bool = Field(False, description="a pool smaller than a size: warn and keep what there is, instead of failing")
+    clusters: int = Field(64, ge=2, le=4096, description="diverse: k-means clusters")
+    seed: int = 0
+
+    @field_validator("sizes")
+    @classmethod
+    def _sizes(cls, sizes):
+        if not sizes:
+            raise ValueError("name at least one sample size")
+        for name, size in sizes.items():
+            if not SOURCE_NAME.match(str(name)):
+                raise ValueError(f"sample name '{name}' must be letters, digits, '_', '.', '-'")
+            if size < 1:
+                raise ValueError(f"sizes.{name} = {size}: a sample has at least 1 record")
+        return sizes
+
+
+MIX_STRATEGIES = {  # (instruction, knowledge, web) token shares; README explains each
+    "instruction_only": (1.0, 0.0, 0.0),
+    "plan_40_30_30": (0.4, 0.3, 0.3),
+    "equal": (1 / 3, 1 / 3, 1 / 3),
+    "knowledge_heavy": (0.2, 0.6, 0.2),
+    "web_heavy": (0.2, 0.2, 0.6),
+    "curriculum": (0.4, 0.3, 0.3),
+}
+
+
+class Mix(Section):
+    pool: str = Field("100K", description="the sample the mix draws from (a key of sample.sizes)")
+    tokens: int = Field(5_000_000, ge=1, description="token budget of the training set")
+    strategy: Literal["custom", *MIX_STRATEGIES] = "custom"
+    instruction: float = Field(0.4, ge=0.0, description="custom: relative weight (normalised)")
+    knowledge: float = Field(0.3, ge=0.0)
+    web: float = Field(0.3, ge=0.0)
+    max_epochs: float = Field(4.0, ge=1.0, description="a category short of data is repeated up to this many times")
+    scale_down: bool = Field(False, description="a budget that cannot be met: scale it down and report, instead of failing")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _weights(self):
+        if self.strategy == "custom" and self.instruction + self.knowledge + self.web <= 0:
+            raise ValueError("the weights instruction, knowledge and web are all 0; give at least one a positive weight")
+        return self
+
+    def shares(self) -> dict[str, float]:
+        """Token share per category, summing to 1."""
+        weights = MIX_STRATEGIES.get(self.strategy) or (self.instruction, self.knowledge, self.web)
+        return {c: w / sum(weights) for c, w in zip(CATEGORIES, weights)}
+
+
+class Tokenizer(Section):
+    """stages/tokenizer.py: a byte-level BPE trained on a sample of the deduplicated pool, or a named one."""
+
+    pretrained: str | None = Field(None, min_length=1, description="a hub id (in the local cache) or local directory to use instead of training")
+    vocab_size: int = Field(8192, ge=512, le=1_000_000, description="tokens, the 3 special tokens included")
+    train_records: int = Field(100_000, ge=100, description="records of data/dedup/train.parquet sampled to train on")
+    split_digits: bool = Field(True, description="every digit its own token")
+    seed: int = 0
+
+
+class Tokenize(Section):
+    """stages/tokenize.py: render, tokenize and pack the mix and the held-out sets."""
+
+    seq_len: int = Field(256, ge=8, le=1_048_576, description="tokens per packed sequence (at most the model's context: train checks)")
+    assistant_only: bool = Field(True, description="conversations train on assistant turns only; false: on every token")
+    sequences_per_shard: int = Field(65_536, ge=1, description="sequences per .npy shard")
+
+
 class Params(Section):
     world: World = World()
     sources: dict[str, Source]
@@ -319,6 +392,16 @@ class Params(Section):
     builtin_eval: BuiltinEval = BuiltinEval()
     dedup: Dedup = Dedup()
     quality: Quality = Quality()
+    sample: Sample = Sample()
+    mix: Mix = Mix()
+    tokenizer: Tokenizer = Tokenizer()
+    tokenize: Tokenize = Tokenize()
+
+    @model_validator(mode="after")
+    def _pool_is_a_sample(self):
+        if self.mix.pool not in self.sample.sizes:
+            raise ValueError(f"mix.pool = '{self.mix.pool}' is not a sample; choose one of {', '.join(self.sample.sizes)} (sample.sizes)")
+        return self
 
     @field_validator("sources", mode="before")
     @classmethod

@@ -1,7 +1,9 @@
-"""`dvc repro` end to end on a tiny params file: every kind of source, then a no-op rerun."""
+"""`dvc repro` end to end on a tiny params file: every kind of source, a no-op
+rerun, and `dvc exp run -S ...` ablations that rerun only what they change."""
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -36,8 +38,12 @@ def project(tmp_path_factory):
         "fineweb": {"kind": "hub", "name": str(FIXTURES / "hub/HuggingFaceFW/fineweb-edu"), "config": "sample-10BT", "max_samples": 100},
     }
     params["builtin_eval"]["per_family"] = 20
+    params["sample"]["sizes"] = {"small": 300, "large": 1000}
+    params["mix"].update(pool="large", tokens=30_000)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    for key, value in (("user.name", "test"), ("user.email", "test@example.com")):
+        subprocess.run(["git", "config", key, value], cwd=root, check=True)
     dvc(root, "init", "-q")
     shutil.copy(REPO / ".dvcignore", root)
     dvc(root, "repro")
@@ -71,3 +77,31 @@ def test_a_param_change_reruns_only_its_source(project):
     assert "Running stage 'download@c4'" in output
     assert "Running stage 'download@builtin'" not in output and "Running stage 'builtin_eval'" not in output
     assert json.loads((project / "metrics/download/c4.json").read_text())["kept"] == 50
+
+
+def stages_run(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", output))
+
+
+def test_exp_run_of_a_mix_weight_reruns_only_mix_and_tokenize(project):
+    dvc(project, "repro")
+    subprocess.run(["git", "add", "-A"], cwd=project, check=True)
+    subprocess.run(["git", "commit", "-qm", "baseline"], cwd=project, check=True)
+    output = dvc(project, "exp", "run", "-S", "mix.instruction=0.5")
+    assert stages_run(output) == {"mix", "tokenize"}, output
+    instruction = json.loads((project / "metrics/mix.json").read_text())["by_category"]["instruction"]
+    assert instruction["requested_share"] == round(0.5 / 1.1, 4)
+    assert abs(instruction["effective_share"] - 0.5 / 1.1) < 0.02
+
+
+def test_exp_run_of_the_pool_compares_quantity(project):
+    runs = {}
+    for pool in ("small", "large"):
+        output = dvc(project, "exp", "run", "-S", f"mix.pool={pool}")
+        assert stages_run(output) <= {"mix", "tokenize"}, output
+        runs[pool] = json.loads((project / "metrics/mix.json").read_text())
+    assert runs["small"]["pool"] == "small" and runs["large"]["pool"] == "large"
+    for category in ("instruction", "knowledge", "web"):
+        small, large = runs["small"]["by_category"][category], runs["large"]["by_category"][category]
+        assert small["available_tokens"] < large["available_tokens"]
+        assert small["passes"] > large["passes"]  # the same budget from less data: more repeats

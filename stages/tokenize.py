@@ -1,0 +1,343 @@
+"""tokenize stage: render, tokenize and pack the training mix and the held-out sets.
+
+    python -m stages.tokenize [--params params.yaml]
+
+Reads ``models/tokenizer/`` (the tokenizer stage), ``data/mix/train.parquet``
+and every ``data/heldout/<source>.parquet``, and writes
+
+- ``data/tokens/train/``: the mix as packed sequences (layout below);
+- ``data/tokens/heldout/<source>/``: each held-out set, packed the same way;
+- ``data/tokens/metadata.json``: vocabulary size, dtype, ``seq_len``, the
+  special token ids, and per set the sequences and the tokens and loss tokens
+  per category;
+- ``data/rejects/tokenize.parquet``: records that render to nothing, with the
+  reason, the file and the row;
+- ``metrics/tokenize.json``: records in / kept / rejected, tokens and loss
+  tokens per category, sequences and padding, per set.
+
+**Rendering.** A conversation is rendered through the chat template, exactly
+as ``tokenizer.apply_chat_template(messages, tokenize=False)`` renders it, and
+encoded without added special tokens, as ``apply_chat_template(tokenize=True)``
+does; a document is its text. With our ChatML template the rendering is done
+in Arrow for whole batches; with a pretrained tokenizer's own template, by that
+template, record by record.
+
+**Loss mask.** One byte per token: 1 where the token counts in the loss (the
+train stage predicts it), 0 where it is context only. Documents count every
+token. Conversations count every token too with ``tokenize.assistant_only:
+false``; with ``true`` (the default) only the tokens that overlap an assistant
+turn's content or the ``<|im_end|>`` that closes it, found from the encoding's
+character offsets (a token that straddles the border counts). With another
+template, an assistant turn is the text its message adds to the rendering of
+the conversation up to the generation prompt before it.
+
+**Stream.** Records are taken in file order (the mix may be a curriculum), each
+followed by ``<|endoftext|>`` (eos), which counts in the loss for documents
+and whenever all tokens count, not after an assistant-only conversation (its
+reply ends with ``<|im_end|>``). A record that renders to no token (``empty``)
+or, assistant-only, has no assistant turn (``no_assistant_turn``) is rejected.
+``count_tokens`` gives each record's share of the stream, so the mix stage can
+meet a token budget exactly.
+
+**Packing.** The stream is cut into sequences of ``tokenize.seq_len`` tokens;
+a record continues into the next sequence where one ends (no token is lost).
+The last sequence is filled with the pad token (``<|endoftext|>``) with mask 0.
+A directory holds shards ``tokens-00000.npy`` (dtype uint16 when the vocabulary
+fits, else uint32) and ``mask-00000.npy`` (uint8), each of shape
+``(sequences, seq_len)`` and read with ``np.load(path, mmap_mode="r")``, and
+``index.json`` naming the shards, their sequence counts and the dtype. A
+``seq_len`` longer than the model's context is caught by the train stage.
+"""
+
+import itertools
+import json
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from tqdm import tqdm
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+from stages.params import Params, StageError, Tokenize, load_params, run_stage, stage_arguments
+from stages.records import BATCH_ROWS, CATEGORIES, SCHEMA, ParquetSink, write_metrics
+from stages.tokenizer import CHATML_TEMPLATE, IM_END, IM_START, MODEL, render_column
+
+MIX = Path("data/mix/train.parquet")
+HELDOUT = Path("data/heldout")
+TOKENS = Path("data/tokens")
+REJECTS = Path("data/rejects/tokenize.parquet")
+METRICS = Path("metrics/tokenize.json")
+REJECT_SCHEMA = pa.schema(list(SCHEMA) + [pa.field("reason", pa.string(), nullable=False),
+                                          pa.field("file", pa.string(), nullable=False),
+                                          pa.field("row", pa.int64(), nullable=False)])
+
+
+def load_tokenizer(path: str | os.PathLike = MODEL) -> PreTrainedTokenizerFast:
+    """The tokenizer the tokenizer stage saved, loaded offline."""
+    if not (Path(path) / "tokenizer_config.json").is_file():
+        raise StageError(f"{path} holds no tokenizer: run `dvc repro tokenizer` first")
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    if not isinstance(tokenizer, PreTrainedTokenizerFast) or tokenizer.eos_token_id is None or not tokenizer.chat_template:
+        raise StageError(f"{path}: not a fast tokenizer with an eos token and a chat template; rebuild it with the tokenizer stage")
+    return tokenizer
+
+
+def token_dtype(tokenizer: PreTrainedTokenizerFast) -> np.dtype:
+    return np.dtype(np.uint16 if len(tokenizer) <= 2**16 else np.uint32)
+
+
+# --- rendering ---------------------------------------------------------------------
+def chatml_spans(messages: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(record, start, end): the characters of each assistant turn's content and
+    its closing <|im_end|> in the ChatML rendering, computed from the lengths of
+    the parts that chatml_column joins."""
+    turns = pc.list_flatten(messages)
+    role_length = pc.utf8_length(turns.field("role")).to_numpy()
+    content_length = pc.utf8_length(turns.field("content")).to_numpy()
+    turn_length = len(IM_START) + role_length + 1 + content_length + len(IM_END) + 1
+    turn_start = np.concatenate([[0], np.cumsum(turn_length)[:-1]])
+    record = pc.list_parent_indices(messages).to_numpy()
+    offsets = pc.subtract(messages.offsets, messages.offsets[0]).to_numpy()
+    turn_start = turn_start - turn_start[offsets[record]]  # from the start of the record's rendering
+    start = turn_start + len(IM_START) + role_length + 1
+    assistant = pc.equal(turns.field("role"), "assistant").to_numpy(zero_copy_only=False)
+    return record[assistant], start[assistant], (start + content_length + len(IM_END))[assistant]
+
+
+def template_spans(tokenizer: PreTrainedTokenizerFast, conversation: list[dict]) -> tuple[str, list[tuple[int, int]]]:
+    """Any chat template: the rendering, and for each assistant turn the
+    characters its message adds after the generation prompt that precedes it."""
+    def render(messages, prompt=False):
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=prompt)
+
+    text, spans = render(conversation), []
+    for i, message in enumerate(conversation):
+        if message["role"] == "assistant":
+            before, through = render(conversation[:i], prompt=True), render(conversation[: i + 1])
+            if not (through.startswith(before) and text.startswith(through)):
+                raise StageError("the tokenizer's chat template renders a conversation differently from its prefixes, "
+                                 "so assistant turns cannot be located; use a tokenizer with a prefix-stable template")
+            spans.append((len(before), len(through)))
+    return text, spans
+
+
+def render(tokenizer: PreTrainedTokenizerFast, batch: pa.RecordBatch) -> tuple[list[str], tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Each record's text ('' for nothing) and the (record, start, end) character spans of its assistant turns."""
+    if tokenizer.chat_template == CHATML_TEMPLATE:
+        messages = batch.column("messages")
+        if isinstance(messages, pa.ChunkedArray):
+            messages = messages.combine_chunks()
+        return pc.fill_null(render_column(batch), "").to_pylist(), chatml_spans(messages)
+    texts, spans = [], []
+    for i, (conversation, text) in enumerate(zip(batch.column("messages").to_pylist(), batch.column("text").to_pylist())):
+        if conversation is None:
+            texts.append(text or "")
+            continue
+        rendered, turns = template_spans(tokenizer, conversation)
+        texts.append(rendered)
+        spans.extend((i, start, end) for start, end in turns)
+    record, start, end = np.array(spans, dtype=np.int64).reshape(-1, 3).T
+    return texts, (record, start, end)
+
+
+# --- encoding ----------------------------------------------------------------------
+@dataclass
+class Encoded:
+    """A batch of records as they enter the stream."""
+
+    tokens: np.ndarray  # the kept records' tokens, each record followed by eos
+    loss: np.ndarray  # uint8, 1 where the token counts in the loss
+    lengths: np.ndarray  # per record: tokens in the stream, eos included; 0 when rejected
+    loss_tokens: np.ndarray  # per record: tokens of `lengths` that count in the loss
+    reasons: list[str | None]  # per record: why it was rejected, None when kept
+
+
+def token_range(encoding, start: int, end: int) -> tuple[int, int]:
+    """The tokens [first, last) that overlap the characters [start, end)."""
+    first, last = encoding.char_to_token(start), encoding.char_to_token(end - 1)
+    if first is None or last is None:  # a character the normaliser removed: scan every offset
+        offsets = np.array(encoding.offsets, dtype=np.int64).reshape(-1, 2)
+        overlapping = np.flatnonzero((offsets[:, 1] > start) & (offsets[:, 0] < end))
+        return (int(overlapping[0]), int(overlapping[-1]) + 1) if len(overlapping) else (0, 0)
+    return first, last + 1
+
+
+def encode(tokenizer: PreTrainedTokenizerFast, batch: pa.RecordBatch | pa.Table, assistant_only: bool) -> Encoded:
+    texts, (span_record, span_start, span_end) = render(tokenizer, batch)
+    encodings = tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=False)
+    ids = [e.ids for e in encodings]
+    counts = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+    first = np.concatenate([[0], np.cumsum(counts)])  # each record's first token in the batch
+    tokens = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.uint32, count=int(first[-1]))
+
+    conversation = batch.column("messages").is_valid().to_numpy(zero_copy_only=False)
+    everything = ~conversation | (not assistant_only)  # records whose every token counts, eos included
+    # The mask as +1/-1 at the borders of counted ranges, summed: records whose
+    # every token counts, then assistant turns.
+    borders = np.zeros(len(tokens) + 1, dtype=np.int32)
+    np.add.at(borders, first[:-1][everything], 1)
+    np.add.at(borders, first[1:][everything], -1)
+    if assistant_only:
+        for record, start, end in zip(span_record.tolist(), span_start.tolist(), span_end.tolist()):
+            begin, stop = token_range(encodings[record], start, end)
+            borders[first[record] + begin] += 1
+            borders[first[record] + stop] -= 1
+    loss = (np.cumsum(borders[:-1]) > 0).astype(np.uint8)
+    counted = np.concatenate([[0], np.cumsum(loss, dtype=np.int64)])
+    loss_counts = counted[first[1:]] - counted[first[:-1]]
+
+    reasons = np.where(counts == 0, "empty", np.where(loss_counts == 0, "no_assistant_turn", "")).tolist()
+    kept = loss_counts > 0  # so counts > 0 too
+    token_kept = np.repeat(kept, counts)
+    ends = np.cumsum(counts[kept])  # where each kept record's eos goes
+    eos_loss = everything[kept].astype(np.uint8)
+    return Encoded(
+        tokens=np.insert(tokens[token_kept], ends, tokenizer.eos_token_id),
+        loss=np.insert(loss[token_kept], ends, eos_loss),
+        lengths=np.where(kept, counts + 1, 0),
+        loss_tokens=np.where(kept, loss_counts + everything, 0),
+        reasons=[reason or None for reason in reasons],
+    )
+
+
+def count_tokens(tokenizer: PreTrainedTokenizerFast, table: pa.Table, assistant_only: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Per record of `table`: the tokens it adds to the packed stream (its eos
+    included; 0 for a record the tokenize stage rejects) and how many of them
+    count in the loss. Exactly what packing the same records produces."""
+    lengths, loss_tokens = [np.zeros(0, dtype=np.int64)], [np.zeros(0, dtype=np.int64)]
+    for start in range(0, table.num_rows, BATCH_ROWS):
+        encoded = encode(tokenizer, table.slice(start, BATCH_ROWS), assistant_only)
+        lengths.append(encoded.lengths)
+        loss_tokens.append(encoded.loss_tokens)
+    return np.concatenate(lengths), np.concatenate(loss_tokens)
+
+
+# --- packing -----------------------------------------------------------------------
+class Packer:
+    """Cuts the token stream into seq_len sequences and writes them in shards of
+    `per_shard` sequences; close() pads the last sequence and writes index.json."""
+
+    def __init__(self, directory: Path, seq_len: int, per_shard: int, dtype: np.dtype, pad_id: int):
+        self.directory, self.seq_len, self.per_shard, self.dtype, self.pad_id = directory, seq_len, per_shard, dtype, pad_id
+        directory.mkdir(parents=True, exist_ok=True)
+        self.pending: list[tuple[np.ndarray, np.ndarray]] = []
+        self.pending_tokens = 0
+        self.shards: list[dict] = []
+        self.padding = 0
+
+    def add(self, tokens: np.ndarray, loss: np.ndarray) -> None:
+        self.pending.append((tokens, loss))
+        self.pending_tokens += len(tokens)
+        if self.pending_tokens >= self.per_shard * self.seq_len:
+            self._write(whole_shards_only=True)
+
+    def _write(self, whole_shards_only: bool) -> None:
+        tokens = np.concatenate([t for t, _ in self.pending]).astype(self.dtype)
+        loss = np.concatenate([m for _, m in self.pending])
+        shard_tokens = self.per_shard * self.seq_len
+        while len(tokens) >= shard_tokens or (not whole_shards_only and len(tokens)):
+            n = min(len(tokens), shard_tokens)
+            self._save(tokens[:n], loss[:n])
+            tokens, loss = tokens[n:], loss[n:]
+        self.pending, self.pending_tokens = [(tokens, loss)], len(tokens)
+
+    def _save(self, tokens: np.ndarray, loss: np.ndarray) -> None:
+        self.padding += -len(tokens) % self.seq_len
+        tokens = np.pad(tokens, (0, -len(tokens) % self.seq_len), constant_values=self.pad_id)
+        loss = np.pad(loss, (0, -len(loss) % self.seq_len), constant_values=0)
+        number = len(self.shards)
+        np.save(self.directory / f"tokens-{number:05d}.npy", tokens.reshape(-1, self.seq_len))
+        np.save(self.directory / f"mask-{number:05d}.npy", loss.reshape(-1, self.seq_len))
+        self.shards.append({"tokens": f"tokens-{number:05d}.npy", "mask": f"mask-{number:05d}.npy",
+                            "sequences": len(tokens) // self.seq_len})
+
+    def close(self) -> dict:
+        self._write(whole_shards_only=False)
+        index = {"dtype": self.dtype.name, "seq_len": self.seq_len, "pad_id": self.pad_id,
+                 "sequences": sum(s["sequences"] for s in self.shards), "shards": self.shards}
+        (self.directory / "index.json").write_text(json.dumps(index, indent=2) + "\n")
+        return index
+
+
+def tokenize_file(tokenizer: PreTrainedTokenizerFast, path: Path, directory: Path, config: Tokenize, rejects: ParquetSink) -> dict:
+    """Tokenize and pack one Parquet file of records into `directory`; returns its counts."""
+    packer = Packer(directory, config.seq_len, config.sequences_per_shard, token_dtype(tokenizer), tokenizer.pad_token_id)
+    rows = pq.ParquetFile(path).metadata.num_rows
+    tokens, loss_tokens, rejected = Counter(), Counter(), Counter()
+    row, started = 0, time.time()
+    with tqdm(total=rows, desc=f"tokenize {path}", unit="record") as progress:
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=BATCH_ROWS, columns=SCHEMA.names):
+            encoded = encode(tokenizer, batch, config.assistant_only)
+            packer.add(encoded.tokens, encoded.loss)
+            category = batch.column("category").to_numpy(zero_copy_only=False)
+            for name in CATEGORIES:
+                chosen = category == name
+                tokens[name] += int(encoded.lengths[chosen].sum())
+                loss_tokens[name] += int(encoded.loss_tokens[chosen].sum())
+            for i, reason in enumerate(encoded.reasons):
+                if reason is not None:
+                    rejected[reason] += 1
+                    rejects.write({**batch.slice(i, 1).to_pylist()[0], "reason": reason, "file": str(path), "row": row + i})
+            row += batch.num_rows
+            progress.update(batch.num_rows)
+    index = packer.close()
+    seconds = time.time() - started
+    print(f"tokenize: {path}: {rows:,} records, {sum(tokens.values()):,} tokens in {seconds:.1f} s "
+          f"({sum(tokens.values()) / max(seconds, 1e-9):,.0f} tokens/s); rejected {sum(rejected.values()):,}; "
+          f"wrote {index['sequences']:,} sequences to {directory}/")
+    return {
+        "in": rows,
+        "kept": rows - sum(rejected.values()),
+        "rejected": sum(rejected.values()),
+        "rejected_by_reason": dict(sorted(rejected.items())),
+        "tokens": {name: tokens[name] for name in CATEGORIES},
+        "loss_tokens": {name: loss_tokens[name] for name in CATEGORIES},
+        "sequences": index["sequences"],
+        "padding_tokens": packer.padding,
+    }
+
+
+def tokenize(params: Params) -> dict:
+    config = params.tokenize
+    tokenizer = load_tokenizer()
+    if not MIX.is_file():
+        raise StageError(f"{MIX} is missing: run `dvc repro mix` first")
+    heldout = sorted(HELDOUT.glob("*.parquet"))
+    with ParquetSink(REJECTS, REJECT_SCHEMA) as rejects:
+        metrics = {"train": tokenize_file(tokenizer, MIX, TOKENS / "train", config, rejects),
+                   "heldout": {path.stem: tokenize_file(tokenizer, path, TOKENS / "heldout" / path.stem, config, rejects)
+                               for path in heldout}}
+    metadata = {
+        "vocab_size": len(tokenizer),
+        "dtype": token_dtype(tokenizer).name,
+        "seq_len": config.seq_len,
+        "eos_id": tokenizer.eos_token_id,
+        "pad_id": tokenizer.pad_token_id,
+        "assistant_only": config.assistant_only,
+        "train": {key: metrics["train"][key] for key in ("sequences", "tokens", "loss_tokens")},
+        "heldout": {name: {key: m[key] for key in ("sequences", "tokens", "loss_tokens")} for name, m in metrics["heldout"].items()},
+    }
+    (TOKENS / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
+    return metrics
+
+
+def main(argv=None) -> None:
+    args = stage_arguments("Render, tokenize and pack the mix and the held-out sets").parse_args(argv)
+    params = load_params(args.params)
+    metrics = tokenize(params)
+    write_metrics(METRICS, metrics)
+    train = metrics["train"]
+    print(f"tokenize: train: read {train['in']:,}; kept {train['kept']:,}; rejected {train['rejected']:,}; "
+          f"{sum(train['tokens'].values()):,} tokens ({sum(train['loss_tokens'].values()):,} in the loss) in "
+          f"{train['sequences']:,} sequences of {params.tokenize.seq_len}; held out: {len(metrics['heldout'])} sets; "
+          f"wrote {TOKENS}/, {REJECTS}, {METRICS}")
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,180 @@
+"""tokenizer stage: the tokenizer every later stage and model uses.
+
+    python -m stages.tokenizer [--params params.yaml]
+
+Writes ``models/tokenizer/`` (``save_pretrained``: ``tokenizer.json``,
+``tokenizer_config.json``, ``chat_template.jinja``), which
+``AutoTokenizer.from_pretrained("models/tokenizer")`` loads offline, and
+``metrics/tokenizer.json``.
+
+By default it trains a byte-level BPE tokenizer with the ``tokenizers`` library:
+
+- **Training text**: ``tokenizer.train_records`` records drawn with
+  ``tokenizer.seed`` from the deduplicated pool ``data/dedup/train.parquet``
+  (every category), rendered as the tokenize stage renders them. Not the mix:
+  the tokenizer then stays the same across sample and mix experiments, whose
+  token counts stay comparable.
+- **Pre-tokenization**: every digit is its own pre-token
+  (``tokenizer.split_digits``; it helped arithmetic when measured earlier), then
+  GPT-2's byte-level split. Byte level means any text encodes, with no unknown
+  token.
+- **Special tokens**: ``<|endoftext|>`` (id 0) ends every record in the packed
+  stream and pads the last sequence, so it is both eos and pad; ``<|im_start|>``
+  (1) and ``<|im_end|>`` (2) delimit ChatML turns. There is no bos token.
+- **Chat template**: ChatML, ``<|im_start|>{role}\\n{content}<|im_end|>\\n`` per
+  message, and ``<|im_start|>assistant\\n`` as the generation prompt.
+
+Or, with ``tokenizer.pretrained`` (a hub id in the local cache or a directory),
+that tokenizer is loaded offline and saved as is, given ChatML and its special
+tokens if it has no chat template, and ``<|endoftext|>`` if it has no eos token.
+
+BPE training in ``tokenizers`` 0.23 gave byte-identical files on repeated runs
+and with 1 or 2 threads, so same params give the same files (tests check it).
+"""
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tqdm import tqdm
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+from stages.params import Params, StageError, load_params, run_stage, stage_arguments
+from stages.records import BATCH_ROWS, CATEGORIES, write_metrics
+
+# Set before tokenizers first starts its thread pool (at the first batch call): on this machine tokenizers 0.23
+# encoded on one thread unless RAYON_NUM_THREADS was set (0.55M against 1.1M
+# tokens/s on 2 cores). Results do not depend on the thread count.
+os.environ.setdefault("RAYON_NUM_THREADS", str(len(os.sched_getaffinity(0))))
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+
+POOL = Path("data/dedup/train.parquet")
+MODEL = Path("models/tokenizer")
+METRICS = Path("metrics/tokenizer.json")
+
+ENDOFTEXT, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
+SPECIAL_TOKENS = [ENDOFTEXT, IM_START, IM_END]  # ids 0, 1, 2 of a trained tokenizer
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+def chatml_column(messages: pa.Array) -> pa.Array:
+    """Every conversation rendered exactly as CHATML_TEMPLATE renders it (null
+    for documents), in Arrow, since a Jinja call per record is far too slow."""
+    turns = pc.list_flatten(messages)
+    rendered = pc.binary_join_element_wise(IM_START, turns.field("role"), "\n", turns.field("content"), f"{IM_END}\n", "")
+    offsets = pc.subtract(messages.offsets, messages.offsets[0])  # a sliced batch's offsets do not start at 0
+    return pc.binary_join(pa.ListArray.from_arrays(offsets, rendered, mask=messages.is_null()), "")
+
+
+def render_column(batch: pa.RecordBatch | pa.Table) -> pa.Array:
+    """What each record contributes as text: its ChatML conversation, or its document."""
+    messages = batch.column("messages")
+    if isinstance(messages, pa.ChunkedArray):
+        messages = messages.combine_chunks()
+    return pc.coalesce(chatml_column(messages), batch.column("text"))
+
+
+def sample_pool(path: Path, records: int, seed: int) -> pa.Table:
+    """A fixed sample of `records` rows (all of them if the pool is smaller), in file order."""
+    if not path.is_file():
+        raise StageError(f"{path} is missing: run `dvc repro dedup` first")
+    pool = pq.ParquetFile(path)
+    total = pool.metadata.num_rows
+    chosen = np.sort(np.random.default_rng(seed).choice(total, min(records, total), replace=False))
+    table = pool.read(columns=["category", "messages", "text"])
+    return table.take(pa.array(chosen))
+
+
+def train_bpe(texts: list[str], vocab_size: int, split_digits: bool) -> PreTrainedTokenizerFast:
+    bpe = Tokenizer(models.BPE())
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level]) if split_digits else byte_level
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    bpe.train_from_iterator(texts, trainer, length=len(texts))
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=ENDOFTEXT, pad_token=ENDOFTEXT,
+                                   extra_special_tokens=[IM_START, IM_END], chat_template=CHATML_TEMPLATE)
+
+
+def load_pretrained(name: str) -> PreTrainedTokenizerFast:
+    """A named tokenizer from a local directory or the local hub cache, never the network."""
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise StageError(f"tokenizer.pretrained = {name!r}: cannot load it offline ({str(exc).splitlines()[0]}); "
+                         "give a local directory or a hub id already in the local cache") from None
+    if not isinstance(tokenizer, PreTrainedTokenizerFast):
+        raise StageError(f"tokenizer.pretrained = {name!r} has no fast (tokenizers) version; the tokenize stage needs one")
+    if tokenizer.eos_token is None:
+        tokenizer.add_special_tokens({"eos_token": ENDOFTEXT})
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if not tokenizer.chat_template:
+        tokenizer.add_special_tokens({"additional_special_tokens": [IM_START, IM_END]})
+        tokenizer.chat_template = CHATML_TEMPLATE
+    return tokenizer
+
+
+def sample_metrics(tokenizer: PreTrainedTokenizerFast, sample: pa.Table) -> dict:
+    """Records, characters and tokens per category of the sample, and characters per token."""
+    metrics = {}
+    for category in CATEGORIES:
+        texts = render_column(sample.filter(pc.equal(sample.column("category"), category))).to_pylist()
+        tokens = sum(len(e.ids) for i in range(0, len(texts), BATCH_ROWS)
+                     for e in tokenizer.backend_tokenizer.encode_batch(texts[i : i + BATCH_ROWS], add_special_tokens=False))
+        characters = sum(map(len, texts))
+        metrics[category] = {"records": len(texts), "characters": characters, "tokens": tokens,
+                             "characters_per_token": round(characters / tokens, 4) if tokens else None}
+    return metrics
+
+
+def build(params: Params) -> dict:
+    config = params.tokenizer
+    sample = sample_pool(POOL, config.train_records, config.seed)
+    if config.pretrained:
+        tokenizer = load_pretrained(config.pretrained)
+        print(f"tokenizer: loaded {config.pretrained} ({len(tokenizer):,} tokens)")
+    else:
+        texts = render_column(sample).to_pylist()
+        started = time.time()
+        tokenizer = train_bpe(tqdm(texts, desc="train BPE", unit="record"), config.vocab_size, config.split_digits)
+        print(f"tokenizer: trained byte-level BPE with {len(tokenizer):,} tokens on {len(texts):,} records "
+              f"of {POOL} in {time.time() - started:.1f} s")
+    MODEL.mkdir(parents=True, exist_ok=True)
+    for old in MODEL.iterdir():  # files of an earlier, different tokenizer must not linger
+        old.unlink()
+    tokenizer.save_pretrained(MODEL)
+    return {
+        "source": config.pretrained or "trained",
+        "vocab_size": len(tokenizer),
+        "eos_token": tokenizer.eos_token,
+        "pad_token": tokenizer.pad_token,
+        "special_tokens": tokenizer.all_special_tokens,
+        "sample": sample_metrics(tokenizer, sample),
+    }
+
+
+def main(argv=None) -> None:
+    args = stage_arguments("Train (or load) the tokenizer").parse_args(argv)
+    params = load_params(args.params)
+    metrics = build(params)
+    write_metrics(METRICS, metrics)
+    tokens = sum(m["tokens"] for m in metrics["sample"].values())
+    characters = sum(m["characters"] for m in metrics["sample"].values())
+    print(f"tokenizer: the {sum(m['records'] for m in metrics['sample'].values()):,}-record sample is {tokens:,} tokens "
+          f"({characters / max(tokens, 1):.2f} characters per token); wrote {MODEL}/, {METRICS}")
+
+
+if __name__ == "__main__":
+    run_stage(main)
