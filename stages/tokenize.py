@@ -238,8 +238,8 @@ class Packer:
             self._write(whole_shards_only=True)
 
     def _write(self, whole_shards_only: bool) -> None:
-        tokens = np.concatenate([t for t, _ in self.pending]).astype(self.dtype)
-        loss = np.concatenate([m for _, m in self.pending])
+        tokens = np.concatenate([t for t, _ in self.pending] or [np.empty(0, self.dtype)]).astype(self.dtype)  # an empty file: none
+        loss = np.concatenate([m for _, m in self.pending] or [np.empty(0, np.uint8)])
         shard_tokens = self.per_shard * self.seq_len
         while len(tokens) >= shard_tokens or (not whole_shards_only and len(tokens)):
             n = min(len(tokens), shard_tokens)
