@@ -13,7 +13,7 @@ from conftest import stage
 from stages.download.__main__ import download
 from stages.params import ParamsError, parse_params
 from stages.records import SCHEMA, make_record
-from stages.tokenize import count_tokens, encode, load_tokenizer
+from stages.tokenize import backend_ids, count_tokens, encode, load_tokenizer, own_pattern, pretokenized_ids, render
 from stages.tokenizer import CHATML_TEMPLATE, ENDOFTEXT, IM_END
 
 SEQ_LEN = 64
@@ -119,6 +119,14 @@ def test_rendering_equals_apply_chat_template(workdir, pool):
         else:
             expected = tokenizer(row["text"], add_special_tokens=False)["input_ids"]
         assert tokens.tolist() == expected + [tokenizer.eos_token_id]
+
+
+def test_pre_tokenizing_in_arrow_gives_the_tokenizers_own_ids_and_offsets(tokenizer, pool):
+    rows = EDGE + [STRADDLE] + pool.slice(0, 300).to_pylist()
+    texts, _ = render(tokenizer, table(rows))
+    fast = pretokenized_ids(tokenizer, pa.array(texts), own_pattern(tokenizer))
+    for ours, theirs in zip(fast, backend_ids(tokenizer, texts)):
+        assert np.array_equal(ours, theirs)
 
 
 # --- loss masks ------------------------------------------------------------------------
