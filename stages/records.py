@@ -90,6 +90,12 @@ DEDUP_REJECT_SCHEMA = pa.schema(
 # Records of the real files the quality stage scores for comparison (quality.files).
 FILE_SCORES_SCHEMA = pa.schema([pa.field("file", pa.string(), nullable=False), pa.field("category", pa.string(), nullable=False)]
                                + list(QUALITY_SCORES))
+# What tokenize left out: the record, why (empty, no_assistant_turn), and where it was read.
+TOKENIZE_REJECT_SCHEMA = pa.schema(
+    list(SCHEMA)
+    + [pa.field("reason", pa.string(), nullable=False), pa.field("file", pa.string(), nullable=False),
+       pa.field("row", pa.int64(), nullable=False)]
+)
 SCORED_SCHEMA = pa.schema(
     list(SCHEMA) + list(QUALITY_SCORES) + [pa.field("quality", pa.float32(), nullable=False), pa.field("reject_reason", pa.string())]
 )

@@ -29,7 +29,6 @@ flawed records where the built-in generator's ground truth exists (reporting
 only: the choice never reads it).
 """
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -170,7 +169,7 @@ def write_sample(rows: np.ndarray, path: Path, params: Params) -> dict:
     flawed = judged = 0
     start = 0
     with RecordWriter(path) as writer:
-        for group in tqdm(range(parquet.num_row_groups), desc=f"write {path.name}", unit="group", file=sys.stdout):
+        for group in tqdm(range(parquet.num_row_groups), desc=f"write {path.name}", unit="group"):
             count = parquet.metadata.row_group(group).num_rows
             mine = rows[(rows >= start) & (rows < start + count)] - start
             start += count

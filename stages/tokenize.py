@@ -66,7 +66,7 @@ from tqdm import tqdm
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from stages.params import Params, StageError, Tokenize, load_params, run_stage, stage_arguments
-from stages.records import BATCH_ROWS, CATEGORIES, SCHEMA, ParquetSink, write_metrics
+from stages.records import BATCH_ROWS, CATEGORIES, SCHEMA, TOKENIZE_REJECT_SCHEMA, ParquetSink, write_metrics
 from stages.tokenizer import CHATML_TEMPLATE, IM_END, IM_START, MODEL, SPECIAL_TOKENS, pretoken_pattern, render_column
 
 MIX = Path("data/mix/train.parquet")
@@ -74,9 +74,6 @@ HELDOUT = Path("data/heldout")
 TOKENS = Path("data/tokens")
 REJECTS = Path("data/rejects/tokenize.parquet")
 METRICS = Path("metrics/tokenize.json")
-REJECT_SCHEMA = pa.schema(list(SCHEMA) + [pa.field("reason", pa.string(), nullable=False),
-                                          pa.field("file", pa.string(), nullable=False),
-                                          pa.field("row", pa.int64(), nullable=False)])
 
 
 def load_tokenizer(path: str | os.PathLike = MODEL) -> PreTrainedTokenizerFast:
@@ -366,7 +363,7 @@ def tokenize(params: Params) -> dict:
     if not MIX.is_file():
         raise StageError(f"{MIX} is missing: run `dvc repro mix` first")
     heldout = sorted(HELDOUT.glob("*.parquet"))
-    with ParquetSink(REJECTS, REJECT_SCHEMA) as rejects:
+    with ParquetSink(REJECTS, TOKENIZE_REJECT_SCHEMA) as rejects:
         metrics = {"train": tokenize_file(tokenizer, MIX, TOKENS / "train", config, rejects),
                    "heldout": {path.stem: tokenize_file(tokenizer, path, TOKENS / "heldout" / path.stem, config, rejects)
                                for path in heldout}}

@@ -128,7 +128,6 @@ def test_mix_hits_the_token_shares(pooled):
 
 
 def test_a_short_category_is_repeated_up_to_max_epochs_then_fails_or_scales_down(pooled):
-    available = None
     write_params(pooled, mix={"tokens": 400_000, "max_epochs": 50})
     stage(pooled, "stages.mix")
     result = metrics(pooled, "mix")

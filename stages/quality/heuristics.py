@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from stages.quality.batch import ASSISTANT, DOCUMENT, Units
+from stages.quality.batch import ASSISTANT, Units
 from stages.text import mix64, ngram_hashes, word_hashes
 
 # Gopher's stop words: real prose uses at least two of them.
