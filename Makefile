@@ -23,3 +23,5 @@ bench: venv
 	python bench/local_loader.py
 	python bench/dedup_speed.py
 	python bench/quality_speed.py
+	python bench/tokenize_speed.py
+	python bench/train_speed.py

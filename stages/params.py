@@ -385,6 +385,41 @@ class Tokenize(Section):
     sequences_per_shard: int = Field(65_536, ge=1, description="sequences per .npy shard")
 
 
+MODEL_PRESETS = ("1M", "5M", "25M", "125M", "360M", "500M", "1B")  # shapes: stages/model.py
+
+
+class Train(Section):
+    """stages/train.py: a Llama model from scratch on data/tokens."""
+
+    launcher: str = Field("python", min_length=1, description="dvc.yaml runs `<launcher> -m stages.train`: python, or accelerate launch ...")
+    model: Literal[MODEL_PRESETS] = Field("5M", description="size preset; 1M-25M for CPU, 125M-1B for GPU")
+    tokens: int | None = Field(1_228_800, ge=1, description="training tokens; null: one pass over data/tokens/train")
+    batch_tokens: int = Field(8192, ge=8, description="global batch per optimizer step, in tokens (a multiple of seq_len x micro_batch x processes)")
+    micro_batch: int = Field(16, ge=1, description="sequences per forward pass per process; lower it when out of memory")
+    lr: float = Field(3e-3, gt=0.0, le=1.0, description="peak learning rate")
+    min_lr_ratio: Fraction = Field(0.1, description="final learning rate as a fraction of lr")
+    schedule: Literal["cosine", "wsd"] = Field("cosine", description="cosine decay, or warmup-stable-decay")
+    warmup_steps: int = Field(15, ge=0)
+    decay_fraction: Fraction = Field(0.2, description="wsd: the last fraction of steps that decays")
+    weight_decay: float = Field(0.1, ge=0.0, le=1.0, description="AdamW decay of matrices (not norms)")
+    beta1: float = Field(0.9, ge=0.0, lt=1.0)
+    beta2: float = Field(0.95, ge=0.0, lt=1.0)
+    grad_clip: float = Field(1.0, ge=0.0, description="max global gradient norm; 0: no clipping")
+    precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto: bf16 autocast where bf16 matmuls are faster than fp32 (GPU, CPU with AMX/AVX512-BF16)")
+    gradient_checkpointing: bool = Field(False, description="recompute activations in backward: less memory, about 30% slower")
+    compile: bool = Field(False, description="torch.compile the model (minutes of compiling; pays off on GPU)")
+    eval_every: int = Field(50, ge=1, description="steps between held-out evaluations")
+    eval_sequences: int = Field(256, ge=1, description="held-out sequences evaluated per source")
+    checkpoint_every: int = Field(50, ge=1, description="steps between checkpoints in models/checkpoint")
+    seed: int = 0
+    price_per_hour: float = Field(0.0, ge=0.0, description="USD per device-hour, for the cost estimate and metrics")
+    budget_usd: float = Field(5.0, gt=0.0, description="refuse a run estimated to cost more")
+    max_hours: float = Field(1.0, gt=0.0, description="refuse a run estimated to take longer (wall-clock)")
+    over_budget: bool = Field(False, description="run even when the estimate is over budget_usd or max_hours")
+    guard_steps: int = Field(3, ge=1, description="steps timed (after the first) for the budget estimate")
+    peak_tflops: float | None = Field(None, gt=0.0, description="device peak for MFU; default: measured on CPU, a table of GPUs")
+
+
 class Params(Section):
     world: World = World()
     sources: dict[str, Source]
@@ -396,6 +431,7 @@ class Params(Section):
     mix: Mix = Mix()
     tokenizer: Tokenizer = Tokenizer()
     tokenize: Tokenize = Tokenize()
+    train: Train = Train()
 
     @model_validator(mode="after")
     def _pool_is_a_sample(self):

@@ -23,7 +23,7 @@ def dvc(workdir: Path, *args: str) -> str:
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     result = subprocess.run([DVC, *args], cwd=workdir, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout
+    return result.stdout + result.stderr  # a stage's own log is on stderr
 
 
 @pytest.fixture(scope="module")
@@ -40,12 +40,16 @@ def project(tmp_path_factory):
     params["builtin_eval"]["per_family"] = 20
     params["sample"]["sizes"] = {"small": 300, "large": 1000}
     params["mix"].update(pool="large", tokens=30_000)
+    params["train"].update(model="1M", tokens=2 * 16_384, warmup_steps=1, eval_sequences=16)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     subprocess.run(["git", "init", "-q"], cwd=root, check=True)
     for key, value in (("user.name", "test"), ("user.email", "test@example.com")):
         subprocess.run(["git", "config", key, value], cwd=root, check=True)
     dvc(root, "init", "-q")
     shutil.copy(REPO / ".dvcignore", root)
+    # as in a clone: dvclive (train) fails in a repository without commits (treeverse/dvclive#522)
+    subprocess.run(["git", "add", "-A"], cwd=root, check=True)
+    subprocess.run(["git", "commit", "-qm", "project"], cwd=root, check=True)
     dvc(root, "repro")
     return root
 
@@ -83,12 +87,12 @@ def stages_run(output: str) -> set[str]:
     return set(re.findall(r"Running stage '([^']+)'", output))
 
 
-def test_exp_run_of_a_mix_weight_reruns_only_mix_and_tokenize(project):
+def test_exp_run_of_a_mix_weight_reruns_only_mix_tokenize_and_train(project):
     dvc(project, "repro")
     subprocess.run(["git", "add", "-A"], cwd=project, check=True)
     subprocess.run(["git", "commit", "-qm", "baseline"], cwd=project, check=True)
     output = dvc(project, "exp", "run", "-S", "mix.instruction=0.5")
-    assert stages_run(output) == {"mix", "tokenize"}, output
+    assert stages_run(output) == {"mix", "tokenize", "train"}, output
     instruction = json.loads((project / "metrics/mix.json").read_text())["by_category"]["instruction"]
     assert instruction["requested_share"] == round(0.5 / 1.1, 4)
     assert abs(instruction["effective_share"] - 0.5 / 1.1) < 0.02
@@ -98,10 +102,21 @@ def test_exp_run_of_the_pool_compares_quantity(project):
     runs = {}
     for pool in ("small", "large"):
         output = dvc(project, "exp", "run", "-S", f"mix.pool={pool}")
-        assert stages_run(output) <= {"mix", "tokenize"}, output
+        assert stages_run(output) <= {"mix", "tokenize", "train"}, output
         runs[pool] = json.loads((project / "metrics/mix.json").read_text())
     assert runs["small"]["pool"] == "small" and runs["large"]["pool"] == "large"
     for category in ("instruction", "knowledge", "web"):
         small, large = runs["small"]["by_category"][category], runs["large"]["by_category"][category]
         assert small["available_tokens"] < large["available_tokens"]
         assert small["passes"] > large["passes"]  # the same budget from less data: more repeats
+
+
+def test_exp_run_of_a_train_param_reruns_only_train_and_plots_the_loss(project):
+    output = dvc(project, "exp", "run", "-S", "train.lr=0.001")
+    assert stages_run(output) == {"train"}, output
+    assert re.search(r"is for another run \(changed: [^)]*train\.lr\)", output)  # the persisted checkpoint is not resumed
+    summary = json.loads((project / "metrics/train/metrics.json").read_text())
+    assert summary["model"] == "1M" and summary["steps"] == 4 and summary["train_loss"] > 0
+    assert (project / "models/current/model.safetensors").exists()
+    plots = json.loads(subprocess.run([DVC, "plots", "show", "--json"], cwd=project, capture_output=True, text=True, check=True).stdout)
+    assert {"Loss per step (train and held-out)", "metrics/train/plots/metrics/train/grad_norm.tsv"} <= set(plots["data"])
