@@ -105,7 +105,6 @@ def main() -> None:
         bf16 = hardware["precision"] == "bf16"
         results = {f"ours ({hardware['precision']}, train.precision: auto)":
                    time_steps(lambda n: train_step(model, optimizer, accelerator, data, plan, n, args.micro_batch, bf16, 1.0), args.steps)}
-        del model, optimizer
         results["plain HF Llama step, fp32"] = time_steps(hf_step(args.preset, args.seq_len, data, args.micro_batch, args.accumulation, False), args.steps)
         results["plain HF Llama step, bf16 autocast"] = time_steps(hf_step(args.preset, args.seq_len, data, args.micro_batch, args.accumulation, True), args.steps)
 
