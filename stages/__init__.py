@@ -1,3 +1,3 @@
 """synth-train: one module (or small subpackage) per DVC stage, plus the shared
-record schema (`records`), params validation (`params`) and text normalisation
-(`text`)."""
+record schema (`records`), params validation (`params`), text normalisation
+(`text`) and the model presets (`model`)."""

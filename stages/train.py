@@ -46,9 +46,9 @@ and stops unless within ``max_hours`` and ``budget_usd`` or ``over_budget``.
 
 **Checkpoints.** Every ``checkpoint_every`` steps, at the end and on SIGTERM.
 Written to a staging directory and renamed, so a kill at any moment leaves the
-previous one whole. A re-run resumes from it when the model shape, the data
-and every param that changes the result match; otherwise it says what changed
-and starts afresh. Resumed, the final weights equal an uninterrupted run's.
+previous one whole. A re-run resumes from it when the model shape, the data,
+every param that changes the result and the code of this file and model.py
+match; otherwise it says what changed and starts afresh. Resumed, the final weights equal an uninterrupted run's.
 """
 
 import contextlib
@@ -92,7 +92,8 @@ GPU_PEAK_TFLOPS = (
 # Params that may change between a checkpoint and its resumption: they do not change the weights.
 RESUMABLE_CHANGES = {"launcher", "micro_batch", "gradient_checkpointing", "compile", "eval_every", "eval_sequences", "checkpoint_every",
                      "price_per_hour", "budget_usd", "max_hours", "over_budget", "guard_steps", "peak_tflops"}  # fmt: skip
-LAST_STEPS = 10  # the summary's train loss is the mean of the last steps'
+LAST_STEPS = 10  # the summary's train loss is the mean of the last steps' losses
+CODE = (Path(__file__), Path(__file__).with_name("model.py"))  # a checkpoint resumes only under the code that wrote it
 
 
 def say(accelerator: Accelerator, message: str) -> None:
@@ -195,16 +196,22 @@ def matmul_flops(device: torch.device, dtype: torch.dtype, size: int = 2048, sec
     return 2 * size**3 / best
 
 
-def choose_precision(config: Train, device: torch.device) -> dict:
-    """The precision to compute in and the device peak that MFU divides by (FLOP/s, None when unknown)."""
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def choose_precision(config: Train, device: torch.device, resumed: str | None = None) -> dict:
+    """The precision to compute in (a resumed run's, else train.precision or the faster) and the device
+    peak that MFU divides by (FLOP/s, None when unknown)."""
+    precision = resumed or (None if config.precision == "auto" else config.precision)
     if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        precision = config.precision if config.precision != "auto" else ("bf16" if torch.cuda.is_bf16_supported() else "fp32")
+        name = device_name(device)
+        precision = precision or ("bf16" if torch.cuda.is_bf16_supported() else "fp32")
         known = next((tflops for key, tflops in GPU_PEAK_TFLOPS if key in name), None)
         peak, source = (config.peak_tflops, "train.peak_tflops") if config.peak_tflops else (known, f"datasheet bf16 peak of {name}")
         return {"device": name, "precision": precision, "peak_flops": peak * 1e12 if peak else None, "peak_source": source}
     measured = {"bf16": matmul_flops(device, torch.bfloat16), "fp32": matmul_flops(device, torch.float32)}
-    precision = config.precision if config.precision != "auto" else max(measured, key=measured.get)
+    precision = precision or max(measured, key=measured.get)
     peak, source = (config.peak_tflops * 1e12, "train.peak_tflops") if config.peak_tflops else (measured[precision], f"measured {precision} matmul")
     return {"device": "cpu", "precision": precision, "peak_flops": peak, "peak_source": source,
             "matmul_tflops": {name: round(flops / 1e12, 4) for name, flops in measured.items()}}
@@ -416,6 +423,7 @@ def train(params) -> dict:
         "model": {"preset": config.model, **dataclasses.asdict(PRESETS[config.model]), "vocab_size": len(tokenizer), "seq_len": seq_len},
         "data": {"tokens": data_fingerprint(TOKENS / "train")},
         "train": {key: value for key, value in config.model_dump().items() if key not in RESUMABLE_CHANGES},
+        "code": {f"stages/{path.name}": hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest() for path in CODE},
     }
     state, why = find_checkpoint(run) if accelerator.is_main_process else (None, "")
     state, why = broadcast_object_list([state, why])
@@ -423,9 +431,11 @@ def train(params) -> dict:
         shutil.rmtree(CHECKPOINTS / "last")
     say(accelerator, why if state else f"{why}; starting from step 0")
 
-    hardware = broadcast_object_list([choose_precision(config, accelerator.device) if accelerator.is_main_process else None])[0]
-    if state and config.precision == "auto":
-        hardware["precision"] = state["precision"]  # a resumed run keeps computing as it began
+    hardware = None
+    if accelerator.is_main_process:  # a resumed run computes as it began, and on the same device keeps its peak
+        same_device = state and state["hardware"]["device"] == device_name(accelerator.device) and not config.peak_tflops
+        hardware = state["hardware"] if same_device else choose_precision(config, accelerator.device, state and state["hardware"]["precision"])
+    hardware = broadcast_object_list([hardware])[0]
     bf16 = hardware["precision"] == "bf16"
 
     torch.manual_seed(config.seed)
@@ -464,7 +474,7 @@ def train(params) -> dict:
 
     def checkpoint() -> None:
         state = {"step": step, "next_sequence": step * plan.sequences_per_step, "run": run,
-                 "precision": hardware["precision"], "seconds": seconds, "history": history}
+                 "hardware": hardware, "seconds": seconds, "history": history}
         save_checkpoint(accelerator, model, optimizer, state, tied)
 
     stop = Stop()
@@ -565,6 +575,7 @@ def summarise(config: Train, plan: Layout, history: list[dict], seconds: dict, h
 def save_model(model, weights: dict, tokenizer, metadata: dict) -> None:
     """models/current: save_pretrained weights and config, the tokenizer and a generation config that stops at a turn's end."""
     shutil.rmtree(OUTPUT, ignore_errors=True)
+    model.config.use_cache = True  # off for training; generation wants its KV cache
     model.save_pretrained(OUTPUT, state_dict=weights)
     tokenizer.save_pretrained(OUTPUT)
     end_of_turn = tokenizer.convert_tokens_to_ids("<|im_end|>")

@@ -94,7 +94,7 @@ def trained(tokens, tmp_path_factory) -> Path:
 def test_the_model_loads_offline_with_its_tokenizer_and_chat_template(trained):
     model = AutoModelForCausalLM.from_pretrained(trained / "models/current", local_files_only=True)
     tokenizer = AutoTokenizer.from_pretrained(trained / "models/current", local_files_only=True)
-    assert model.config.model_type == "llama" and model.config._attn_implementation == "sdpa"
+    assert model.config.model_type == "llama" and model.config._attn_implementation == "sdpa" and model.config.use_cache
     assert model.config.vocab_size == len(tokenizer) == 1024 and model.config.max_position_embeddings == SEQ_LEN
     assert tokenizer.convert_tokens_to_ids("<|im_end|>") in model.generation_config.eos_token_id
     inputs = tokenizer.apply_chat_template([{"role": "user", "content": "What is the capital?"}], add_generation_prompt=True,
