@@ -48,7 +48,8 @@ and stops unless within ``max_hours`` and ``budget_usd`` or ``over_budget``.
 Written to a staging directory and renamed, so a kill at any moment leaves the
 previous one whole. A re-run resumes from it when the model shape, the data,
 every param that changes the result and the code of this file and model.py
-match; otherwise it says what changed and starts afresh. Resumed, the final weights equal an uninterrupted run's.
+match; otherwise it says what changed and starts afresh. Resumed, the final
+weights equal an uninterrupted run's.
 """
 
 import contextlib
@@ -370,7 +371,7 @@ def load_checkpoint_weights(model, tied: bool) -> None:
         raise StageError(f"{CHECKPOINTS}/last does not fit the model (missing {missing}, unexpected {unexpected}); delete it and re-run")
 
 
-def load_checkpoint_optimizer(accelerator: Accelerator, optimizer) -> None:
+def load_checkpoint_optimizer_and_rng(accelerator: Accelerator, optimizer) -> None:
     name = optimizer_file(accelerator) or "optimizer.safetensors"
     path = CHECKPOINTS / "last" / name
     with safe_open(path, "pt") as file:
@@ -452,7 +453,7 @@ def train(params) -> dict:
     optimizer = adamw(model, config, accelerator.device)
     model, optimizer = accelerator.prepare(model, optimizer)
     if state:
-        load_checkpoint_optimizer(accelerator, optimizer)
+        load_checkpoint_optimizer_and_rng(accelerator, optimizer)
     if config.compile:
         model = torch.compile(model)
 
@@ -478,6 +479,7 @@ def train(params) -> dict:
         save_checkpoint(accelerator, model, optimizer, state, tied)
 
     stop = Stop()
+    final = None  # the last held-out evaluation; the last step always has one
     guard_times: list[float] = []
     progress = tqdm(total=plan.steps, initial=step, desc="train", unit="step", disable=not accelerator.is_main_process, file=sys.stderr)
     session_start = time.perf_counter() - seconds["wall"]
@@ -502,7 +504,8 @@ def train(params) -> dict:
             record = {"step": step, "train/loss": loss, "train/lr": lr, "train/grad_norm": grad_norm,
                       "train/tokens_per_s": tokens_per_s, "train/mfu": flops * tokens_per_s / peak if peak else None}  # fmt: skip
             if step % config.eval_every == 0 or step == plan.steps:
-                record["heldout/loss"] = evaluate(model, heldout, config, accelerator, bf16).get("all")
+                final = evaluate(model, heldout, config, accelerator, bf16)
+                record["heldout/loss"] = final.get("all")
             history.append(record)
             log_step(live, record)
             progress.update(1)
@@ -525,7 +528,8 @@ def train(params) -> dict:
         progress.close()
         signal.signal(signal.SIGTERM, signal.SIG_DFL)  # past the loop, SIGTERM ends the process at once again
 
-    final = evaluate(model, heldout, config, accelerator, bf16)
+    if final is None:  # resumed from the last step's checkpoint: nothing evaluated in this session
+        final = evaluate(model, heldout, config, accelerator, bf16)
     weights = accelerator.get_state_dict(model)
     summary = summarise(config, plan, history, seconds, final, parameters, flops, hardware, accelerator.num_processes, data, seq_len)
     if accelerator.is_main_process:
