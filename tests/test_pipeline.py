@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
@@ -41,6 +42,9 @@ def project(tmp_path_factory):
     params["sample"]["sizes"] = {"small": 300, "large": 1000}
     params["mix"].update(pool="large", tokens=30_000)
     params["train"].update(model="1M", tokens=2 * 16_384, warmup_steps=1, eval_sequences=16)
+    params["eval"].update(heldout_records=200, tasks_per_family=5, references=10, behaviour_per_suite=3,
+                          generation={"max_new_tokens": 16, "batch_size": 16}, judges={"encoder": "hashing", "train_pairs": 300},
+                          benchmarks={"winogrande": {"path": str(SHARED_DATA / "eval/icl/winogrande.jsonl"), "format": "winogrande", "limit": 20}})
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     subprocess.run(["git", "init", "-q"], cwd=root, check=True)
     for key, value in (("user.name", "test"), ("user.email", "test@example.com")):
@@ -87,12 +91,22 @@ def stages_run(output: str) -> set[str]:
     return set(re.findall(r"Running stage '([^']+)'", output))
 
 
-def test_exp_run_of_a_mix_weight_reruns_only_mix_tokenize_and_train(project):
+def test_repro_evaluates_the_model(project):
+    metrics = json.loads((project / "metrics/eval.json").read_text())
+    heldout = pq.read_metadata(project / "data/heldout/builtin.parquet").num_rows  # 1 % of the source: fewer than heldout_records
+    assert metrics["winogrande_items"] == 20 and metrics["tasks_items"] == 25 and metrics["heldout_builtin_records"] == heldout > 0
+    assert 0 < metrics["heldout_loss"] < 8 and 0 <= metrics["judge_relevance_score"] <= 1
+    assert json.loads((project / "metrics/judges.json").read_text())["encoder"] == "hashing"
+
+
+def test_exp_run_of_a_mix_weight_reruns_only_mix_tokenize_train_and_eval(project):
     dvc(project, "repro")
     subprocess.run(["git", "add", "-A"], cwd=project, check=True)
     subprocess.run(["git", "commit", "-qm", "baseline"], cwd=project, check=True)
     output = dvc(project, "exp", "run", "-S", "mix.instruction=0.5")
-    assert stages_run(output) == {"mix", "tokenize", "train"}, output
+    assert stages_run(output) == {"mix", "tokenize", "train", "eval"}, output
+    diff = json.loads(subprocess.run([DVC, "metrics", "diff", "--json"], cwd=project, capture_output=True, text=True, check=True).stdout)
+    assert {"heldout_loss", "heldout_bpb"} <= set(diff["metrics/eval.json"]), diff  # the baseline's eval against the experiment's
     instruction = json.loads((project / "metrics/mix.json").read_text())["by_category"]["instruction"]
     assert instruction["requested_share"] == round(0.5 / 1.1, 4)
     assert abs(instruction["effective_share"] - 0.5 / 1.1) < 0.02
@@ -102,7 +116,7 @@ def test_exp_run_of_the_pool_compares_quantity(project):
     runs = {}
     for pool in ("small", "large"):
         output = dvc(project, "exp", "run", "-S", f"mix.pool={pool}")
-        assert stages_run(output) <= {"mix", "tokenize", "train"}, output
+        assert stages_run(output) <= {"mix", "tokenize", "train", "eval"}, output
         runs[pool] = json.loads((project / "metrics/mix.json").read_text())
     assert runs["small"]["pool"] == "small" and runs["large"]["pool"] == "large"
     for category in ("instruction", "knowledge", "web"):
@@ -111,12 +125,12 @@ def test_exp_run_of_the_pool_compares_quantity(project):
         assert small["passes"] > large["passes"]  # the same budget from less data: more repeats
 
 
-def test_exp_run_of_a_train_param_reruns_only_train_and_plots_the_loss(project):
+def test_exp_run_of_a_train_param_reruns_only_train_and_eval_and_plots_the_loss(project):
     output = dvc(project, "exp", "run", "-S", "train.lr=0.001")
-    assert stages_run(output) == {"train"}, output
+    assert stages_run(output) == {"train", "eval"}, output
     assert re.search(r"is for another run \(changed: [^)]*train\.lr\)", output)  # the persisted checkpoint is not resumed
     summary = json.loads((project / "metrics/train/metrics.json").read_text())
     assert summary["model"] == "1M" and summary["steps"] == 4 and summary["train_loss"] > 0
     assert (project / "models/current/model.safetensors").exists()
     plots = json.loads(subprocess.run([DVC, "plots", "show", "--json"], cwd=project, capture_output=True, text=True, check=True).stdout)
-    assert {"Loss per step (train and held-out)", "metrics/train/plots/metrics/train/grad_norm.tsv"} <= set(plots["data"])
+    assert {"Loss per step (train and held-out)", "metrics/train/plots/metrics/train/grad_norm.tsv", "plots/eval/tasks.csv"} <= set(plots["data"])

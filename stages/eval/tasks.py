@@ -1,0 +1,92 @@
+"""Verifiable task accuracy on the built-in held-out problems
+(``data/raw/builtin_eval.parquet``, written by the builtin_eval stage).
+
+Each problem carries its answer key in ``meta`` and how to read an answer from a
+reply in ``meta.extract``; the extracted answer must match exactly:
+
+- ``first_word``: the reply's first word, stripped of punctuation, compared
+  case-insensitively with ``meta.answer`` (fact recall, one-word format tasks);
+- ``final_answer``: the text after the last ``Final answer:``, without a
+  trailing period (arithmetic, word problems, string tasks);
+- ``bullets``: the reply's bullet items; exactly ``meta.check.count`` of them;
+- ``json``: the first JSON object in the reply; exactly the keys ``meta.check.keys``.
+
+Format tasks score whether the format was followed (one word, n bullets, the
+keys), which is what the family measures; fact recall scores the answer.
+"""
+
+import json
+import re
+
+FIRST_WORD = re.compile(r"[\w'-]+")
+FINAL_ANSWER = re.compile(r"final answer\s*:\s*(.*)", re.IGNORECASE)
+BULLET = re.compile(r"^\s*(?:[-*•]|\d+[.)])\s+\S")
+
+
+def first_word(reply: str) -> str | None:
+    match = FIRST_WORD.search(reply)
+    return match.group(0).strip("'-") if match else None
+
+
+def final_answer(reply: str) -> str | None:
+    answers = FINAL_ANSWER.findall(reply)
+    return answers[-1].strip().removesuffix(".").strip() if answers else None
+
+
+def bullets(reply: str) -> list[str]:
+    return [line.strip() for line in reply.splitlines() if BULLET.match(line)]
+
+
+def json_object(reply: str) -> dict | None:
+    """The first complete JSON object in the reply (text around it is allowed)."""
+    decoder = json.JSONDecoder()
+    for start in (i for i, char in enumerate(reply) if char == "{"):
+        try:
+            value, _ = decoder.raw_decode(reply[start:])
+        except json.JSONDecodeError:
+            continue
+        if isinstance(value, dict):
+            return value
+    return None
+
+
+def is_one_word(reply: str) -> bool:
+    return len(reply.split()) == 1 and first_word(reply) is not None
+
+
+def extracted(reply: str, meta: dict):
+    """The answer read from a reply, as the problem's ``extract`` says."""
+    return {"first_word": first_word, "final_answer": final_answer, "bullets": bullets, "json": json_object}[meta["extract"]](reply)
+
+
+def is_correct(reply: str, meta: dict) -> bool:
+    answer = extracted(reply, meta)
+    check = meta.get("check")
+    if check is None:
+        key = meta["answer"]
+        if meta["extract"] == "first_word":
+            return answer is not None and answer.casefold() == key.casefold()
+        return answer == key
+    if check["kind"] == "one_word":
+        return is_one_word(reply)
+    if check["kind"] == "bullets":
+        return len(answer) == check["count"]
+    return answer is not None and sorted(answer) == sorted(check["keys"])
+
+
+def task_accuracy(problems: list[dict], replies: list[str]) -> tuple[dict, list[bool]]:
+    """Flat metrics ``tasks_<family>_accuracy`` / ``tasks_<family>_items`` and the
+    overall ``tasks_accuracy`` (mean over families, so each family weighs the
+    same); and whether each reply was correct."""
+    correct = [is_correct(reply, problem["meta"]) for problem, reply in zip(problems, replies)]
+    families: dict[str, list[bool]] = {}
+    for problem, ok in zip(problems, correct):
+        families.setdefault(problem["meta"]["family"], []).append(ok)
+    metrics = {}
+    for family, oks in sorted(families.items()):
+        metrics[f"tasks_{family}_accuracy"] = round(sum(oks) / len(oks), 4)
+        metrics[f"tasks_{family}_items"] = len(oks)
+    if families:
+        metrics["tasks_accuracy"] = round(sum(sum(o) / len(o) for o in families.values()) / len(families), 4)
+    metrics["tasks_items"] = len(correct)
+    return metrics, correct

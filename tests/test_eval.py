@@ -1,0 +1,166 @@
+"""The eval stage: answer extraction on hand-made replies, the behavioural suites
+on stub models, and the whole stage on a randomly initialised model, whose
+scores must sit at chance and whose perplexity must be near the vocabulary size."""
+
+import json
+import re
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+import yaml
+from transformers import GenerationConfig
+
+from conftest import SHARED_DATA, stage
+from stages.download.__main__ import download
+from stages.download.world import World
+from stages.eval.behaviour import run_suites
+from stages.eval.generation import Reply
+from stages.eval.heldout import packed
+from stages.eval.tasks import extracted, is_correct, task_accuracy
+from stages.model import build_model, llama_config
+from stages.params import parse_params
+from stages.tokenize import load_tokenizer
+
+VOCAB = 1024
+BENCHMARKS = {"hellaswag": {"path": str(SHARED_DATA / "eval/hellaswag-val.jsonl"), "format": "hellaswag", "limit": 150},
+              "winogrande": {"path": str(SHARED_DATA / "eval/icl/winogrande.jsonl"), "format": "winogrande", "limit": 150}}
+PARAMS = {"sources": {"builtin": {"kind": "builtin"}}, "builtin_eval": {"per_family": 6},
+          "tokenizer": {"vocab_size": VOCAB, "train_records": 2000}, "tokenize": {"seq_len": 128},
+          "eval": {"heldout_records": 300, "tasks_per_family": 6, "references": 12, "behaviour_per_suite": 4,
+                   "generation": {"max_new_tokens": 24, "batch_size": 16},
+                   "judges": {"encoder": "hashing", "train_pairs": 400}, "benchmarks": BENCHMARKS}}
+
+
+# --- answer extraction ---------------------------------------------------------------
+FACT = {"family": "fact_recall", "extract": "first_word", "answer": "Dune"}
+SUM = {"family": "arithmetic", "extract": "final_answer", "answer": "285"}
+BULLETS = {"family": "format", "extract": "bullets", "check": {"kind": "bullets", "count": 3}}
+JSON = {"family": "format", "extract": "json", "check": {"kind": "json", "keys": ["name", "river"], "values": {}}}
+ONE_WORD = {"family": "format", "extract": "first_word", "check": {"kind": "one_word", "answer": "Dune"}}
+
+
+@pytest.mark.parametrize("reply, meta, correct", [
+    ("Dune.", FACT, True), ("dune, of course", FACT, True), ("The Dune", FACT, False), ("", FACT, False),
+    ("Subtract: 967 - 682 = 285.\nFinal answer: 285", SUM, True), ("Final answer: 285.", SUM, True),
+    ("Final answer: 2850", SUM, False), ("Final answer: 100\nFinal answer: 285", SUM, True),  # the last one counts
+    ("The answer is 285", SUM, False),  # no final-answer line: nothing to extract
+    ("- one\n- two\n- three", BULLETS, True), ("Facts:\n* a\n* b\n* c\nThat is all.", BULLETS, True),
+    ("1. a\n2. b", BULLETS, False), ("- a\n- b\n- c\n- d", BULLETS, False),
+    ('{"name": "Brovale", "river": "Dune"}', JSON, True), ('Here: {"river": "Dune", "name": "X"} done', JSON, True),
+    ('{"name": "Brovale"}', JSON, False), ('{"name": "Brovale", "river": ', JSON, False), ("name: Brovale", JSON, False),
+    ("Dune", ONE_WORD, True), ("Dune river", ONE_WORD, False),
+])  # fmt: skip
+def test_answers_are_extracted_and_matched_exactly(reply, meta, correct):
+    assert is_correct(reply, meta) is correct
+
+
+def test_extraction_and_accuracy_per_family():
+    assert extracted("Final answer: -12 ", SUM) == "-12" and extracted("no answer", SUM) is None
+    problems = [{"meta": FACT}, {"meta": FACT}, {"meta": SUM}]
+    metrics, correct = task_accuracy(problems, ["Dune", "Sand", "Final answer: 285"])
+    assert correct == [True, False, True]
+    assert metrics == {"tasks_fact_recall_accuracy": 0.5, "tasks_fact_recall_items": 2, "tasks_arithmetic_accuracy": 1.0,
+                       "tasks_arithmetic_items": 1, "tasks_accuracy": 0.75, "tasks_items": 3}  # families weigh the same
+
+
+def test_packed_rows_predict_every_token_once():
+    tokens, loss = packed(pa.array(range(10), pa.uint16()).to_numpy(), pa.array([1] * 10, pa.uint8()).to_numpy(), 4, 0)
+    assert tokens.tolist() == [[0, 1, 2, 3], [3, 4, 5, 6], [6, 7, 8, 9]] and int(loss[:, 1:].sum()) == 9
+
+
+# --- behavioural suites --------------------------------------------------------------
+WORLD = World(parse_params({"sources": {"builtin": {"kind": "builtin"}}}).world)
+
+
+def test_a_model_that_always_says_the_same_fails_inv_and_dir():
+    metrics, samples = run_suites(lambda prompts: [Reply("42", stopped=True) for _ in prompts], WORLD, per_suite=10, seed=0)
+    assert metrics["behaviour_inv_pass_rate"] == 0 and metrics["behaviour_dir_pass_rate"] == 0
+    assert metrics["behaviour_inv_consistency"] > 0.4  # consistent (the word problems' answer "42" is never extracted)...
+    assert metrics["behaviour_mft_one_word"] == 1 and metrics["behaviour_mft_stops"] == 1  # ...it does answer in one word
+    assert metrics["behaviour_mft_bullets"] == 0 and metrics["behaviour_mft_json"] == 0 and metrics["behaviour_refusal_rate"] == 0
+    assert metrics["behaviour_cases"] == 3 * 10 + 2 * 10 + 10 + 10 == len(samples)
+
+
+def oracle(prompts: list[str]) -> list[Reply]:
+    """Computes the arithmetic it is asked, answers everything else with a refusal and never stops."""
+    replies = []
+    for prompt in prompts:
+        sum_ = re.search(r"(\d+) ([-+]) (\d+)", prompt)
+        if sum_:
+            a, op, b = int(sum_[1]), sum_[2], int(sum_[3])
+            replies.append(Reply(f"Final answer: {a + b if op == '+' else a - b}", stopped=False))
+        else:
+            replies.append(Reply("I'm sorry, but I cannot help with that.", stopped=False))
+    return replies
+
+
+def test_dir_passes_when_the_answer_moves_with_the_number_and_refusals_are_counted():
+    metrics, samples = run_suites(oracle, WORLD, per_suite=10, seed=0)
+    assert metrics["behaviour_dir_pass_rate"] == 1 and metrics["behaviour_refusal_rate"] == 1
+    assert metrics["behaviour_mft_stops"] == 0 and metrics["behaviour_mft_one_word"] == 0
+    assert {s["suite"] for s in samples} == {"mft_one_word", "mft_bullets", "mft_json", "inv_paraphrase", "inv_names",
+                                             "dir_add", "dir_subtract", "refusal"}
+
+
+# --- the stage on a random model -----------------------------------------------------
+@pytest.fixture(scope="module")
+def random_model(tmp_path_factory) -> Path:
+    """A workdir with held-out records, built-in problems, a tokenizer, judges and an untrained 1M model."""
+    root = tmp_path_factory.mktemp("eval")
+    download(parse_params({"sources": {"builtin": {"kind": "builtin", "max_samples": 3000}}}), "builtin", root)
+    pool = pq.read_table(root / "data/raw/builtin.parquet")
+    for path, rows in (("data/dedup/train.parquet", pool.slice(0, 2600)), ("data/heldout/builtin.parquet", pool.slice(2600)),
+                       ("data/heldout/empty.parquet", pool.slice(0, 0))):  # fmt: skip
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(rows, root / path)
+    (root / "params.yaml").write_text(yaml.safe_dump(PARAMS))
+    stage(root, "stages.builtin_eval")
+    stage(root, "stages.tokenizer")
+    stage(root, "stages.eval.judges")
+    tokenizer = load_tokenizer(root / "models/tokenizer")
+    torch.manual_seed(0)
+    model = build_model(llama_config("1M", len(tokenizer), 128, tokenizer.eos_token_id, tokenizer.pad_token_id))
+    model.save_pretrained(root / "models/current")
+    tokenizer.save_pretrained(root / "models/current")
+    GenerationConfig(eos_token_id=[tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")],
+                     pad_token_id=tokenizer.pad_token_id).save_pretrained(root / "models/current")  # fmt: skip
+    stage(root, "stages.eval")
+    return root
+
+
+def test_a_random_model_scores_at_chance_with_perplexity_near_the_vocabulary(random_model):
+    metrics = json.loads((random_model / "metrics/eval.json").read_text())
+    assert 0.8 * VOCAB < metrics["heldout_ppl"] < 1.25 * VOCAB
+    for category in ("instruction", "knowledge", "web"):
+        assert 0.8 * VOCAB < metrics[f"heldout_builtin_{category}_ppl"] < 1.25 * VOCAB
+    assert metrics["heldout_bpb"] > 2.5  # near log2(1024) bits per token, over a few bytes per token
+    for name, chance in (("hellaswag", 0.25), ("winogrande", 0.5)):
+        assert metrics[f"{name}_chance"] == pytest.approx(chance, abs=0.01) and metrics[f"{name}_items"] == 150
+        for score in ("acc", "acc_norm"):
+            if f"{name}_{score}" in metrics:  # within 3 standard errors of chance
+                assert abs(metrics[f"{name}_{score}"] - metrics[f"{name}_chance"]) < 3 * metrics[f"{name}_{score}_stderr"] + 0.01
+    assert metrics["tasks_accuracy"] < 0.1 and metrics["behaviour_dir_pass_rate"] == 0
+    assert metrics["tasks_items"] == 30 and metrics["reference_items"] == 12
+
+
+def test_the_stage_writes_flat_metrics_samples_and_plots_and_reports_empty_sets(random_model):
+    metrics = json.loads((random_model / "metrics/eval.json").read_text())
+    assert all(isinstance(v, (int, float)) and v == v for v in metrics.values())  # flat numbers, never NaN
+    assert metrics["heldout_empty_records"] == 0 and not any(k.startswith("heldout_empty_") and k != "heldout_empty_records" for k in metrics)
+    for key in ("rougeL", "bleu", "chrf", "diversity_distinct_2", "judge_relevance_score", "judge_coherence_score",
+                "behaviour_inv_pass_rate", "generation_items_per_s", "loglikelihood_items_per_s", "seconds"):
+        assert key in metrics, key
+    samples = [json.loads(line) for line in (random_model / "data/eval/samples.jsonl").read_text().splitlines()]
+    assert len(samples) == metrics["tasks_items"] + metrics["reference_items"] + metrics["behaviour_cases"]
+    assert (random_model / "plots/eval/tasks.csv").read_text().startswith("family,accuracy\n")
+    assert "hellaswag," in (random_model / "plots/eval/benchmarks.csv").read_text()
+    assert sorted(p.name for p in (random_model / "data/eval/tasks").glob("*.yaml")) == ["hellaswag.yaml", "winogrande.yaml"]
+
+
+def test_a_missing_model_fails_with_the_path_and_the_fix(random_model):
+    result = stage(random_model, "stages.eval", "--model", "models/nothing", check=False)
+    assert result.returncode == 1 and "models/nothing holds no model" in result.stderr and "dvc repro train" in result.stderr
+    assert "Traceback" not in result.stderr
