@@ -164,3 +164,12 @@ def test_a_missing_model_fails_with_the_path_and_the_fix(random_model):
     result = stage(random_model, "stages.eval", "--model", "models/nothing", check=False)
     assert result.returncode == 1 and "models/nothing holds no model" in result.stderr and "dvc repro train" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_an_incompatible_model_fails_with_the_path_and_the_fix(random_model):
+    broken = random_model / "models/broken"
+    broken.mkdir(exist_ok=True)
+    (broken / "config.json").write_text('{"model_type": "no-such-architecture"}')
+    result = stage(random_model, "stages.eval", "--model", "models/broken", check=False)
+    assert result.returncode == 1 and "models/broken is not a causal language model" in result.stderr
+    assert "dvc repro train" in result.stderr and "Traceback" not in result.stderr
