@@ -2,6 +2,7 @@
 rerun, and `dvc exp run -S ...` ablations that rerun only what they change."""
 
 import json
+import math
 import os
 import re
 import shutil
@@ -92,10 +93,12 @@ def stages_run(output: str) -> set[str]:
 
 
 def test_repro_evaluates_the_model(project):
+    params = yaml.safe_load((project / "params.yaml").read_text())
     metrics = json.loads((project / "metrics/eval.json").read_text())
     heldout = pq.read_metadata(project / "data/heldout/builtin.parquet").num_rows  # 1 % of the source: fewer than heldout_records
     assert metrics["winogrande_items"] == 20 and metrics["tasks_items"] == 25 and metrics["heldout_builtin_records"] == heldout > 0
-    assert 0 < metrics["heldout_loss"] < 8 and 0 <= metrics["judge_relevance_score"] <= 1
+    # two training steps: the loss is still near an untrained model's ln(vocabulary)
+    assert 0 < metrics["heldout_loss"] < math.log(params["tokenizer"]["vocab_size"]) + 0.5 and 0 <= metrics["judge_relevance_score"] <= 1
     assert json.loads((project / "metrics/judges.json").read_text())["encoder"] == "hashing"
 
 
