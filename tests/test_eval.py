@@ -156,6 +156,8 @@ def test_the_stage_writes_flat_metrics_samples_and_plots_and_reports_empty_sets(
     samples = [json.loads(line) for line in (random_model / "data/eval/samples.jsonl").read_text().splitlines()]
     assert len(samples) == metrics["tasks_items"] + metrics["reference_items"] + metrics["behaviour_cases"]
     assert (random_model / "plots/eval/tasks.csv").read_text().startswith("family,accuracy\n")
+    assert (random_model / "plots/eval/heldout.csv").read_text().splitlines() == [
+        "set,bpb", *(f"builtin_{c},{metrics[f'heldout_builtin_{c}_bpb']}" for c in ("instruction", "knowledge", "web"))]
     assert "hellaswag," in (random_model / "plots/eval/benchmarks.csv").read_text()
     assert sorted(p.name for p in (random_model / "data/eval/tasks").glob("*.yaml")) == ["hellaswag.yaml", "winogrande.yaml"]
 

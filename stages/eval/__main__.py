@@ -32,7 +32,7 @@ from stages.eval.generation import Generator, load_model
 from stages.eval.heldout import first_records, heldout_metrics
 from stages.eval.tasks import task_accuracy
 from stages.params import Params, StageError, load_params, run_stage
-from stages.records import write_metrics
+from stages.records import CATEGORIES, write_metrics
 
 log = logging.getLogger("eval")
 MODEL = Path("models/current")
@@ -87,9 +87,9 @@ def write_plots(metrics: dict) -> None:
     families = sorted(k.removeprefix("tasks_").removesuffix("_accuracy") for k in metrics if k.startswith("tasks_") and k.endswith("_accuracy") and k != "tasks_accuracy")
     rows = [f"{family},{metrics[f'tasks_{family}_accuracy']}" for family in families]
     (PLOTS / "tasks.csv").write_text("family,accuracy\n" + "".join(f"{row}\n" for row in rows))
-    categories = sorted(k.removeprefix("heldout_").removesuffix("_bpb") for k in metrics
-                        if k.startswith("heldout_") and k.endswith("_bpb") and k.count("_") == 3)
-    (PLOTS / "heldout.csv").write_text("set,bpb\n" + "".join(f"{c},{metrics[f'heldout_{c}_bpb']}\n" for c in categories))
+    sets = sorted(k.removeprefix("heldout_").removesuffix("_bpb") for k in metrics  # <source>_<category>
+                  if k.startswith("heldout_") and any(k.endswith(f"_{category}_bpb") for category in CATEGORIES))
+    (PLOTS / "heldout.csv").write_text("set,bpb\n" + "".join(f"{s},{metrics[f'heldout_{s}_bpb']}\n" for s in sets))
     names = sorted(k.removesuffix("_chance") for k in metrics if k.endswith("_chance"))
     (PLOTS / "benchmarks.csv").write_text("benchmark,score,chance\n" + "".join(
         f"{name},{metrics.get(f'{name}_acc_norm', metrics.get(f'{name}_acc'))},{metrics[f'{name}_chance']}\n"
