@@ -3,7 +3,13 @@
 VENV := .venv
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: repro test bench venv
+# The research experiments (README: Results): PROFILE picks experiments/<PROFILE>.yaml;
+# J runs that many experiments at a time, each with THREADS torch threads.
+PROFILE ?= cpu
+J ?= 2
+THREADS ?= $(shell python3 -c "import os; print(max(1, (os.cpu_count() or 1) // $(J)))")
+
+.PHONY: repro test bench venv exp1 exp2 exp3 exp4 experiments report
 
 venv: $(VENV)/.installed
 
@@ -26,3 +32,18 @@ bench: venv
 	python bench/tokenize_speed.py
 	python bench/train_speed.py
 	python bench/eval_speed.py
+
+# Queue an experiment's runs (skipping finished ones), run the queue, then report.
+exp1 exp2 exp3: venv
+	python -m stages.experiments queue $@ --profile $(PROFILE)
+	OMP_NUM_THREADS=$(THREADS) dvc exp run --run-all -j $(J)
+	python -m stages.report --profile $(PROFILE)
+
+# exp4 has no runs of its own: it correlates the metrics of every exp1-exp3 model.
+exp4 report: venv
+	python -m stages.report --profile $(PROFILE)
+
+experiments: venv
+	python -m stages.experiments queue exp1 exp3 exp2 --profile $(PROFILE)
+	OMP_NUM_THREADS=$(THREADS) dvc exp run --run-all -j $(J)
+	python -m stages.report --profile $(PROFILE)

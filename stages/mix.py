@@ -14,7 +14,8 @@ Reads the sample ``mix.pool`` (``data/sample/<pool>.parquet``) and writes
   with fewer tokens than that is repeated, whole passes first, then a seeded
   part, up to ``mix.max_epochs`` passes. More than that fails naming the
   category, unless ``mix.scale_down``, which lowers the whole budget until every
-  category fits and reports the factor.
+  category fits and reports the factor. ``mix.tokens: null`` takes one epoch of
+  the pool instead: every record once, in the pool's own shares.
 - **Order**: one seeded shuffle of everything, except for ``curriculum``: the
   knowledge and web records first (shuffled), the instruction records last
   (shuffled). ``tokenize`` keeps this order.
@@ -60,31 +61,33 @@ def mix(params: Params) -> dict:
         raise StageError(f"{pool_path} has no records")
     tokens, loss_tokens = count_tokens(load_tokenizer(), pool, params.tokenize.assistant_only)
     category = pool.column("category").to_numpy(zero_copy_only=False)
-    shares = config.shares()
     available = {c: int(tokens[category == c].sum()) for c in CATEGORIES}
+    requested = int(tokens.sum()) if config.tokens is None else config.tokens
+    shares = {c: available[c] / requested for c in CATEGORIES} if config.tokens is None else config.shares()
 
     for c, share in shares.items():
         if share > 0 and available[c] == 0:
             raise StageError(f"mix: {c} has a share of {share:.2f} but the pool {config.pool} has no {c} records; "
                              f"set mix.{c}: 0 or pick another mix.strategy")
-    needed = {c: config.tokens * share for c, share in shares.items()}
+    needed = {c: requested * share for c, share in shares.items()}
     fits = {c: available[c] * config.max_epochs / needed[c] for c in CATEGORIES if needed[c] > 0}
     scale = min(1.0, *fits.values())
     if scale < 1.0:
         short = min(fits, key=fits.get)
-        message = (f"mix.tokens = {config.tokens:,}: {short} needs {needed[short]:,.0f} tokens but the pool {config.pool} has "
+        message = (f"mix.tokens = {requested:,}: {short} needs {needed[short]:,.0f} tokens but the pool {config.pool} has "
                    f"{available[short]:,}, {config.max_epochs} passes at most (mix.max_epochs)")
         if not config.scale_down:
-            raise StageError(message + f"; lower mix.tokens to {int(config.tokens * scale):,}, raise mix.max_epochs, "
+            raise StageError(message + f"; lower mix.tokens to {int(requested * scale):,}, raise mix.max_epochs, "
                              "use a larger mix.pool, or set mix.scale_down: true")
         print(f"mix: warning: {message}; scaling the budget down by {scale:.3f}")
-    budget = config.tokens * scale
+    budget = requested * scale
 
     rng = np.random.default_rng(config.seed)
     parts, passes = {}, {}
     for c in CATEGORIES:
         rows = np.flatnonzero(category == c)
-        picked, passes[c] = allocate(tokens[rows], budget * shares[c], rng) if shares[c] > 0 else (np.empty(0, int), 0)
+        target = available[c] if config.tokens is None else budget * shares[c]  # exact: no rounding may drop a record
+        picked, passes[c] = allocate(tokens[rows], target, rng) if shares[c] > 0 else (np.empty(0, int), 0)
         parts[c] = rows[picked]
     if config.strategy == "curriculum":
         first = np.concatenate([parts["knowledge"], parts["web"]])
@@ -92,7 +95,7 @@ def mix(params: Params) -> dict:
     else:
         order = rng.permutation(np.concatenate(list(parts.values())))
     if not len(order):
-        raise StageError(f"mix: no record fits mix.tokens = {config.tokens:,}; raise it")
+        raise StageError(f"mix: no record fits mix.tokens = {requested:,}; raise it")
 
     OUTPUT.parent.mkdir(parents=True, exist_ok=True)
     with RecordWriter(OUTPUT) as writer:
@@ -113,7 +116,7 @@ def mix(params: Params) -> dict:
             "passes": round(int(tokens[rows].sum()) / available[c], 3) if available[c] else 0.0,
             "available_tokens": available[c],
         }
-    return {"strategy": config.strategy, "pool": config.pool, "requested_tokens": config.tokens, "tokens": total,
+    return {"strategy": config.strategy, "pool": config.pool, "requested_tokens": requested, "tokens": total,
             "scale": round(scale, 4), "records": len(order), "repeated_records": len(order) - sum(len(np.unique(p)) for p in parts.values()),
             "by_category": by_category}
 

@@ -346,7 +346,7 @@ MIX_STRATEGIES = {  # (instruction, knowledge, web) token shares; README explain
 
 class Mix(Section):
     pool: str = Field("100K", description="the sample the mix draws from (a key of sample.sizes)")
-    tokens: int = Field(5_000_000, ge=1, description="token budget of the training set")
+    tokens: int | None = Field(5_000_000, ge=1, description="token budget of the training set; null: every record of the pool once, in the pool's own shares")
     strategy: Literal["custom", *MIX_STRATEGIES] = "custom"
     instruction: float = Field(0.4, ge=0.0, description="custom: relative weight (normalised)")
     knowledge: float = Field(0.3, ge=0.0)
@@ -362,7 +362,7 @@ class Mix(Section):
         return self
 
     def shares(self) -> dict[str, float]:
-        """Token share per category, summing to 1."""
+        """Token share per category, summing to 1 (``tokens: null`` uses the pool's shares instead)."""
         weights = MIX_STRATEGIES.get(self.strategy) or (self.instruction, self.knowledge, self.web)
         return {c: w / sum(weights) for c, w in zip(CATEGORIES, weights)}
 

@@ -137,3 +137,39 @@ def test_exp_run_of_a_train_param_reruns_only_train_and_eval_and_plots_the_loss(
     assert (project / "models/current/model.safetensors").exists()
     plots = json.loads(subprocess.run([DVC, "plots", "show", "--json"], cwd=project, capture_output=True, text=True, check=True).stdout)
     assert {"Loss per step (train and held-out)", "metrics/train/plots/metrics/train/grad_norm.tsv", "plots/eval/tasks.csv"} <= set(plots["data"])
+
+
+def test_a_queued_grid_runs_with_run_all_and_reports(project):
+    # back to the committed baseline: the queue runs HEAD plus the workspace's changes
+    subprocess.run(["git", "reset", "--hard", "-q"], cwd=project, check=True)
+    (project / "experiments").mkdir()
+    (project / "experiments/tiny.yaml").write_text(yaml.safe_dump({
+        "seeds": [0], "seed_params": ["train.seed"],
+        "experiments": {"exp3": {"question": "Which mix is best?", "grid": {"mix.strategy": ["equal", "web_heavy"]}}}}))
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", OMP_NUM_THREADS="1")
+
+    def python(*args: str) -> str:
+        result = subprocess.run([sys.executable, "-m", *args], cwd=project, env=env, capture_output=True, text=True)
+        assert result.returncode == 0, result.stdout + result.stderr
+        return result.stdout
+
+    assert "queued 2 of 2 runs" in python("stages.experiments", "queue", "--profile", "tiny")
+    output = dvc(project, "exp", "run", "--run-all", "-j", "2")
+    assert stages_run(output) == {"mix", "tokenize", "train", "eval"}, output
+    assert "queued 0 of 2 runs" in python("stages.experiments", "queue", "--profile", "tiny")  # finished runs are skipped
+
+    shown = json.loads(subprocess.run([DVC, "exp", "show", "--json", "-A"], cwd=project, env=env, capture_output=True, text=True, check=True).stdout)
+    bpb = {e["name"]: e["revs"][0]["data"]["metrics"]["metrics/eval.json"]["data"]["heldout_bpb"]
+           for commit in shown for e in commit.get("experiments") or [] if e["name"] in ("exp3-equal-s0", "exp3-web_heavy-s0")}
+    assert len(bpb) == 2
+
+    assert "report: 2 runs (0 missing or failed)" in python("stages.report", "--profile", "tiny")
+    results = (project / "reports/results.md").read_text()
+    rows = {line.split("|")[1].strip(): line for line in results.splitlines() if line.startswith(("| equal ", "| web_heavy "))}
+    assert set(rows) == {"equal", "web_heavy"}, results
+    for config in rows:
+        assert f"{bpb[f'exp3-{config}-s0']:.3f} ± 0.000" in rows[config]  # the table's bpb is the experiment's own
+    runs = (project / "reports/runs.csv").read_text().splitlines()
+    assert len(runs) == 3 and runs[0].startswith("name,experiment,config,seed,rev,training_tokens")
+    for plot in ("quality_vs_quantity", "mix", "correlation", "loss_curves"):
+        assert (project / f"plots/report/{plot}.png").read_bytes()[:4] == b"\x89PNG"

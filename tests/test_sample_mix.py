@@ -143,6 +143,18 @@ def test_a_short_category_is_repeated_up_to_max_epochs_then_fails_or_scales_down
     assert scaled["by_category"]["web"]["tokens"] <= available
 
 
+def test_a_null_budget_takes_one_epoch_of_the_pool(pooled):
+    write_params(pooled, mix={"tokens": None, "strategy": "instruction_only"})  # the strategy's shares give way to the pool's
+    stage(pooled, "stages.mix")
+    pool = pq.read_table(pooled / "data/sample/large.parquet")
+    mixed = pq.read_table(pooled / "data/mix/train.parquet")
+    assert sorted(mixed.column("id").to_pylist()) == sorted(pool.column("id").to_pylist())  # every record, once
+    result = metrics(pooled, "mix")
+    tokens, _ = count_tokens(load_tokenizer(pooled / "models/tokenizer"), pool, True)
+    assert result["requested_tokens"] == result["tokens"] == int(tokens.sum()) and result["repeated_records"] == 0
+    assert all(entry["passes"] == 1.0 for entry in result["by_category"].values())
+
+
 def test_named_strategies_and_the_curriculum_order(pooled):
     write_params(pooled, mix={"strategy": "instruction_only"})
     stage(pooled, "stages.mix")

@@ -1,0 +1,126 @@
+"""The experiment definitions (stages/experiments.py) and the report's statistics
+(stages/report.py); the queue, --run-all and the report end to end are in test_pipeline.py."""
+
+import os
+import re
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import REPO
+from stages.experiments import Definition, expand, format_value, link_siblings, load_definition, main, print_estimate
+from stages.params import StageError, load_params
+from stages.report import Summary, compare, correlations, Result, spearman
+
+
+@pytest.fixture
+def in_repo():
+    cwd = os.getcwd()
+    os.chdir(REPO)
+    yield REPO
+    os.chdir(cwd)
+
+
+def test_the_cpu_profile_has_every_experiment_with_three_seeds(in_repo):
+    definition = load_definition("cpu")
+    runs = expand(definition)
+    assert len({run.name for run in runs}) == len(runs)  # names are unique: dvc exp show reads well
+    configs = {(run.experiment, run.config) for run in runs}
+    assert {experiment for experiment, _ in configs} == {"exp1", "exp2", "exp3"}
+    for experiment, config in configs:
+        assert sorted(r.seed for r in runs if (r.experiment, r.config) == (experiment, config)) == [0, 1, 2]
+    exp2 = {r.config for r in runs if r.experiment == "exp2"}
+    assert {f"{pool}-{strategy}" for pool in ("10K", "100K", "1M") for strategy in ("top_quality", "random")} <= exp2
+    assert len({r.config for r in runs if r.experiment == "exp3"}) == 6
+    equal_compute = {r.sets["train.tokens"] for r in runs if not r.config.endswith("epoch")}
+    assert len(equal_compute) == 1  # one token budget for every equal-compute run
+    main(["list", "--profile", "cpu"])  # every -S key exists in params.yaml
+
+
+def test_a_run_sets_profile_then_fixed_then_its_own_then_the_seed():
+    definition = Definition.model_validate({
+        "profile": {"train.model": "1M", "mix.pool": "10K"}, "seeds": [3], "seed_params": ["train.seed", "mix.seed"],
+        "experiments": {"e": {"question": "?", "grid": {"mix.pool": ["a", "b"], "sample.strategy": ["x"]},
+                              "fixed": {"train.model": "5M"}, "runs": {"epoch": {"mix.tokens": None}}}}})
+    runs = expand(definition)
+    assert [r.name for r in runs] == ["e-a-x-s3", "e-b-x-s3", "e-epoch-s3"]
+    assert runs[1].sets == {"train.model": "5M", "mix.pool": "b", "sample.strategy": "x", "train.seed": 3, "mix.seed": 3}
+    assert runs[2].command()[:6] == ["dvc", "exp", "run", "--queue", "-n", "e-epoch-s3"]
+    assert "mix.tokens=null" in runs[2].command() and format_value(True) == "true" and format_value(0.5) == "0.5"
+    with pytest.raises(StageError, match="unknown experiment nope; the definition has e"):
+        expand(definition, ["nope"])
+
+
+def test_bad_definitions_and_keys_fail_with_the_name(in_repo, tmp_path, monkeypatch):
+    with pytest.raises(StageError, match="experiments/nope.yaml is missing; the profiles are: cpu, gpu"):
+        load_definition("nope")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "experiments").mkdir()
+    (tmp_path / "experiments/bad.yaml").write_text(yaml.safe_dump({"seeds": [], "seed_params": ["train.seed"], "experiments": {"e": {"question": "?"}}}))
+    with pytest.raises(StageError, match="seeds: List should have at least 1 item.*experiments.e: Value error, give a grid or runs"):
+        load_definition("bad")
+    (tmp_path / "experiments/typo.yaml").write_text(yaml.safe_dump(
+        {"seeds": [0], "seed_params": ["train.seed"], "experiments": {"e": {"question": "?", "runs": {"r": {"train.lrr": 1}}}}}))
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    with pytest.raises(StageError, match="run e-r-s0: -S train.lrr: params.yaml has no such key"):
+        main(["queue", "--profile", "typo", "--dry-run"])
+
+
+def test_queued_runs_find_sibling_directories(tmp_path, monkeypatch):
+    (tmp_path / "shared/data").mkdir(parents=True)
+    (tmp_path / "repo").mkdir()
+    monkeypatch.chdir(tmp_path / "repo")
+    (tmp_path / "repo/params.yaml").write_text(yaml.safe_dump({"eval": {"benchmarks": {"b": {"path": "../shared/data/b.jsonl"}}}}))
+    links = link_siblings(tmp_path / "repo/params.yaml", [])
+    assert [str(link) for link in links] == [".dvc/tmp/exps/shared"]
+    # a queued run's workspace is .dvc/tmp/exps/<tmp>/: its ../shared is now the real one
+    (tmp_path / "repo/.dvc/tmp/exps/tmp123").mkdir()
+    assert (tmp_path / "repo/.dvc/tmp/exps/tmp123/../shared/data").resolve() == (tmp_path / "shared/data").resolve()
+    assert link_siblings(tmp_path / "repo/params.yaml", []) == []  # already there
+
+
+def test_the_gpu_profile_validates_and_its_estimate_fits_the_plan(in_repo, capsys):
+    params = load_params(REPO / "params-gpu.yaml")
+    assert params.train.model == "125M" and {s.kind for s in params.sources.values()} == {"hub", "builtin"}
+    definition = load_definition("gpu")
+    assert {r.sets.get("train.model") for r in expand(definition)} == {"125M", "500M"}
+    total = print_estimate(definition, expand(definition), params)
+    printed = capsys.readouterr().out
+    assert 0 < total <= 50 and "within the plan's $50" in printed and printed.count(" runs, ") == 3
+
+
+def test_spearman_and_its_bootstrap_interval():
+    rng = np.random.default_rng(0)
+    x = np.arange(20.0)
+    rho, low, high = spearman(x, x + rng.normal(0, 3, 20), rng)
+    assert 0.7 < rho <= 1 and low <= rho <= high <= 1
+    assert spearman(x, np.zeros(20), rng) is None  # a constant reference has no ranking
+    rho, _, _ = spearman(x, -x, rng)
+    assert rho == -1
+
+
+def test_correlations_negate_lower_is_better_metrics():
+    results = [Result(run=None, rev="", metrics={"heldout_bpb": 3 - i / 10, "tasks_accuracy": i / 10, "blimp_acc": 0.5}) for i in range(10)]
+    table = correlations(results)
+    assert table["heldout_bpb", "tasks_accuracy"][0] == pytest.approx(1.0)  # lower bpb, higher accuracy: agreement
+    assert table["heldout_bpb", "blimp_acc"] is None and table["rougeL", "tasks_accuracy"] is None
+
+
+def test_noise_is_twice_the_standard_error_of_the_difference():
+    difference, se, beyond = compare(Summary(1.0, 0.1, 3), Summary(1.1, 0.1, 3))
+    assert difference == pytest.approx(-0.1) and se == pytest.approx(np.sqrt(2 * 0.01 / 3)) and not beyond
+    assert compare(Summary(1.0, 0.01, 3), Summary(1.1, 0.01, 3))[2]
+    assert not compare(Summary(1.0, 0.0, 1), Summary(2.0, 0.0, 1))[2]  # one seed each: no noise estimate
+
+
+def test_the_readme_gpteacher_override_gives_valid_params(tmp_path):
+    from dvc.utils.hydra import apply_overrides
+
+    readme = (REPO / "README.md").read_text()
+    overrides = re.findall(r"-S '([^']+)'", readme.split("**exp1 on GPT-4-generated data, offline.**")[1].split("```", 2)[1])
+    assert any(o.startswith("+sources.gpteacher=") for o in overrides), overrides
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    apply_overrides(str(tmp_path / "params.yaml"), overrides)
+    params = load_params(tmp_path / "params.yaml")
+    assert params.sources["gpteacher"].kind == "local" and params.mix.strategy == "instruction_only"
