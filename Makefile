@@ -32,6 +32,7 @@ bench: venv
 	python bench/tokenize_speed.py
 	python bench/train_speed.py
 	python bench/eval_speed.py
+	python bench/experiment_parallelism.py
 
 # Queue an experiment's runs (skipping finished ones), run the queue, then report.
 exp1 exp2 exp3: venv

@@ -68,7 +68,10 @@ REFERENCES = [
     Metric("benchmark_mean", "benchmark mean acc", True),
 ]
 TRAINING_TOKENS = Metric("training_tokens", "training tokens", True, 0)
-TABLE = [TRAINING_TOKENS, CHEAP[1], CHEAP[0], REFERENCES[0], REFERENCES[-1], REFERENCES[1], CHEAP[6], CHEAP[5], CHEAP[2], CHEAP[3], CHEAP[7]]
+REPLY_WORDS = Metric("response_words", "reply words", True, 1)
+BENCHMARK_CHANCE = Metric("benchmark_chance", "benchmark chance", True)
+TABLE = [TRAINING_TOKENS, CHEAP[1], CHEAP[0], REFERENCES[0], REFERENCES[-1], BENCHMARK_CHANCE, REFERENCES[1], CHEAP[6], CHEAP[5], CHEAP[2],
+         CHEAP[3], CHEAP[7], REPLY_WORDS]
 PRIMARY = CHEAP[1]  # held-out bits per byte: the one metric every run measures on the same data, with a clear scale
 RHO_BAR = 0.8  # the research plan's bar for a cheap metric to stand in for a reference
 BOOTSTRAP = 2000
@@ -102,9 +105,10 @@ def run_metrics(data: dict) -> dict[str, float]:
     if not evaluated or not trained:
         return {}
     metrics = {k: float(v) for k, v in evaluated.items() if isinstance(v, (int, float))}
-    present = [metrics[key] for key in BENCHMARKS if key in metrics]
+    present = [key for key in BENCHMARKS if key in metrics]
     if present:
-        metrics["benchmark_mean"] = float(np.mean(present))
+        metrics["benchmark_mean"] = float(np.mean([metrics[key] for key in present]))
+        metrics["benchmark_chance"] = float(np.mean([metrics.get(key.replace("_acc", "_chance"), 0.0) for key in present]))
     metrics["training_tokens"] = float(trained["tokens"])
     return metrics
 
@@ -259,7 +263,7 @@ def plot_correlation(table: dict, path: Path) -> None:
     axis.set_xticks(range(len(REFERENCES)), [r.label for r in REFERENCES], rotation=35, ha="right")
     axis.set_yticks(range(len(CHEAP)), [c.label + (" (negated)" if not c.higher_is_better else "") for c in CHEAP])
     figure.colorbar(image, label="Spearman rho over all runs")
-    axis.set_title("exp4: cheap metrics (rows) against references (columns); n/a: a constant reference")
+    axis.set_title("exp4: cheap metrics (rows) against references (columns)\nn/a: the same value for every model, no ranking")
     figure.savefig(path, dpi=110)
     plt.close(figure)
 
@@ -283,6 +287,8 @@ def plot_loss_curves(results: list[Result], experiments: list[str], path: Path) 
 
 # --- the markdown -------------------------------------------------------------------------------
 def table(groups: dict[str, list[Result]]) -> list[str]:
+    if not groups:
+        return ["No finished run yet."]
     metrics = [m for m in TABLE if any(summarise(g, m.key) for g in groups.values())]
     lines = ["| run | seeds | " + " | ".join(m.label + ("" if m.higher_is_better or m is TRAINING_TOKENS else " ↓") for m in metrics) + " |",
              "|---|---:|" + "---:|" * len(metrics)]
@@ -297,14 +303,21 @@ def best(groups: dict[str, list[Result]], metric: Metric) -> list[tuple[str, Sum
     return sorted(ranked, key=lambda item: item[1].mean, reverse=metric.higher_is_better)
 
 
-def answer_quality(results: list[Result]) -> tuple[list[str], list[str]]:
-    groups = {k: v for k, v in by_config(results, "exp2").items() if not k.endswith("epoch")}
+def leaders(groups: dict[str, list[Result]], experiment: str) -> tuple[list[tuple[str, Summary]], str]:
+    """The configurations ranked by the primary metric, and a sentence on the first two."""
     ranked = best(groups, PRIMARY)
     if len(ranked) < 2:
-        return ["exp2 has fewer than two finished configurations."], []
+        return ranked, f"{experiment} has fewer than two finished configurations."
     (first, a), (second, b) = ranked[0], ranked[1]
-    lines = [f"At equal compute, the lowest held-out bits per byte is **{first}** ({a.text(3)}), then {second} ({b.text(3)}): "
-             f"{noise_words(a, b, 3)}."]
+    return ranked, f"the lowest held-out bits per byte is **{first}** ({a.text(3)}), then {second} ({b.text(3)}): {noise_words(a, b, 3)}"
+
+
+def answer_quality(results: list[Result]) -> tuple[list[str], list[str]]:
+    groups = {k: v for k, v in by_config(results, "exp2").items() if not k.endswith("epoch")}
+    ranked, lead = leaders(groups, "exp2")
+    if len(ranked) < 2:
+        return [lead], []
+    lines = [f"At equal compute, {lead}."]
     surprises = []
     for pool in sorted({r.run.sets["mix.pool"] for g in groups.values() for r in g}):
         curated, noisy = groups.get(f"{pool}-top_quality"), groups.get(f"{pool}-random")
@@ -324,18 +337,18 @@ def answer_quality(results: list[Result]) -> tuple[list[str], list[str]]:
         if epoch and budget:
             e, f = summarise(epoch, PRIMARY.key), summarise(budget, PRIMARY.key)
             tokens = summarise(epoch, TRAINING_TOKENS.key)
-            lines.append(f"One epoch of 10K {strategy} ({tokens.mean:,.0f} tokens) reaches {e.text(3)} bpb against {f.text(3)} at the fixed budget.")
+            lines.append(f"One epoch of 10K {strategy} ({tokens.mean:,.0f} tokens) reaches {e.text(3)} bpb against {f.text(3)} "
+                         f"at the fixed budget ({noise_words(e, f, 3)}).")
     return lines, surprises
 
 
 def answer_mix(results: list[Result]) -> tuple[list[str], list[str]]:
     groups = by_config(results, "exp3")
-    ranked = best(groups, PRIMARY)
+    ranked, lead = leaders(groups, "exp3")
     if len(ranked) < 2:
-        return ["exp3 has fewer than two finished configurations."], []
-    (first, a), (second, b) = ranked[0], ranked[1]
-    lines = [f"By held-out bits per byte the best mix is **{first}** ({a.text(3)}), then {second} ({b.text(3)}): {noise_words(a, b, 3)}; "
-             f"the worst is {ranked[-1][0]} ({ranked[-1][1].text(3)})."]
+        return [lead], []
+    first = ranked[0][0]
+    lines = [f"Among the mixes, {lead}; the highest is {ranked[-1][0]} ({ranked[-1][1].text(3)})."]
     surprises = []
     for metric in (REFERENCES[-1], CHEAP[6]):
         top = best(groups, metric)
@@ -351,9 +364,12 @@ def answer_synthetic(results: list[Result]) -> list[str]:
     if not pure:
         return ["exp1 has not finished."]
     reference = by_config(results, "exp2").get("10K-top_quality")
-    words = [f"Trained on instruction data alone (the curated 10K pool), the model reaches task accuracy "
-             f"{summarise(pure, 'tasks_accuracy').text(3)}, held-out {summarise(pure, PRIMARY.key).text(3)} bpb, "
-             f"benchmark mean {summarise(pure, 'benchmark_mean').text(3)} and coherence {summarise(pure, 'judge_coherence_score').text(3)}"]
+    tasks = summarise(pure, "tasks_accuracy")
+    verdict = "No, not at this profile's scale" if tasks.mean == 0 else "Partly"
+    words = [f"{verdict}: trained on instruction data alone (the curated 10K pool), the model reaches task accuracy "
+             f"{tasks.text(3)}, held-out {summarise(pure, PRIMARY.key).text(3)} bpb, benchmark mean "
+             f"{summarise(pure, 'benchmark_mean').text(3)} (chance {summarise(pure, 'benchmark_chance').mean:.3f}) and coherence "
+             f"{summarise(pure, 'judge_coherence_score').text(3)}"]
     if reference:
         p, r = summarise(pure, PRIMARY.key), summarise(reference, PRIMARY.key)
         words.append(f"; the plan mix from the same pool: {r.text(3)} bpb ({noise_words(p, r, 3)})")
@@ -361,18 +377,30 @@ def answer_synthetic(results: list[Result]) -> list[str]:
 
 
 def answer_correlation(table: dict, results: list[Result]) -> tuple[list[str], list[str]]:
-    constant = [r.label for r in REFERENCES if all(table.get((c.key, r.key)) is None for c in CHEAP)]
+    constant = [m.label for m in REFERENCES if all(table.get((c.key, m.key)) is None for c in CHEAP)]
+    constant += [m.label for m in CHEAP if all(table.get((m.key, r.key)) is None for r in REFERENCES)]
     cleared = [(c, r, v) for (ck, rk), v in table.items() if v for c in CHEAP if c.key == ck for r in REFERENCES if r.key == rk and v[0] > RHO_BAR]
     lines = [f"Over {len(results)} models, {len(cleared)} cheap metric/reference pairs have Spearman rho above {RHO_BAR}"
              + (": " + "; ".join(f"{c.label} ~ {r.label} {v[0]:.2f} [{v[1]:.2f}, {v[2]:.2f}]" for c, r, v in cleared) if cleared else "") + "."]
     if constant:
-        lines.append(f"No ranking exists for {', '.join(constant)}: the same value for every model, so no cheap metric can be checked against it.")
+        lines.append(f"No ranking exists for {', '.join(constant)}: the same value for every model, so those have no correlation to report.")
     usable = [(c, v) for c in CHEAP if (v := table.get((c.key, "benchmark_mean")))]
     if usable:
         c, v = max(usable, key=lambda item: item[1][0])
         lines.append(f"Against the benchmark mean the best cheap metric is {c.label}: rho {v[0]:.2f} [{v[1]:.2f}, {v[2]:.2f}].")
     surprises = [] if cleared else [f"No cheap metric clears rho {RHO_BAR} against any reference."]
     return lines, surprises
+
+
+def judged_empty_replies(results: list[Result]) -> list[str]:
+    """A judge that calls empty replies coherent is measuring the absence of errors, not quality."""
+    empty = [r for r in results if r.metrics.get("response_words", 1) < 1]
+    coherence = summarise(empty, CHEAP[6].key)
+    if not empty or coherence is None or coherence.mean < 0.5:
+        return []
+    return [f"{len(empty)} of {len(results)} models reply with no words at all (mean reply words < 1; they emit only "
+            f"whitespace or special tokens), yet the coherence judge scores them {coherence.text(3)}: an empty reply has "
+            "none of the flaws it was trained to catch."]
 
 
 def markdown(definition, results: list[Result], missing: list[str], table_rho: dict, profile: str, plots: Path) -> str:
@@ -389,7 +417,7 @@ def markdown(definition, results: list[Result], missing: list[str], table_rho: d
            f"3. **{definition.experiments['exp3'].question}** " + " ".join(q3) if "exp3" in definition.experiments else "",
            "4. **How well do zero-cost metrics agree with a reference?** " + " ".join(q4), "",
            "## Surprises", ""]
-    out += [f"- {s}" for s in (s2 + s3 + s4)] or ["- None: every comparison went the way the research plan expected."]
+    out += [f"- {s}" for s in (s2 + s3 + s4 + judged_empty_replies(results))] or ["- None: every comparison went the way the research plan expected."]
     for name, spec in definition.experiments.items():
         out += ["", f"## {name}: {spec.question}", "", *table(by_config(results, name))]
     out += ["", "Plots: " + ", ".join(f"[{p}]({Path('..') / plots / p})" for p in ("quality_vs_quantity.png", "mix.png", "correlation.png", "loss_curves.png")),
@@ -398,7 +426,8 @@ def markdown(definition, results: list[Result], missing: list[str], table_rho: d
     for cheap in CHEAP:
         cells = [(f"{v[0]:.2f} [{v[1]:.2f}, {v[2]:.2f}]" if (v := table_rho.get((cheap.key, r.key))) else "n/a") for r in REFERENCES]
         out.append(f"| {cheap.label}{' (negated)' if not cheap.higher_is_better else ''} | " + " | ".join(cells) + " |")
-    out += ["", f"n/a: the reference is the same for every model (no ranking). Cheap metrics where lower is better are negated, so + means agreement.",
+    out += ["", "n/a: the cheap metric or the reference is the same for every model (no ranking). Cheap metrics where lower is better "
+            "are negated, so + means agreement.",
             "", "## Runs", "", f"{len(results)} finished" + (f"; missing or failed: {', '.join(missing)}" if missing else "") + "."]
     return "\n".join(line for line in out if line is not None) + "\n"
 

@@ -140,12 +140,14 @@ def test_exp_run_of_a_train_param_reruns_only_train_and_eval_and_plots_the_loss(
 
 
 def test_a_queued_grid_runs_with_run_all_and_reports(project):
-    # back to the committed baseline: the queue runs HEAD plus the workspace's changes
-    subprocess.run(["git", "reset", "--hard", "-q"], cwd=project, check=True)
+    # the queue runs HEAD plus the workspace's changes: undo earlier tests' -S sets, commit the rest
+    subprocess.run(["git", "checkout", "-q", "HEAD", "--", "params.yaml"], cwd=project, check=True)
     (project / "experiments").mkdir()
     (project / "experiments/tiny.yaml").write_text(yaml.safe_dump({
         "seeds": [0], "seed_params": ["train.seed"],
         "experiments": {"exp3": {"question": "Which mix is best?", "grid": {"mix.strategy": ["equal", "web_heavy"]}}}}))
+    subprocess.run(["git", "add", "-A"], cwd=project, check=True)
+    subprocess.run(["git", "commit", "-q", "--allow-empty", "-m", "grid baseline"], cwd=project, check=True)
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", OMP_NUM_THREADS="1")
 
     def python(*args: str) -> str:
