@@ -36,17 +36,16 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from stages.params import Params, StageError, load_params, run_stage
+from stages.params import Params, Section, StageError, load_params, run_stage
 
 DEFINITIONS = Path("experiments")
 EXECUTOR_DIR = Path(".dvc/tmp/exps")  # where DVC's queue makes each run's temporary workspace
 SEPARATOR = "-"
 
 
-class Experiment(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Experiment(Section):  # unknown keys fail with a did-you-mean hint, as in params.yaml
     question: str
     grid: dict[str, list[Any]] = Field(default_factory=dict, description="key -> values; every combination is a run")
     fixed: dict[str, Any] = Field(default_factory=dict, description="-S sets of every run of this experiment")
@@ -59,8 +58,7 @@ class Experiment(BaseModel):
         return self
 
 
-class Estimate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Estimate(Section):
     gpu: str = Field(description="a name in train.GPU_PEAK_TFLOPS")
     mfu: float = Field(gt=0.0, le=1.0, description="assumed model FLOPs utilisation")
     price_per_hour: float = Field(ge=0.0, description="USD per GPU-hour")
@@ -68,8 +66,7 @@ class Estimate(BaseModel):
     tokens: dict[str, int] = Field(default_factory=dict, description="run name -> training tokens where train.tokens is null (one epoch)")
 
 
-class Definition(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Definition(Section):
     profile: dict[str, Any] = Field(default_factory=dict)
     seeds: list[int] = Field(min_length=1)
     seed_params: list[str] = Field(min_length=1)

@@ -37,7 +37,7 @@ import numpy as np  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
 from stages.experiments import Run, expand, load_definition  # noqa: E402
-from stages.params import StageError, run_stage  # noqa: E402
+from stages.params import StageError, load_params, run_stage  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -460,8 +460,6 @@ def report(profile: str, out: Path, plots: Path, sizes: dict[str, int]) -> tuple
 
 
 def main(argv=None) -> None:
-    from stages.params import load_params
-
     parser = argparse.ArgumentParser(description="Plots and a results table from the research experiments")
     parser.add_argument("--profile", default="cpu", help="experiments/<profile>.yaml")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
