@@ -20,7 +20,7 @@ from stages.records import CATEGORIES
 Category = Literal[CATEGORIES]
 Format = Literal["auto", "alpaca", "sharegpt", "messages", "prompt_completion", "self_instruct", "text"]  # local files
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
-SOURCE_KINDS = ("builtin", "hub", "local")
+SOURCE_KINDS = ("builtin", "hub", "local", "generate")
 SOURCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -127,7 +127,53 @@ class LocalSource(Section):
     split: Literal["block", "line"] = Field("block", description="plain text: one document per blank-line block or per line")
 
 
-Source = Annotated[BuiltinSource | HubSource | LocalSource, Field(discriminator="kind")]
+class TeacherSampling(Section):
+    """How a teacher samples: like EvalGeneration, but sampling by default (diverse data, not one greedy answer)."""
+
+    max_new_tokens: int = Field(256, ge=1, le=8192, description="cap on generated tokens; a reply that reaches it is rejected (capped_*)")
+    batch_size: int = Field(32, ge=1, description="prompts generated together (left-padded, KV cache)")
+    do_sample: bool = True
+    temperature: float = Field(0.7, gt=0.0, le=10.0)
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
+
+
+class Preferences(Section):
+    """DPO pairs (stage preferences): one response per temperature, ranked by the micro-judges."""
+
+    temperatures: list[Annotated[float, Field(gt=0.0, le=10.0)]] = Field([0.3, 0.7, 1.0, 1.3], min_length=2,
+                                                                         description="one response per temperature")
+    teacher_judge: bool = Field(False, description="also ask the teacher whether each response is good (P(Yes) of its next token)")
+    min_margin: float = Field(0.05, ge=0.0, le=1.0, description="pairs whose chosen and rejected scores differ less are dropped (reason: tie)")
+    max_prompts: int | None = Field(None, ge=1, description="prompts of the source used; null: all")
+
+
+class GenerateSource(Section):
+    """Records written by a teacher model (stages/generate)."""
+
+    kind: Literal["generate"]
+    teacher: str = Field(min_length=1, description="a save_pretrained directory (for example models/current) or a hub id in the local cache")
+    method: Literal["self_instruct", "evol_instruct", "magpie"]
+    n: int = Field(ge=1, description="records to keep")
+    seed_file: str | None = Field(None, min_length=1, description="self_instruct and evol_instruct: seed instructions (a local file in any format of kind: local)")
+    seed_format: Format = "auto"
+    category: Category = "instruction"
+    sampling: TeacherSampling = TeacherSampling()
+    seed: int = 0
+    prompt_tasks: int = Field(8, ge=1, le=32, description="self_instruct: tasks shown in each prompt (up to 2 of them generated)")
+    max_similarity: float = Field(0.7, gt=0.0, le=1.0, description="self_instruct: ROUGE-L above this against the pool rejects an instruction")
+    shard_prompts: int = Field(256, ge=1, description="prompts per shard: the unit that an interrupted run keeps")
+    max_attempts: int = Field(4, ge=1, le=100, description="stop after n x this many prompts even if fewer than n records were kept")
+    preferences: Preferences | None = None
+
+    @model_validator(mode="after")
+    def _seed_file_for_seeded_methods(self):
+        if self.method != "magpie" and self.seed_file is None:
+            raise ValueError(f"method {self.method} needs seed_file (instructions to start from), for example "
+                             "../shared/data/human/self-instruct-seed-tasks.jsonl")
+        return self
+
+
+Source = Annotated[BuiltinSource | HubSource | LocalSource | GenerateSource, Field(discriminator="kind")]
 
 
 class Download(Section):

@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
@@ -30,3 +31,40 @@ def write_params(tmp_path):
         return path
 
     return write
+
+
+def build_teacher(path: Path, end_logit: float = 3.0, seed: int = 0) -> Path:
+    """A tiny chat teacher saved like models/current: it writes words (a random
+    bigram model over 300 word tokens) and ends its turn with a probability of
+    about 1/8 per token, so its replies are short, sometimes empty and sometimes
+    capped: every reject reason of the generate stage occurs."""
+    from transformers import GenerationConfig
+
+    from stages.model import build_model, llama_config
+    from stages.tokenizer import IM_END, train_bpe
+
+    texts = (SHARED_DATA / "human/wiki-sample.txt").read_text().splitlines()[:3000]
+    tokenizer = train_bpe(texts, 1024, split_digits=True)
+    vocab = tokenizer.get_vocab()
+    word_ids = sorted(i for token, i in vocab.items() if token.startswith("Ġ") and token[1:].isalpha() and len(token) > 3)[:300]
+    end = vocab[IM_END]
+    config = llama_config("1M", len(tokenizer), 256, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    config.tie_word_embeddings = False
+    torch.manual_seed(seed)
+    model = build_model(config)
+    with torch.no_grad():  # no attention or MLP output: the last hidden state is the current token's embedding
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        embedding, head = model.model.embed_tokens.weight, model.lm_head.weight
+        embedding.normal_(0.0, 1.0)
+        embedding[:, 0] = 8.0  # a constant direction: after the norm, about 5.7 in every hidden state
+        head.zero_()
+        head[:, 0] = -3.0  # every token but the words and the end of the turn: never
+        head[word_ids] = torch.randn(len(word_ids), config.hidden_size) * 0.25
+        head[word_ids, 0] = 0.0
+        head[end, 0] = end_logit / 5.7
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    GenerationConfig(eos_token_id=[tokenizer.eos_token_id, end], pad_token_id=tokenizer.pad_token_id).save_pretrained(path)
+    return path

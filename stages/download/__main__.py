@@ -1,6 +1,7 @@
 """download stage: ``python -m stages.download SOURCE [--params FILE]``.
 
-Reads the source named SOURCE under ``sources:`` (kind builtin, local or hub)
+Reads the source named SOURCE under ``sources:`` (kind builtin, local, hub or
+generate: a teacher model's records, ``stages/generate``)
 and writes ``data/raw/SOURCE.parquet`` in the record schema, the rejected
 input to ``data/rejects/download-SOURCE.parquet``, and the counts to
 ``metrics/download/SOURCE.json`` (read = kept + rejected, rejected by reason).
@@ -13,7 +14,7 @@ from tqdm import tqdm
 
 from stages.download import builtin, hub, local
 from stages.download.formats import Rejected
-from stages.params import BuiltinSource, HubSource, Params, StageError, load_params, run_stage, stage_arguments
+from stages.params import BuiltinSource, GenerateSource, HubSource, Params, StageError, load_params, run_stage, stage_arguments
 from stages.records import InvalidRecord, RecordWriter, RejectWriter, make_record, write_metrics
 
 log = logging.getLogger("download")
@@ -53,6 +54,10 @@ def download(params: Params, name: str, root: str = ".") -> dict:
             categories, flaws = builtin.generate(params, name, records, params.download.workers)
             counts = {"read": source.max_samples, "kept": source.max_samples, "by_category": dict(sorted(categories.items())),
                       "flaws": dict(sorted(flaws.items()))}
+        elif isinstance(source, GenerateSource):
+            from stages.generate import generate  # torch and transformers: only generate sources pay for importing them
+
+            counts = generate(source, name, params.download.max_chars, records, rejects, root)
         elif isinstance(source, HubSource):
             counts = ingest(hub.read(source, params.download.hub_timeout_s), name, hub.category_for(source), source.max_samples,
                             params.download.max_chars, records, rejects)
