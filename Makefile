@@ -9,7 +9,7 @@ PROFILE ?= cpu
 J ?= 2
 THREADS ?= $(shell python3 -c "import os; print(max(1, (os.cpu_count() or 1) // $(J)))")
 
-.PHONY: repro test bench venv exp1 exp2 exp3 exp4 experiments report
+.PHONY: repro test bench venv exp1 exp2 exp3 exp4 experiments report collapse
 
 venv: $(VENV)/.installed
 
@@ -33,6 +33,7 @@ bench: venv
 	python bench/train_speed.py
 	python bench/eval_speed.py
 	python bench/experiment_parallelism.py
+	python bench/generate_speed.py
 
 # Queue an experiment's runs (skipping finished ones), run the queue, then report.
 exp1 exp2 exp3: venv
@@ -48,3 +49,10 @@ experiments: venv
 	python -m stages.experiments queue exp1 exp3 exp2 --profile $(PROFILE)
 	OMP_NUM_THREADS=$(THREADS) dvc exp run --run-all -j $(J)
 	python -m stages.report --profile $(PROFILE)
+
+# The distillation flywheel (README: Model collapse): generations 0..collapse.generations,
+# each trained on the last one's generated data; needs the pipeline's sample, tokenizer
+# and judges. An interrupted run continues where it stopped.
+collapse: venv
+	dvc repro sample tokenizer builtin_eval judges
+	python -m stages.collapse

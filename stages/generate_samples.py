@@ -13,21 +13,8 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
-
-from stages.params import StageError, run_stage
-
-
-def complete(model, tokenizer, prompt: str, raw: bool, max_new_tokens: int, temperature: float) -> str:
-    if raw:
-        inputs = tokenizer(prompt, return_tensors="pt")
-    else:
-        inputs = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                               return_tensors="pt", return_dict=True)  # fmt: skip
-    sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
-    output = model.generate(**inputs, max_new_tokens=max_new_tokens, **sampling)
-    return tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+from stages.eval.generation import Generator, load_model
+from stages.params import EvalGeneration, StageError, run_stage
 
 
 def main(argv=None) -> None:
@@ -39,17 +26,16 @@ def main(argv=None) -> None:
     parser.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    if not (Path(args.model) / "config.json").is_file():
-        raise StageError(f"{args.model} holds no model: run `dvc repro train` first")
     if args.prompts and not args.prompts.is_file():
         raise StageError(f"--prompts {args.prompts}: no such file")
     lines = args.prompts.read_text().splitlines() if args.prompts else sys.stdin.read().splitlines()
     prompts = [line.strip() for line in lines if line.strip()]
-    torch.manual_seed(args.seed)
-    tokenizer = AutoTokenizer.from_pretrained(args.model, local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(args.model, local_files_only=True).eval()
-    for prompt in prompts:
-        print(f"### {prompt}\n{complete(model, tokenizer, prompt, args.raw, args.max_new_tokens, args.temperature)}\n", flush=True)
+    model, tokenizer = load_model(args.model, fix="run `dvc repro train` first, or pass --model")
+    sampling = {"do_sample": True, "temperature": args.temperature} if args.temperature > 0 else {"do_sample": False}
+    generator = Generator(model, tokenizer, EvalGeneration(max_new_tokens=args.max_new_tokens, batch_size=1, **sampling), args.seed)
+    for prompt in prompts:  # one at a time, so each completion prints as soon as it is ready
+        reply = generator.complete([prompt])[0] if args.raw else generator([prompt])[0]
+        print(f"### {prompt}\n{reply.text}\n", flush=True)
 
 
 if __name__ == "__main__":

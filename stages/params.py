@@ -529,6 +529,23 @@ class Eval(Section):
         return benchmarks
 
 
+class Collapse(Section):
+    """make collapse (stages/collapse.py): the distillation flywheel, each generation trained on the last one's data."""
+
+    generations: int = Field(3, ge=1, le=10, description="generations after generation 0, which trains on original data")
+    records: int = Field(2000, ge=10, description="training records of every generation (the same size throughout)")
+    real_fraction: Fraction = Field(0.2, description="the mixed arm: this share of every later generation's records is original data")
+    pool: str | None = Field(None, description="original data: the instruction records of this sample; null: the smallest of sample.sizes")
+    method: Literal["self_instruct", "evol_instruct", "magpie"] = "magpie"
+    seed_file: str | None = Field(None, description="self_instruct and evol_instruct: their seed instructions")
+    sampling: TeacherSampling = TeacherSampling(max_new_tokens=128, batch_size=64, temperature=1.0, top_p=1.0)
+    train: dict = Field({}, description="train: keys set for every generation (validated as train:)")
+    tokenize: dict = Field({}, description="tokenize: keys set for every generation")
+    eval: dict = Field({}, description="eval: keys set for every generation")
+    spread_records: int = Field(1000, ge=10, description="generated records embedded for the MiniLM spread (mean pairwise cosine distance)")
+    seed: int = 0
+
+
 class Params(Section):
     world: World = World()
     sources: dict[str, Source]
@@ -542,11 +559,13 @@ class Params(Section):
     tokenize: Tokenize = Tokenize()
     train: Train = Train()
     eval: Eval = Eval()
+    collapse: Collapse = Collapse()
 
     @model_validator(mode="after")
     def _pool_is_a_sample(self):
-        if self.mix.pool not in self.sample.sizes:
-            raise ValueError(f"mix.pool = '{self.mix.pool}' is not a sample; choose one of {', '.join(self.sample.sizes)} (sample.sizes)")
+        for key, pool in (("mix.pool", self.mix.pool), ("collapse.pool", self.collapse.pool)):
+            if pool is not None and pool not in self.sample.sizes:
+                raise ValueError(f"{key} = '{pool}' is not a sample; choose one of {', '.join(self.sample.sizes)} (sample.sizes)")
         return self
 
     @field_validator("sources", mode="before")

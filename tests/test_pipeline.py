@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from conftest import FIXTURES, REPO, SHARED_DATA
+from conftest import FIXTURES, REPO, SHARED_DATA, build_teacher
 
 DVC = str(Path(sys.executable).parent / "dvc")
 
@@ -34,10 +34,16 @@ def project(tmp_path_factory):
     shutil.copytree(REPO / "stages", root / "stages", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / "dvc.yaml", root)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
+    teacher = str(build_teacher(tmp_path_factory.mktemp("teacher")))
+    generate = {"kind": "generate", "teacher": teacher, "n": 20, "shard_prompts": 16, "sampling": {"max_new_tokens": 24}}
+    seeds = str(SHARED_DATA / "human/self-instruct-seed-tasks.jsonl")
     params["sources"] = {
         "builtin": {**params["sources"]["builtin"], "max_samples": 3000},
         "c4": {"kind": "local", "path": str(SHARED_DATA / "human/c4-sample.jsonl"), "category": "web", "max_samples": 100},
         "fineweb": {"kind": "hub", "name": str(FIXTURES / "hub/HuggingFaceFW/fineweb-edu"), "config": "sample-10BT", "max_samples": 100},
+        "self_instruct": {**generate, "method": "self_instruct", "seed_file": seeds},
+        "evol_instruct": {**generate, "method": "evol_instruct", "seed_file": seeds},
+        "magpie": {**generate, "method": "magpie", "preferences": {"temperatures": [0.5, 1.0, 1.5], "teacher_judge": True}},
     }
     params["builtin_eval"]["per_family"] = 20
     params["sample"]["sizes"] = {"small": 300, "large": 1000}
@@ -66,6 +72,21 @@ def test_repro_writes_every_source_and_the_eval_set(project):
         assert (project / f"data/raw/{name}.parquet").exists() and (project / f"data/rejects/download-{name}.parquet").exists()
     assert json.loads((project / "metrics/builtin_eval.json").read_text())["problems"] == 100
     assert "metrics/download/builtin.json" in dvc(project, "metrics", "show", "--json")
+
+
+def test_generate_sources_flow_through_the_pipeline_and_give_preference_pairs(project):
+    dedup = json.loads((project / "metrics/dedup.json").read_text())
+    for method in ("self_instruct", "evol_instruct", "magpie"):
+        metrics = json.loads((project / f"metrics/download/{method}.json").read_text())
+        assert metrics["kind"] == "generate" and metrics["kept"] == 20 and metrics["read"] == 20 + metrics["rejected"]
+        assert metrics["rejected_by_reason"].get("capped_response", 0) + metrics["rejected_by_reason"].get("empty_response", 0) > 0
+        meta = json.loads(pq.read_table(project / f"data/raw/{method}.parquet").column("meta")[0].as_py())
+        assert meta["method"] == method and meta["teacher"].endswith("teacher0") and meta["sampling"]["max_new_tokens"] == 24
+        assert dedup["by_source"][method]["in"] == 20  # dedup read the source like any other
+    preferences = json.loads((project / "metrics/preferences.json").read_text())["sources"]
+    assert set(preferences) == {"magpie"} and preferences["magpie"]["judges"] == ["coherence", "relevance", "teacher"]
+    lines = (project / "data/preferences/magpie.jsonl").read_text().splitlines()
+    assert len(lines) == preferences["magpie"]["pairs"] > 0
 
 
 def test_second_repro_is_a_no_op(project):

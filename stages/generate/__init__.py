@@ -26,6 +26,7 @@ import hashlib
 import json
 import logging
 import random
+import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -179,7 +180,7 @@ def generate(source: GenerateSource, name: str, max_chars: int, records: RecordW
         log.warning("%s: only %d of %d records after %d prompts (n x max_attempts); rejected by reason: %s", name, kept, source.n,
                     read, dict(sorted(rejects.by_reason.items())))
     for stale in (Path(root) / SHARDS).glob(f"{name}-*"):  # shards of earlier settings or teachers can never be resumed
-        if stale != shards and stale.is_dir():
+        if stale != shards and stale.is_dir() and re.fullmatch(rf"{re.escape(name)}-[0-9a-f]{{12}}", stale.name):
             shutil.rmtree(stale)
     seconds = time.perf_counter() - started
     speed = generator.speed()

@@ -1,0 +1,76 @@
+"""Benchmark: generation throughput of a ``kind: generate`` source, in records/s.
+
+Ours: ``stages.generate.generate`` with method magpie (the teacher writes the
+user turn, then the response) and ``--model`` as teacher, batched
+(``--batch`` prompts, left padding, KV cache), sampling at temperature 1.0, at
+most ``--max-new-tokens`` per turn. Records/s counts kept records; prompts/s
+counts every attempt (rejects included).
+
+Baselines, in the same run on the same teacher: the same source with batch 1
+(one prompt at a time, still with the KV cache), and ours with bf16 autocast on
+the CPU (the eval stage's Generator only uses bf16 on a GPU; this checks that
+choice on this machine).
+
+    python bench/generate_speed.py [--model models/current] [--records 64] [--batch 32] [--max-new-tokens 96]
+"""
+
+import argparse
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from unittest.mock import patch
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from stages.generate import generate  # noqa: E402
+from stages.params import GenerateSource  # noqa: E402
+from stages.records import RecordWriter, RejectWriter  # noqa: E402
+
+
+def run(name: str, model: str, records: int, batch: int, max_new_tokens: int, bf16_cpu: bool = False) -> float:
+    source = GenerateSource(kind="generate", teacher=model, method="magpie", n=records, shard_prompts=records,
+                            sampling={"max_new_tokens": max_new_tokens, "batch_size": batch, "temperature": 1.0, "top_p": 1.0})
+    with tempfile.TemporaryDirectory() as root:
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16_cpu)
+        real_autocast = torch.autocast
+
+        def cpu_bf16(device_type, *args, **kwargs):  # the Generator's own autocast, switched on for the CPU
+            if bf16_cpu and device_type == "cpu":
+                return autocast
+            return real_autocast(device_type, *args, **kwargs)
+
+        started = time.perf_counter()
+        with RecordWriter(f"{root}/r.parquet") as out, RejectWriter(f"{root}/j.parquet", "bench") as rejects, \
+                patch("stages.eval.generation.torch.autocast", cpu_bf16):
+            counts = generate(source, "bench", 200_000, out, rejects, root)
+        seconds = time.perf_counter() - started
+    rate = counts["kept"] / seconds
+    print(f"{name:<40} {seconds:7.1f} s  {rate:6.2f} records/s  {counts['read'] / seconds:6.2f} prompts/s  "
+          f"{counts['generation_tokens_per_s']:7.0f} generated tokens/s  (kept {counts['kept']} of {counts['read']})")
+    return rate
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=str(REPO / "models/current"))
+    parser.add_argument("--records", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--max-new-tokens", type=int, default=96)
+    args = parser.parse_args()
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    print(f"{device}; teacher {args.model}; magpie, {args.records} records, max_new_tokens {args.max_new_tokens}")
+    ours = run(f"ours (batch {args.batch}, KV cache)", args.model, args.records, args.batch, args.max_new_tokens)
+    single = run("baseline: one prompt at a time", args.model, max(8, args.records // 4), 1, args.max_new_tokens)
+    print(f"ours / one at a time: x{ours / single:.2f}")
+    if not torch.cuda.is_available():
+        bf16 = run(f"variant: batch {args.batch}, bf16 autocast on CPU", args.model, args.records, args.batch, args.max_new_tokens, True)
+        print(f"bf16 autocast / ours (fp32): x{bf16 / ours:.2f}")
+
+
+if __name__ == "__main__":
+    main()

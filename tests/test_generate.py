@@ -1,0 +1,229 @@
+"""kind: generate sources (stages/generate) with a tiny local teacher: the three
+methods, interrupt and resume, preference pairs in TRL's columns, bad input,
+and the collapse driver's pieces (stages/collapse.py)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from datasets import load_dataset
+from rouge_score import rouge_scorer
+
+from conftest import REPO, SHARED_DATA, build_teacher, stage
+from stages.collapse import Run, data_metrics, plan, training_records
+from stages.download.__main__ import download
+from stages.generate.self_instruct import Pool, rouge_l
+from stages.generate.preferences import preferences
+from stages.params import Collapse, StageError, parse_params
+from stages.records import make_record
+
+SEEDS = str(SHARED_DATA / "human/self-instruct-seed-tasks.jsonl")
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    """A teacher under teacher/, and the records and judges the preferences stage reads."""
+    root = tmp_path_factory.mktemp("generate")
+    build_teacher(root / "teacher")
+    download(parse_params({"sources": {"builtin": {"kind": "builtin", "max_samples": 2000}}}), "builtin", root)
+    pool = pq.read_table(root / "data/raw/builtin.parquet")
+    for path, rows in (("data/dedup/train.parquet", pool.slice(0, 1700)), ("data/heldout/builtin.parquet", pool.slice(1700))):
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(rows, root / path)
+    (root / "params.yaml").write_text(yaml.safe_dump({"sources": {"builtin": {"kind": "builtin"}},
+                                                      "eval": {"judges": {"encoder": "hashing", "train_pairs": 300}}}))
+    stage(root, "stages.eval.judges")
+    return root
+
+
+def source(method: str, **settings) -> dict:
+    return {"kind": "generate", "teacher": "teacher", "method": method, "n": 30, "shard_prompts": 16,
+            "sampling": {"max_new_tokens": 24}, **({"seed_file": SEEDS} if method != "magpie" else {}), **settings}
+
+
+def run(workdir: Path, sources: dict, name: str, **sections) -> dict:
+    """The download stage in this process (the pipeline test runs it under dvc), in workdir."""
+    (workdir / "params.yaml").write_text(yaml.safe_dump({"sources": sources, **sections}))
+    cwd = os.getcwd()
+    os.chdir(workdir)  # the teacher and seed paths are relative to the project, as in params.yaml
+    try:
+        return download(parse_params({"sources": sources, **sections}), name)
+    finally:
+        os.chdir(cwd)
+
+
+@pytest.mark.parametrize("method", ["self_instruct", "evol_instruct", "magpie"])
+def test_each_method_keeps_n_records_with_provenance_and_accounts_for_every_prompt(workdir, method):
+    run(workdir, {method: source(method)}, method)
+    metrics = json.loads((workdir / f"metrics/download/{method}.json").read_text())
+    assert metrics["kept"] == 30 and metrics["read"] == metrics["kept"] + metrics["rejected"] > 30
+    records = pq.read_table(workdir / f"data/raw/{method}.parquet").to_pylist()
+    assert len(records) == 30 and all([m["role"] for m in r["messages"]] == ["user", "assistant"] for r in records)
+    meta = json.loads(records[0]["meta"])
+    assert {"teacher", "teacher_weights", "method", "template", "sampling", "seed"} <= set(meta) and meta["method"] == method
+    assert meta["sampling"] == {"max_new_tokens": 24, "batch_size": 32, "do_sample": True, "temperature": 0.7, "top_p": 0.95}
+    rejects = pq.read_table(workdir / f"data/rejects/download-{method}.parquet").to_pylist()
+    assert len(rejects) == metrics["rejected"]
+    reasons = {r["reason"] for r in rejects}
+    assert {"empty_response", "capped_response"} <= reasons  # the tiny teacher stops early and runs on, by design
+    if method == "magpie":
+        assert meta["template"] == "<|im_start|>user\n"
+    if method == "evol_instruct":
+        assert meta["evolution"] in {"constraints", "deepen", "concretizing", "reasoning", "breadth"} and meta["depth"] >= 1
+    if method == "self_instruct":
+        assert "instruction_length" in reasons  # the paper's 3-150 word bounds
+
+
+def test_an_interrupted_run_resumes_and_writes_the_same_records(workdir, tmp_path):
+    settings = {"resumed": source("magpie", n=160, shard_prompts=8)}
+    run(workdir, settings, "resumed")
+    uninterrupted = pq.read_table(workdir / "data/raw/resumed.parquet")
+    shards = next((workdir / "data/generate").glob("resumed-*"))
+    for shard in sorted(shards.glob("shard-*.parquet"))[3:]:
+        shard.unlink()  # as if killed after the third shard; then a real kill, mid-run
+    process = subprocess.Popen([sys.executable, "-m", "stages.download", "resumed"], cwd=workdir,
+                               env=dict(os.environ, PYTHONPATH=str(REPO)),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.time() + 120
+    while not (shards / "shard-00005.parquet").exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL, "the run ended before it could be interrupted"
+    run(workdir, settings, "resumed")
+    metrics = json.loads((workdir / "metrics/download/resumed.json").read_text())
+    assert metrics["shards_resumed"] >= 5 and metrics["kept"] == 160
+    assert pq.read_table(workdir / "data/raw/resumed.parquet").equals(uninterrupted)
+
+
+def test_new_settings_do_not_resume_old_shards(workdir):
+    run(workdir, {"again": source("magpie", n=10)}, "again")
+    run(workdir, {"again": source("magpie", n=10, seed=1)}, "again")
+    assert len(list((workdir / "data/generate").glob("again-*"))) == 1  # the other settings' shards are gone
+    assert json.loads((workdir / "metrics/download/again.json").read_text())["shards_resumed"] == 0
+
+
+def test_preference_pairs_have_the_columns_trl_reads(workdir):
+    sources = {"pairs": source("magpie", preferences={"temperatures": [0.3, 1.0, 1.7], "teacher_judge": True})}
+    run(workdir, sources, "pairs", eval={"judges": {"encoder": "hashing", "train_pairs": 300}})
+    preferences(parse_params({"sources": sources}), workdir)
+    metrics = json.loads((workdir / "metrics/preferences.json").read_text())["sources"]["pairs"]
+    assert metrics["prompts"] == 30 == metrics["pairs"] + metrics["rejected"] and metrics["pairs"] > 10
+    # TRL DPOTrainer: "prompt", "chosen", "rejected"; conversational: lists of {"role", "content"} messages
+    dataset = load_dataset("json", data_files=str(workdir / "data/preferences/pairs.jsonl"), split="train")
+    assert dataset.column_names == ["prompt", "chosen", "rejected"] and len(dataset) == metrics["pairs"]
+    for pair in dataset:
+        assert [m["role"] for m in pair["prompt"]] == ["user"]
+        assert [m["role"] for m in pair["chosen"]] == [m["role"] for m in pair["rejected"]] == ["assistant"]
+        assert pair["chosen"][0]["content"] and pair["rejected"][0]["content"] and pair["chosen"] != pair["rejected"]
+    assert metrics["judges"] == ["coherence", "relevance", "teacher"] and sum(metrics["chosen_by_temperature"].values()) == metrics["pairs"]
+
+
+# --- bad input -----------------------------------------------------------------------
+def test_a_missing_teacher_fails_with_the_path(workdir):
+    with pytest.raises(StageError, match=r"models/nothing holds no model.*sources\.gen\.teacher must be"):
+        run(workdir, {"gen": source("magpie", teacher="models/nothing")}, "gen")
+
+
+def test_a_teacher_that_is_not_a_causal_lm_fails_with_the_path(workdir):
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    encoder_decoder = workdir / "t5"
+    T5ForConditionalGeneration(T5Config(vocab_size=1024, d_model=16, d_ff=32, num_layers=1, num_heads=2, d_kv=8)).save_pretrained(encoder_decoder)
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        if (workdir / "teacher" / name).exists():
+            (encoder_decoder / name).write_bytes((workdir / "teacher" / name).read_bytes())
+    with pytest.raises(StageError, match=f"{encoder_decoder} is not a causal language model"):
+        run(workdir, {"gen": source("magpie", teacher=str(encoder_decoder))}, "gen")
+
+
+@pytest.mark.parametrize("name,content", [("seeds.csv", "instruction,output\nSay hi,hi\n"), ("seeds.jsonl", '{"question": "Say hi"}\n')])
+def test_a_seed_file_in_an_unknown_format_fails_with_the_supported_formats(workdir, name, content):
+    (workdir / name).write_text(content)
+    with pytest.raises(StageError) as error:
+        run(workdir, {"gen": source("self_instruct", seed_file=name)}, "gen")
+    assert str(error.value).startswith(f"seed_file: {name}") and \
+        "supported formats: alpaca, sharegpt, messages, prompt_completion, self_instruct, text" in str(error.value)
+
+
+def test_zero_valid_records_fail_with_the_filter_counts(workdir):
+    with pytest.raises(StageError, match=r"10 generations left no valid record after filtering \(rejected by reason: \{'capped_instruction': \d+"):
+        run(workdir, {"gen": source("magpie", n=5, max_attempts=2, sampling={"max_new_tokens": 1})}, "gen")
+
+
+def test_the_stage_reports_a_bad_teacher_in_one_line(workdir):
+    (workdir / "params.yaml").write_text(yaml.safe_dump({"sources": {"gen": source("magpie", teacher="nowhere/teacher")}}))
+    result = stage(workdir, "stages.download", "gen", check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "error: nowhere/teacher holds no model: no such directory, and no hub model of that id in the local cache" in result.stderr
+
+
+def test_seeded_methods_need_a_seed_file():
+    with pytest.raises(Exception, match="method evol_instruct needs seed_file"):
+        parse_params({"sources": {"gen": {"kind": "generate", "teacher": "t", "method": "evol_instruct", "n": 1}}})
+
+
+# --- self-instruct's similarity filter ------------------------------------------------
+@pytest.mark.parametrize("a,b", [("Write a poem about the sea", "Write a short poem about the sea"),
+                                 ("Give me three tips for staying healthy", "List three ways to stay healthy today"),
+                                 ("Translate this sentence into French", "What is the capital of France")])  # fmt: skip
+def test_rouge_l_agrees_with_rouge_score(a, b):
+    reference = rouge_scorer.RougeScorer(["rougeL"]).score(a, b)["rougeL"].fmeasure
+    assert rouge_l(a.lower().split(), b.lower().split()) == pytest.approx(reference)
+
+
+def test_the_pool_rejects_near_copies_and_keeps_new_instructions():
+    pool = Pool()
+    pool.add("Write a poem about the sea at night.")
+    similar = pool.most_similar("Write a short poem about the sea at night.", 0.7)
+    assert similar is not None and similar[0] > 0.9 and similar[1].startswith("Write a poem")
+    assert pool.most_similar("Explain how a bicycle gear works.", 0.7) is None
+
+
+# --- the collapse driver's pieces -----------------------------------------------------
+def records(count: int, text: str) -> list[dict]:
+    return [make_record("x", "instruction", messages=[{"role": "user", "content": f"{text} {i}"},
+                                                      {"role": "assistant", "content": f"reply {i}"}]) for i in range(count)]  # fmt: skip
+
+
+def test_the_plan_chains_each_arm_from_generation_0():
+    runs = plan(Collapse(generations=2))
+    assert [(r.name, r.parent) for r in runs] == [("gen0", None), ("gen1-pure", "gen0"), ("gen2-pure", "gen1-pure"),
+                                                 ("gen1-mixed", "gen0"), ("gen2-mixed", "gen1-mixed")]  # fmt: skip
+
+
+def test_the_mixed_arm_keeps_the_real_fraction_of_original_records(tmp_path, monkeypatch):
+    import pyarrow as pa
+
+    from stages.records import SCHEMA
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data/collapse/gen0/data/raw").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(records(100, "generated"), SCHEMA), tmp_path / "data/collapse/gen0/data/raw/generated.parquet")
+    original = pa.Table.from_pylist(records(50, "original"), SCHEMA)
+    config = Collapse(records=50, real_fraction=0.2)
+    for arm, real in (("pure", 0), ("mixed", 10)):
+        table = training_records(Run(f"gen1-{arm}", 1, arm, "gen0"), config, original)
+        users = [m[0]["content"] for m in table["messages"].to_pylist()]
+        assert table.num_rows == 50 and sum(u.startswith("original") for u in users) == real
+
+
+def test_data_metrics_see_a_collapsed_set_as_narrow():
+    import pyarrow as pa
+
+    from stages.records import SCHEMA
+
+    varied = pa.Table.from_pylist([make_record("x", "instruction", messages=[{"role": "user", "content": text}, {"role": "assistant", "content": "ok then"}])
+                                   for text in ("How do plants grow?", "Write a poem about rain.", "What is 17 times 3?", "Name a red fruit.")], SCHEMA)  # fmt: skip
+    same = pa.Table.from_pylist(records(4, "Name a red fruit."), SCHEMA)
+    config = Collapse(spread_records=10)
+    wide, narrow = data_metrics(varied, config), data_metrics(same, config)
+    assert wide["spread"] > narrow["spread"] and wide["distinct_2"] > narrow["distinct_2"] and narrow["self_bleu"] > wide["self_bleu"]
+    assert np.isfinite(wide["spread"])
