@@ -110,10 +110,11 @@ def test_new_settings_do_not_resume_old_shards(workdir):
     assert json.loads((workdir / "metrics/download/again.json").read_text())["shards_resumed"] == 0
 
 
-def test_preference_pairs_have_the_columns_trl_reads(workdir):
+def test_preference_pairs_have_the_columns_trl_reads(workdir, monkeypatch):
     sources = {"pairs": source("magpie", preferences={"temperatures": [0.3, 1.0, 1.7], "teacher_judge": True})}
     run(workdir, sources, "pairs", eval={"judges": {"encoder": "hashing", "train_pairs": 300}})
-    preferences(parse_params({"sources": sources}), workdir)
+    monkeypatch.chdir(workdir)  # the stage runs in the project, where the teacher's path is relative to
+    preferences(parse_params({"sources": sources}))
     metrics = json.loads((workdir / "metrics/preferences.json").read_text())["sources"]["pairs"]
     assert metrics["prompts"] == 30 == metrics["pairs"] + metrics["rejected"] and metrics["pairs"] > 10
     # TRL DPOTrainer: "prompt", "chosen", "rejected"; conversational: lists of {"role", "content"} messages
