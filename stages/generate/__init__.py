@@ -109,7 +109,7 @@ def weights_fingerprint(model) -> str:
 
 
 def method_for(source: GenerateSource, generator: Generator, seeds: list[str]):
-    from stages.generate import evol_instruct, magpie, self_instruct
+    from stages.generate import evol_instruct, magpie, self_instruct  # here: they import this module's helpers
 
     methods = {"self_instruct": self_instruct.SelfInstruct, "evol_instruct": evol_instruct.EvolInstruct, "magpie": magpie.Magpie}
     return methods[source.method](source, generator, seeds)
