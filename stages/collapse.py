@@ -28,6 +28,7 @@ are measured the same way, for reference.
 Writes ``metrics/collapse.json``, ``plots/collapse.png`` and ``reports/collapse.md``.
 """
 
+import copy
 import hashlib
 import json
 import logging
@@ -83,7 +84,7 @@ def plan(config: Collapse) -> list[Run]:
 
 def run_params(raw: dict, config: Collapse, run: Run) -> dict:
     """The pipeline's params with collapse's settings on top, and the run's generate source."""
-    params = json.loads(json.dumps(raw))
+    params = copy.deepcopy(raw)
     for section in ("train", "tokenize", "eval"):
         params.setdefault(section, {}).update(getattr(config, section))
     source = {"kind": "generate", "teacher": "models/current", "method": config.method, "n": config.records,
@@ -213,25 +214,24 @@ def series(results: dict, arm: str, key) -> tuple[list[int], list[float]]:
     return [r["generation"] for r in runs], [key(r) for r in runs]
 
 
-PANELS = (
-    ("held-out perplexity (original instructions)", lambda r: r["heldout_instruction_ppl"]),
-    ("task accuracy", lambda r: r["tasks_accuracy"]),
-    ("distinct-2 of generated data", lambda r: r["generated"]["distinct_2"]),
-    ("self-BLEU of generated data", lambda r: r["generated"]["self_bleu"]),
-    ("MiniLM spread of generated data", lambda r: r["generated"]["spread"]),
-    ("share of prompts kept", lambda r: r["generated"]["kept_share"]),
+PANELS = (  # (title, value of a run, the original data's value for a reference line or None)
+    ("held-out perplexity (original instructions)", lambda r: r["heldout_instruction_ppl"], None),
+    ("task accuracy", lambda r: r["tasks_accuracy"], None),
+    ("distinct-2 of generated data", lambda r: r["generated"]["distinct_2"], "distinct_2"),
+    ("self-BLEU of generated data", lambda r: r["generated"]["self_bleu"], "self_bleu"),
+    ("MiniLM spread of generated data", lambda r: r["generated"]["spread"], "spread"),
+    ("share of prompts kept", lambda r: r["generated"]["kept_share"], None),
 )
 
 
 def plot(results: dict, original: dict, config: Collapse, path: Path) -> None:
     figure, axes = plt.subplots(2, 3, figsize=(13, 7))
-    for ax, (title, key) in zip(axes.flat, PANELS):
+    for ax, (title, key, reference) in zip(axes.flat, PANELS):
         for arm, style in zip(ARMS, ("o-", "s--")):
             label = "pure (generated only)" if arm == "pure" else f"mixed ({config.real_fraction:.0%} original)"
             ax.plot(*series(results, arm, key), style, label=label)
-        if "generated data" in title:
-            reference = {"distinct-2": "distinct_2", "self-BLEU": "self_bleu", "MiniLM": "spread"}
-            ax.axhline(original[next(v for k, v in reference.items() if k in title)], color="grey", linestyle=":", label="original data")
+        if reference:
+            ax.axhline(original[reference], color="grey", linestyle=":", label="original data")
         ax.set_title(title)
         ax.set_xlabel("generation")
         ax.set_xticks(range(config.generations + 1))

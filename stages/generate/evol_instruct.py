@@ -86,21 +86,19 @@ class EvolInstruct:
         plans = [(rng.choice(self.pool), rng.choice(sorted(EVOLUTIONS))) for _ in range(size)]
         evolved = self.generator([EVOLUTIONS[evolution].replace("{instruction}", parent) for (parent, _), evolution in plans],
                                  desc="evol_instruct: evolutions")
+        origins = [{"evolution": evolution, "parent": parent, "depth": depth + 1} for (parent, depth), evolution in plans]
         candidates: list[Candidate | None] = [None] * size
         accepted: dict[int, str] = {}
-        for i, (reply, ((parent, depth), evolution)) in enumerate(zip(evolved, plans)):
-            origin = {"evolution": evolution, "parent": parent, "depth": depth + 1}
-            problem = reply_problem(reply, "instruction") or instruction_problem(reply.text, parent)
+        for i, (reply, origin) in enumerate(zip(evolved, origins)):
+            problem = reply_problem(reply, "instruction") or instruction_problem(reply.text, origin["parent"])
             if problem:
                 candidates[i] = rejected(*problem, **origin)
             else:
                 accepted[i] = reply.text
         for i, (instruction, reply, problem) in zip(accepted, answer(self.generator, list(accepted.values()), "evol_instruct: responses")):
-            (parent, depth), evolution = plans[i]
-            origin = {"evolution": evolution, "parent": parent, "depth": depth + 1}
             problem = problem or response_problem(reply.text)
-            candidates[i] = rejected(*problem, instruction=instruction, **origin) if problem else \
-                Candidate(conversation(instruction, reply.text), origin)
+            candidates[i] = rejected(*problem, instruction=instruction, **origins[i]) if problem else \
+                Candidate(conversation(instruction, reply.text), origins[i])
         return candidates
 
     def remember(self, kept: list[dict]) -> None:
