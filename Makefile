@@ -37,22 +37,22 @@ bench: venv
 
 # Queue an experiment's runs (skipping finished ones), run the queue, then report.
 exp1 exp2 exp3: venv
-	python -m stages.experiments queue $@ --profile $(PROFILE)
+	python -m research.experiments queue $@ --profile $(PROFILE)
 	OMP_NUM_THREADS=$(THREADS) dvc exp run --run-all -j $(J)
-	python -m stages.report --profile $(PROFILE)
+	python -m research.report --profile $(PROFILE)
 
 # exp4 has no runs of its own: it correlates the metrics of every exp1-exp3 model.
 exp4 report: venv
-	python -m stages.report --profile $(PROFILE)
+	python -m research.report --profile $(PROFILE)
 
 experiments: venv
-	python -m stages.experiments queue exp1 exp3 exp2 --profile $(PROFILE)
+	python -m research.experiments queue exp1 exp3 exp2 --profile $(PROFILE)
 	OMP_NUM_THREADS=$(THREADS) dvc exp run --run-all -j $(J)
-	python -m stages.report --profile $(PROFILE)
+	python -m research.report --profile $(PROFILE)
 
 # The distillation flywheel (README: Model collapse): generations 0..collapse.generations,
 # each trained on the last one's generated data; needs the pipeline's sample, tokenizer
 # and judges. An interrupted run continues where it stopped.
 collapse: venv
 	dvc repro sample tokenizer builtin_eval judges
-	python -m stages.collapse
+	python -m research.collapse

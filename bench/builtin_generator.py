@@ -17,9 +17,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from stages.download.builtin import generate  # noqa: E402
-from stages.params import load_params, parse_params  # noqa: E402
-from stages.records import RecordWriter  # noqa: E402
+from synthtrain.world.corpus import generate  # noqa: E402
+from synthtrain.params import load_params, parse_params  # noqa: E402
+from synthtrain.records import RecordWriter  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -35,11 +35,11 @@ from datasketch import MinHash, MinHashLSH
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from stages.dedup import MinHasher, edited_copy, jaccard, near_duplicate_roots, read_texts, scores, shingle_sets  # noqa: E402
-from stages.download.__main__ import download  # noqa: E402
-from stages.params import load_params, parse_params  # noqa: E402
-from stages.records import content_of  # noqa: E402
-from stages.text import normalize  # noqa: E402
+from synthtrain.dedup import MinHasher, edited_copy, jaccard, near_duplicate_roots, read_texts, scores, shingle_sets  # noqa: E402
+from synthtrain.sources.download import download  # noqa: E402
+from synthtrain.params import load_params, parse_params  # noqa: E402
+from synthtrain.records import content_of  # noqa: E402
+from synthtrain.text import normalize  # noqa: E402
 
 PUNCTUATION = re.compile(r"[^\w\s]+|_")
 

@@ -3,15 +3,15 @@
 Target (issue: eval stage): the default CPU eval of the 5M model in at most 3
 minutes on this 2-core machine, with batched, left-padded, KV-cached generation.
 
-Generation. Ours: ``stages.eval.generation.Generator`` (batches of
+Generation. Ours: ``synthtrain.generation.Generator`` (batches of
 ``eval.generation.batch_size``, the model's SDPA attention) on ``--prompts`` held-out
 problems, greedy, ``eval.generation.max_new_tokens``. Baselines, in the same run
 on the same prompts: one prompt at a time with ``model.generate`` (what
-``stages.generate_samples`` does), and the same batches under eager attention
+``research.print_samples`` does), and the same batches under eager attention
 (which an earlier, contended measurement suggested was faster on CPU). Both baselines must produce the same replies as ours
 (greedy decoding; checked).
 
-Held-out scoring: ``stages.eval.heldout.heldout_metrics`` on the first
+Held-out scoring: ``synthtrain.evaluation.heldout.heldout_metrics`` on the first
 ``--records`` held-out records, in tokens per second.
 
     python bench/eval_speed.py [--model models/current] [--prompts 64] [--records 300]
@@ -30,9 +30,9 @@ from transformers import AutoModelForCausalLM
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from stages.eval.generation import Generator, load_model  # noqa: E402
-from stages.eval.heldout import heldout_metrics  # noqa: E402
-from stages.params import load_params  # noqa: E402
+from synthtrain.generation import Generator, load_model  # noqa: E402
+from synthtrain.evaluation.heldout import heldout_metrics  # noqa: E402
+from synthtrain.params import load_params  # noqa: E402
 
 
 def main() -> None:

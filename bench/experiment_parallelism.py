@@ -24,7 +24,7 @@ def train_steps(model_name: str, steps: int) -> float:
     """Tokens per second of `steps` training steps after 2 warm-up steps, in this process."""
     import torch
 
-    from stages.model import build_model, llama_config
+    from synthtrain.model import build_model, llama_config
 
     torch.manual_seed(0)
     model = build_model(llama_config(model_name, 8192, 256, eos_id=0, pad_id=0))

@@ -1,6 +1,6 @@
 """Benchmark: generation throughput of a ``kind: generate`` source, in records/s.
 
-Ours: ``stages.generate.generate`` with method magpie (the teacher writes the
+Ours: ``synthtrain.synthesis.generate.generate`` with method magpie (the teacher writes the
 user turn, then the response) and ``--model`` as teacher, batched
 (``--batch`` prompts, left padding, KV cache), sampling at temperature 1.0, at
 most ``--max-new-tokens`` per turn. Records/s counts kept records; prompts/s
@@ -27,9 +27,9 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from stages.generate import generate  # noqa: E402
-from stages.params import GenerateSource  # noqa: E402
-from stages.records import RecordWriter, RejectWriter  # noqa: E402
+from synthtrain.synthesis.generate import generate  # noqa: E402
+from synthtrain.params import GenerateSource  # noqa: E402
+from synthtrain.records import RecordWriter, RejectWriter  # noqa: E402
 
 
 def run(name: str, model: str, records: int, batch: int, max_new_tokens: int, bf16_cpu: bool = False) -> float:
@@ -46,7 +46,7 @@ def run(name: str, model: str, records: int, batch: int, max_new_tokens: int, bf
 
         started = time.perf_counter()
         with RecordWriter(f"{root}/r.parquet") as out, RejectWriter(f"{root}/j.parquet", "bench") as rejects, \
-                patch("stages.eval.generation.torch.autocast", cpu_bf16):
+                patch("synthtrain.generation.torch.autocast", cpu_bf16):
             counts = generate(source, "bench", 200_000, out, rejects, root)
         seconds = time.perf_counter() - started
     rate = counts["kept"] / seconds

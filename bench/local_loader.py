@@ -18,8 +18,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from stages.download.__main__ import download  # noqa: E402
-from stages.params import parse_params  # noqa: E402
+from synthtrain.sources.download import download  # noqa: E402
+from synthtrain.params import parse_params  # noqa: E402
 
 
 def best_of(repeats: int, run) -> float:

@@ -25,10 +25,10 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from stages.params import load_params  # noqa: E402
-from stages.quality.__main__ import quality_stage  # noqa: E402
-from stages.quality.heuristics import BOILERPLATE, MOJIBAKE, REFUSAL  # noqa: E402
-from stages.records import content_of  # noqa: E402
+from synthtrain.params import load_params  # noqa: E402
+from synthtrain.quality.decide import quality_stage  # noqa: E402
+from synthtrain.quality.heuristics import BOILERPLATE, MOJIBAKE, REFUSAL  # noqa: E402
+from synthtrain.records import content_of  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 WORD = re.compile(r"[^\W_]+")

@@ -4,7 +4,7 @@ Target (issue: tokenizer and tokenize stages): >= 1M tokens/s on this 2-core
 machine, and count_tokens fast enough for the mix stage (1M records well under
 a minute).
 
-Ours: ``stages.tokenize.tokenize_file`` on the first ``--records`` records of
+Ours: ``synthtrain.tokens.tokenize_file`` on the first ``--records`` records of
 ``data/dedup/train.parquet`` (render in Arrow, batch-encode, loss masks, pack,
 write the shards), timed whole; then ``count_tokens`` on the same records.
 Baseline, measured in the same run on the first ``--baseline-records``: the
@@ -30,10 +30,12 @@ import pyarrow.parquet as pq
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from stages.params import load_params  # noqa: E402
-from stages.records import BATCH_ROWS, ParquetSink  # noqa: E402
-from stages.tokenize import REJECT_SCHEMA, count_tokens, tokenize_file  # noqa: E402
-from stages.tokenizer import POOL, render_column, sample_pool, train_bpe  # noqa: E402
+from synthtrain.params import load_params  # noqa: E402
+from synthtrain.records import BATCH_ROWS, TOKENIZE_REJECT_SCHEMA, ParquetSink  # noqa: E402
+from synthtrain.tokens.bpe import POOL, sample_pool, train_bpe  # noqa: E402
+from synthtrain.tokens.chat import render_column  # noqa: E402
+from synthtrain.tokens.encoding import count_tokens  # noqa: E402
+from synthtrain.tokens.packing import tokenize_file  # noqa: E402
 
 
 def baseline(tokenizer, rows: list[dict]) -> int:
@@ -73,7 +75,7 @@ def main() -> None:
         path = Path(tmp) / "records.parquet"
         pq.write_table(records, path, row_group_size=BATCH_ROWS)
         rejects = Path(tmp) / "rejects.parquet"
-        with ParquetSink(rejects, REJECT_SCHEMA) as sink:
+        with ParquetSink(rejects, TOKENIZE_REJECT_SCHEMA) as sink:
             started = time.perf_counter()
             counts = tokenize_file(tokenizer, path, Path(tmp) / "tokens", params.tokenize, sink)
             ours_seconds = time.perf_counter() - started

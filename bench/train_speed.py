@@ -4,7 +4,7 @@ Target (issue: train stage): on this CPU, 25M preset at seq 512, tokens/s and
 MFU against the measured bf16 matmul peak (goal >= 40 %), and our tokens/s over
 the plain HF-Llama fp32 step for the same model.
 
-Ours: ``stages.train.train_step`` (masked loss over the global batch,
+Ours: ``synthtrain.training.train_step`` (masked loss over the global batch,
 accumulation, clipping, AdamW) at the precision ``train.precision: auto``
 chooses, on packed shards of random tokens in tokenize's layout, through an
 ``Accelerator`` as the stage runs it. Baselines, measured in the same run on the
@@ -32,9 +32,9 @@ sys.path.insert(0, str(REPO))
 
 from accelerate import Accelerator  # noqa: E402
 
-from stages.model import build_model, flops_per_token, llama_config, parameter_count  # noqa: E402
-from stages.params import parse_params  # noqa: E402
-from stages.train import TokenSet, adamw, choose_precision, layout, matmul_flops, train_step  # noqa: E402
+from synthtrain.model import build_model, flops_per_token, llama_config, parameter_count  # noqa: E402
+from synthtrain.params import parse_params  # noqa: E402
+from synthtrain.training import TokenSet, adamw, choose_precision, layout, matmul_flops, train_step  # noqa: E402
 
 VOCAB = 8192
 

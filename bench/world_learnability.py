@@ -32,11 +32,11 @@ from transformers import LlamaConfig, LlamaForCausalLM
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from stages.builtin_eval import FAMILIES, problem  # noqa: E402
-from stages.download.builtin import generate  # noqa: E402
-from stages.download.world import World  # noqa: E402
-from stages.params import load_params, parse_params  # noqa: E402
-from stages.records import RecordWriter, read_batches  # noqa: E402
+from synthtrain.world.problems import FAMILIES, problem  # noqa: E402
+from synthtrain.world.corpus import generate  # noqa: E402
+from synthtrain.world.facts import World  # noqa: E402
+from synthtrain.params import load_params, parse_params  # noqa: E402
+from synthtrain.records import RecordWriter, read_batches  # noqa: E402
 
 END = "<|end|>"
 

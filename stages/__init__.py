@@ -1,3 +1,3 @@
-"""synth-train: one module (or small subpackage) per DVC stage, plus the shared
-record schema (`records`), params validation (`params`), text normalisation
-(`text`) and the model presets (`model`)."""
+"""One thin module per DVC stage (``python -m stages.<name>``): each parses its
+arguments, reads params.yaml and calls the library (``synthtrain``). A stage
+never imports another stage."""

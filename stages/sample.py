@@ -1,213 +1,29 @@
-"""sample stage: a sample of a fixed size from the quality-scored pool.
+"""sample stage: a sample of the quality-scored pool.
 
-    python -m stages.sample NAME [--params params.yaml]
+    python -m stages.sample NAME [--params FILE]
 
-``NAME`` is a key of ``sample.sizes`` (default 10K, 100K, 1M; dvc.yaml runs one
-stage per key). Reads ``data/quality/scored.parquet`` and writes
-``data/sample/NAME.parquet`` (records, in pool order) and
-``metrics/sample/NAME.json``.
-
-1. **Pool**: the scored records that break no hard rule (``reject_reason`` null
-   or ``below_threshold``); the quality threshold ranks, it does not exclude.
-2. **Quotas**: with ``sample.stratify`` (default) each category gets the pool's
-   share of the size (largest remainders, so the quotas sum to the size);
-   otherwise the whole pool is one group.
-3. **Choice** within each group, by ``sample.strategy``:
-   - ``top_quality``: highest ``quality`` first (ties: pool order);
-   - ``random``: uniform, seeded;
-   - ``diverse``: k-means (``sample.clusters``) on hashed TF-IDF vectors of the
-     words, then the quota spread evenly over the clusters (a cluster with
-     too few records gives its share to the others), and within a cluster a
-     seeded draw weighted by quality (Efraimidis-Spirakis keys u**(1/quality)).
-4. **Short pool**: a size larger than the pool fails naming both counts, unless
-   ``sample.allow_short``, which warns and keeps the whole pool; the metrics
-   then say ``short: true``. A sample is never silently smaller than its name.
-
-Metrics: records, tokens and loss tokens (with the pipeline's tokenizer, as
-``tokenize`` will count them), mean quality per category, and the share of
-flawed records where the built-in generator's ground truth exists (reporting
-only: the choice never reads it).
+Writes data/sample/NAME.parquet and metrics/sample/NAME.json (docs/quality.md).
 """
 
-from pathlib import Path
+import logging
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
-from scipy import sparse
-from sklearn.cluster import MiniBatchKMeans
-from tqdm import tqdm
+from synthtrain.cli import run_stage, stage_arguments
+from synthtrain.params import load_params
+from synthtrain.records import write_metrics
+from synthtrain.sampling import sample
 
-from stages.params import Params, Sample, StageError, load_params, run_stage, stage_arguments
-from stages.records import CATEGORIES, SCHEMA, RecordWriter, meta_field, write_metrics
-from stages.text import content_column, word_hashes
-from stages.tokenize import count_tokens, load_tokenizer
-
-INPUT = Path("data/quality/scored.parquet")
-HASHED_FEATURES = 2**16
-KMEANS_FIT_RECORDS = 20_000
-
-
-def quotas(counts: dict[str, int], size: int) -> dict[str, int]:
-    """Split size over groups in proportion to their counts, largest remainders first."""
-    total = sum(counts.values())
-    exact = {g: size * n / total for g, n in counts.items()}
-    quota = {g: int(e) for g, e in exact.items()}
-    for g in sorted(exact, key=lambda g: (quota[g] - exact[g], g))[: size - sum(quota.values())]:
-        quota[g] += 1
-    return quota
-
-
-def tfidf(texts: pa.Array) -> sparse.csr_matrix:
-    """Rows of log(1 + count) * idf over hashed words, unit length."""
-    hashes, offsets = word_hashes(texts)
-    rows = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
-    columns = (hashes % np.uint64(HASHED_FEATURES)).astype(np.int64)
-    matrix = sparse.csr_matrix((np.ones(len(hashes), np.float32), (rows, columns)), shape=(len(offsets) - 1, HASHED_FEATURES))
-    matrix.sum_duplicates()
-    document_frequency = np.bincount(matrix.indices, minlength=HASHED_FEATURES)
-    idf = np.log((1 + matrix.shape[0]) / (1 + document_frequency)).astype(np.float32) + 1
-    matrix.data = np.log1p(matrix.data) * idf[matrix.indices]
-    norms = np.sqrt(np.asarray(matrix.multiply(matrix).sum(axis=1)).ravel())
-    return sparse.diags(1 / np.maximum(norms, 1e-12)).astype(np.float32) @ matrix
-
-
-def diverse(rows: np.ndarray, quality: np.ndarray, quota: int, texts: pa.Array, config: Sample, rng: np.random.Generator) -> np.ndarray:
-    """``quota`` of ``rows`` spread over k-means clusters, weighted by quality within each."""
-    vectors = tfidf(texts)
-    k = min(config.clusters, len(rows))
-    fit = rng.choice(len(rows), min(KMEANS_FIT_RECORDS, len(rows)), replace=False)
-    kmeans = MiniBatchKMeans(n_clusters=k, random_state=config.seed, n_init=3, batch_size=4096).fit(vectors[np.sort(fit)])
-    cluster = kmeans.predict(vectors)
-    sizes = np.bincount(cluster, minlength=k)
-    # water-filling: the largest equal share per cluster that the quota allows
-    level = 0
-    for size in np.sort(sizes):
-        room = quota - sizes[sizes < size].sum() - size * (sizes >= size).sum()
-        if room < 0:
-            break
-        level = size
-    take = np.minimum(sizes, level)
-    spare = quota - take.sum()
-    bigger = np.flatnonzero(sizes > level)
-    share, extra = divmod(spare, len(bigger)) if len(bigger) else (0, 0)
-    take[bigger] += share
-    take[bigger[:extra]] += 1
-    keys = rng.random(len(rows)) ** (1 / np.maximum(quality, 1e-6))
-    chosen = []
-    for c in range(k):
-        members = np.flatnonzero(cluster == c)
-        chosen.append(members[np.argsort(-keys[members], kind="stable")[: take[c]]])
-    return rows[np.concatenate(chosen)]
-
-
-def choose(pool: pa.Table, rows: np.ndarray, quota: int, config: Sample, rng: np.random.Generator) -> np.ndarray:
-    """``quota`` of the pool rows ``rows`` (indices into ``pool``) by the strategy."""
-    quality = pool.column("quality").to_numpy()[rows]
-    if config.strategy == "top_quality":
-        return rows[np.argsort(-quality, kind="stable")[:quota]]
-    if config.strategy == "random":
-        return rows[rng.permutation(len(rows))[:quota]]
-    return diverse(rows, quality, quota, read_texts(rows, pool), config, rng)
-
-
-def read_texts(rows: np.ndarray, pool: pa.Table) -> pa.Array:
-    """Contents of the given pool rows, read from the scored file by row group."""
-    wanted = pool.column("row").to_numpy()[rows]
-    ordered = np.sort(wanted)
-    parquet = pq.ParquetFile(INPUT)
-    parts, start = [], 0
-    for group in range(parquet.num_row_groups):
-        count = parquet.metadata.row_group(group).num_rows
-        mine = ordered[(ordered >= start) & (ordered < start + count)] - start
-        if len(mine):
-            parts.append(content_column(parquet.read_row_group(group, columns=["messages", "text"]).take(mine)))
-        start += count
-    order = np.argsort(np.argsort(wanted, kind="stable"), kind="stable")  # back from file order to the order of rows
-    return pa.chunked_array(parts).combine_chunks().take(order)
-
-
-def sample(params: Params, name: str) -> dict:
-    config = params.sample
-    if name not in config.sizes:
-        raise StageError(f"sample '{name}' is not in sample.sizes (have {', '.join(config.sizes)})")
-    size = config.sizes[name]
-    if not INPUT.is_file():
-        raise StageError(f"{INPUT} is missing: run the quality stage first (dvc repro quality)")
-    scored = pq.read_table(INPUT, columns=["category", "quality", "reject_reason"])
-    reason = scored.column("reject_reason")
-    in_pool = pc.or_kleene(pc.is_null(reason), pc.equal(reason, "below_threshold")).to_numpy(zero_copy_only=False)
-    pool = scored.append_column("row", pa.array(np.arange(scored.num_rows))).filter(pa.array(in_pool))
-    print(f"sample {name}: pool of {pool.num_rows:,} of {scored.num_rows:,} scored records (hard-rule rejects left out)")
-
-    short = size > pool.num_rows
-    if short and not config.allow_short:
-        raise StageError(f"sample.sizes.{name} = {size:,} but the pool has only {pool.num_rows:,} records; "
-                         "lower the size, add data, or set sample.allow_short: true")
-    if short:
-        print(f"sample {name}: warning: the pool has only {pool.num_rows:,} records of the {size:,} asked for; keeping them all")
-    category = pool.column("category").to_numpy(zero_copy_only=False)
-    groups = {c: np.flatnonzero(category == c) for c in CATEGORIES if (category == c).any()} if config.stratify \
-        else {"all": np.arange(pool.num_rows)}
-    want = quotas({g: len(rows) for g, rows in groups.items()}, min(size, pool.num_rows))
-    rng = np.random.default_rng([config.seed, size])
-    chosen = np.sort(np.concatenate([choose(pool, groups[g], want[g], config, rng) for g in groups]))
-    rows = pool.column("row").to_numpy()[chosen]
-
-    metrics = write_sample(rows, Path(f"data/sample/{name}.parquet"), params)
-    metrics.update(name=name, size=size, pool=pool.num_rows, short=bool(short), strategy=config.strategy, stratify=config.stratify)
-    assert metrics["records"] == min(size, pool.num_rows)
-    return metrics
-
-
-def write_sample(rows: np.ndarray, path: Path, params: Params) -> dict:
-    """Copy the chosen rows (sorted) of the scored file to ``path``; returns the metrics."""
-    tokenizer = load_tokenizer()
-    parquet = pq.ParquetFile(INPUT)
-    by_category = {c: {"records": 0, "tokens": 0, "loss_tokens": 0, "quality": 0.0} for c in CATEGORIES}
-    flawed = judged = 0
-    start = 0
-    with RecordWriter(path) as writer:
-        for group in tqdm(range(parquet.num_row_groups), desc=f"write {path.name}", unit="group"):
-            count = parquet.metadata.row_group(group).num_rows
-            mine = rows[(rows >= start) & (rows < start + count)] - start
-            start += count
-            if not len(mine):
-                continue
-            table = parquet.read_row_group(group).take(mine)
-            writer.write_table(table.select(SCHEMA.names))
-            tokens, loss_tokens = count_tokens(tokenizer, table, params.tokenize.assistant_only)
-            category = table.column("category").to_numpy(zero_copy_only=False)
-            quality = table.column("quality").to_numpy()
-            for c in CATEGORIES:
-                here = category == c
-                entry = by_category[c]
-                entry["records"] += int(here.sum())
-                entry["tokens"] += int(tokens[here].sum())
-                entry["loss_tokens"] += int(loss_tokens[here].sum())
-                entry["quality"] += float(quality[here].sum())
-            meta = table.column("meta")
-            builtin = pc.fill_null(pc.equal(meta_field(meta, "generator"), "builtin"), False).to_numpy(zero_copy_only=False)
-            judged += int(builtin.sum())
-            flawed += int((builtin & pc.is_valid(meta_field(meta, "flaw")).to_numpy(zero_copy_only=False)).sum())
-    for entry in by_category.values():
-        entry["mean_quality"] = round(entry.pop("quality") / entry["records"], 4) if entry["records"] else None
-    records = sum(e["records"] for e in by_category.values())
-    return {"records": records, "tokens": sum(e["tokens"] for e in by_category.values()), "by_category": by_category,
-            "flaw_rate": round(flawed / judged, 4) if judged else None, "ground_truth_records": judged}
+log = logging.getLogger("sample")
 
 
 def main(argv=None) -> None:
     parser = stage_arguments("A sample of the quality-scored pool")
     parser.add_argument("name", help="a key of sample.sizes")
     args = parser.parse_args(argv)
-    params = load_params(args.params)
-    metrics = sample(params, args.name)
+    metrics = sample(load_params(args.params), args.name)
     write_metrics(f"metrics/sample/{args.name}.json", metrics)
     shares = ", ".join(f"{c} {e['records']:,} records / {e['tokens']:,} tokens" for c, e in metrics["by_category"].items())
-    print(f"sample {args.name}: wrote {metrics['records']:,} records ({metrics['strategy']}) to data/sample/{args.name}.parquet: {shares}; "
-          f"flaw rate {metrics['flaw_rate']}")
+    log.info("%s: wrote %s records (%s) to data/sample/%s.parquet: %s; flaw rate %s",
+             args.name, f"{metrics['records']:,}", metrics["strategy"], args.name, shares, metrics["flaw_rate"])
 
 
 if __name__ == "__main__":

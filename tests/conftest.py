@@ -40,8 +40,9 @@ def build_teacher(path: Path, end_logit: float = 3.0, seed: int = 0) -> Path:
     capped: every reject reason of the generate stage occurs."""
     from transformers import GenerationConfig
 
-    from stages.model import build_model, llama_config
-    from stages.tokenizer import IM_END, train_bpe
+    from synthtrain.model import build_model, llama_config
+    from synthtrain.tokens.bpe import train_bpe
+    from synthtrain.tokens.chat import IM_END
 
     texts = (SHARED_DATA / "human/wiki-sample.txt").read_text().splitlines()[:3000]
     tokenizer = train_bpe(texts, 1024, split_digits=True)

@@ -5,13 +5,13 @@ from collections import Counter
 import pyarrow.parquet as pq
 import pytest
 
-from stages.builtin_eval import FAMILIES, build
-from stages.download.__main__ import download
-from stages.download.builtin import REFUSALS
-from stages.download.world import EVAL_QUESTIONS, PHRASES, World
-from stages.params import parse_params
-from stages.records import content_of
-from stages.text import normalize
+from synthtrain.world.problems import FAMILIES, write_problems
+from synthtrain.sources.download import download
+from synthtrain.world.corpus import REFUSALS
+from synthtrain.world.facts import EVAL_QUESTIONS, PHRASES, World
+from synthtrain.params import parse_params
+from synthtrain.records import content_of
+from synthtrain.text import normalize
 
 N = 40_000
 
@@ -106,7 +106,7 @@ def test_each_fact_is_phrased_several_ways_in_knowledge(generated):
 def test_eval_problems_are_held_out_and_answerable(generated, tmp_path):
     _, _, rows = generated
     params = builtin_params()
-    metrics = build(params, tmp_path / "eval.parquet")
+    metrics = write_problems(params, tmp_path / "eval.parquet")
     problems = pq.read_table(tmp_path / "eval.parquet").to_pylist()
     assert metrics["by_family"] == {family: 200 for family in FAMILIES}
     train_turns = {m["content"] for r in rows if r["messages"] for m in r["messages"] if m["role"] == "user"}

@@ -7,11 +7,11 @@ import pytest
 import yaml
 
 from conftest import SHARED_DATA, stage
-from stages.dedup import (MinHasher, collision_probability, edited_copy, jaccard, near_duplicate_roots, optimal_bands,
+from synthtrain.dedup import (MinHasher, collision_probability, edited_copy, jaccard, near_duplicate_roots, optimal_bands,
                           real_text_accuracy, shingle_sets, union_find)
-from stages.download.__main__ import download
-from stages.params import NearDuplicates, parse_params
-from stages.records import RecordWriter, make_record
+from synthtrain.sources.download import download
+from synthtrain.params import NearDuplicates, parse_params
+from synthtrain.records import RecordWriter, make_record
 
 NEAR = NearDuplicates()
 WORDS = ("river stone lamp garden violet copper winter tall quiet bright seven window market forest silver "

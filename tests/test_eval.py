@@ -14,15 +14,15 @@ import yaml
 from transformers import GenerationConfig
 
 from conftest import SHARED_DATA, stage
-from stages.download.__main__ import download
-from stages.download.world import World
-from stages.eval.behaviour import run_suites
-from stages.eval.generation import Reply
-from stages.eval.heldout import packed
-from stages.eval.tasks import extracted, is_correct, task_accuracy
-from stages.model import build_model, llama_config
-from stages.params import parse_params
-from stages.tokenize import load_tokenizer
+from synthtrain.sources.download import download
+from synthtrain.world.facts import World
+from synthtrain.evaluation.behaviour import run_suites
+from synthtrain.generation import Reply
+from synthtrain.evaluation.heldout import packed
+from synthtrain.evaluation.answers import extracted, is_correct, task_accuracy
+from synthtrain.model import build_model, llama_config
+from synthtrain.params import parse_params
+from synthtrain.tokens.encoding import load_tokenizer
 
 VOCAB = 1024
 BENCHMARKS = {"hellaswag": {"path": str(SHARED_DATA / "eval/hellaswag-val.jsonl"), "format": "hellaswag", "limit": 150},
@@ -118,8 +118,8 @@ def random_model(tmp_path_factory) -> Path:
         pq.write_table(rows, root / path)
     (root / "params.yaml").write_text(yaml.safe_dump(PARAMS))
     stage(root, "stages.builtin_eval")
-    stage(root, "stages.tokenizer")
-    stage(root, "stages.eval.judges")
+    stage(root, "stages.train_tokenizer")
+    stage(root, "stages.judges")
     tokenizer = load_tokenizer(root / "models/tokenizer")
     torch.manual_seed(0)
     model = build_model(llama_config("1M", len(tokenizer), 128, tokenizer.eos_token_id, tokenizer.pad_token_id))

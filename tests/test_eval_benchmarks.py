@@ -17,10 +17,10 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import SHARED_DATA
-from stages.eval.benchmarks import check_format, run_benchmarks, write_task_yamls
-from stages.model import build_model, llama_config
-from stages.params import BENCHMARK_FORMATS, EvalBenchmark, StageError
-from stages.tokenizer import train_bpe
+from synthtrain.evaluation.benchmarks import check_format, run_benchmarks, write_task_yamls
+from synthtrain.model import build_model, llama_config
+from synthtrain.params import BENCHMARK_FORMATS, EvalBenchmark, StageError
+from synthtrain.tokens.bpe import train_bpe
 
 EVAL = SHARED_DATA / "eval"
 BATCH = 16

@@ -13,11 +13,11 @@ import pytest
 import yaml
 
 from conftest import stage
-from stages.download.__main__ import download
-from stages.eval import judges
-from stages.eval.textmetrics import is_repetition_loop
-from stages.params import ParamsError, StageError, load_params, parse_params
-from stages.records import RecordWriter, make_record
+from synthtrain.sources.download import download
+from synthtrain.evaluation import judges
+from synthtrain.evaluation.textmetrics import is_repetition_loop
+from synthtrain.params import ParamsError, StageError, load_params, parse_params
+from synthtrain.records import RecordWriter, make_record
 
 RECORDS = 6000      # built-in records; about one in four is a clean single-turn instruction pair
 HELDOUT = 1500      # of them go to data/heldout (over 350 pairs)
@@ -50,7 +50,7 @@ def workdir(root: Path, pool: Path, **judge_params) -> Path:
 
 
 def build(root: Path) -> dict:
-    return judges.build(load_params(root / "params.yaml"), root)
+    return judges.train_judges(load_params(root / "params.yaml"), root)
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +107,7 @@ def test_no_responses_score_nothing(trained):
 def test_the_same_seed_writes_the_same_files_and_another_seed_other_ones(trained, pool, tmp_path):
     first, _ = trained["hashing"]
     again = workdir(tmp_path / "again", pool, encoder="hashing")
-    stage(again, "stages.eval.judges")  # as DVC runs it
+    stage(again, "stages.judges")  # as DVC runs it
     files = sorted(p.name for p in (first / judges.OUTPUT).iterdir())
     assert files == ["coherence.npz", "judges.json", "relevance.npz"]
     assert all((first / judges.OUTPUT / f).read_bytes() == (again / judges.OUTPUT / f).read_bytes() for f in files)
@@ -181,17 +181,17 @@ def test_corruptions_break_the_text_as_documented_and_keep_its_layout():
 def test_a_missing_or_too_small_training_file_names_the_file_and_what_is_missing(tmp_path):
     params = parse_params({"sources": {"builtin": {"kind": "builtin"}}})
     with pytest.raises(StageError, match=r"data/dedup/train.parquet: no such file \(run the dedup stage first\)"):
-        judges.build(params, tmp_path)
+        judges.train_judges(params, tmp_path)
     write(tmp_path / "data/dedup/train.parquet", [conversation(f"Q{i}?", f"A{i}.") for i in range(5)]
           + [make_record("test", "web", text="A page.")])
     with pytest.raises(StageError, match=r"train.parquet: 5 usable \(instruction, response\) pairs, the judges need at least 20: "
                                          r"single-turn .* the file has 6 records, 5 of category instruction, 0 of them flawed"):
-        judges.build(params, tmp_path)
+        judges.train_judges(params, tmp_path)
 
 
 def test_the_command_line_reports_errors_in_one_line(tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"sources": {"builtin": {"kind": "builtin"}}, "eval": {"judges": {"encoder": "bert"}}}))
-    result = stage(tmp_path, "stages.eval.judges", check=False)
+    result = stage(tmp_path, "stages.judges", check=False)
     assert result.returncode == 1 and "eval.judges.encoder" in result.stderr and "Traceback" not in result.stderr
     with pytest.raises(ParamsError, match="eval.judges.train_pairs"):
         parse_params({"sources": {"builtin": {"kind": "builtin"}}, "eval": {"judges": {"train_pairs": 5}}})

@@ -4,7 +4,7 @@ the repetition-loop rule."""
 
 import pytest
 
-from stages.eval.textmetrics import distinct_n, diversity, gzip_ratio, is_repetition_loop, reference_metrics, self_bleu
+from synthtrain.evaluation.textmetrics import distinct_n, diversity, gzip_ratio, is_repetition_loop, reference_metrics, self_bleu
 
 PARAGRAPH = ("The river Dune rises in the northern hills and flows south for about two hundred kilometres. "
              "Its valley is farmed on both banks, and the old town of Brovale grew up where a bridge crosses it.\n"

@@ -9,9 +9,10 @@ import pytest
 import yaml
 
 from conftest import REPO
-from stages.experiments import Definition, expand, format_value, link_siblings, load_definition, main, print_estimate
-from stages.params import StageError, load_params
-from stages.report import Summary, compare, correlations, Result, spearman
+from research.experiments import link_siblings, main, print_estimate
+from synthtrain.experiments import Definition, expand, format_value, load_definition
+from synthtrain.params import StageError, load_params
+from research.report import Summary, compare, correlations, Result, spearman
 
 
 @pytest.fixture

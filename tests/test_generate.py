@@ -18,12 +18,12 @@ from datasets import load_dataset
 from rouge_score import rouge_scorer
 
 from conftest import REPO, SHARED_DATA, build_teacher, stage
-from stages.collapse import Run, data_metrics, plan, training_records
-from stages.download.__main__ import download
-from stages.generate.self_instruct import Pool, rouge_l
-from stages.generate.preferences import preferences
-from stages.params import Collapse, StageError, parse_params
-from stages.records import make_record
+from research.collapse import CollapseRun, data_metrics, plan, training_records
+from synthtrain.sources.download import download
+from synthtrain.synthesis.self_instruct import Pool, rouge_l
+from synthtrain.synthesis.preferences import preferences
+from synthtrain.params import Collapse, StageError, parse_params
+from synthtrain.records import make_record
 
 SEEDS = str(SHARED_DATA / "human/self-instruct-seed-tasks.jsonl")
 
@@ -40,7 +40,7 @@ def workdir(tmp_path_factory) -> Path:
         pq.write_table(rows, root / path)
     (root / "params.yaml").write_text(yaml.safe_dump({"sources": {"builtin": {"kind": "builtin"}},
                                                       "eval": {"judges": {"encoder": "hashing", "train_pairs": 300}}}))
-    stage(root, "stages.eval.judges")
+    stage(root, "stages.judges")
     return root
 
 
@@ -203,7 +203,7 @@ def test_the_plan_chains_each_arm_from_generation_0():
 def test_the_mixed_arm_keeps_the_real_fraction_of_original_records(tmp_path, monkeypatch):
     import pyarrow as pa
 
-    from stages.records import SCHEMA
+    from synthtrain.records import SCHEMA
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "data/collapse/gen0/data/raw").mkdir(parents=True)
@@ -211,7 +211,7 @@ def test_the_mixed_arm_keeps_the_real_fraction_of_original_records(tmp_path, mon
     original = pa.Table.from_pylist(records(50, "original"), SCHEMA)
     config = Collapse(records=50, real_fraction=0.2)
     for arm, real in (("pure", 0), ("mixed", 10)):
-        table = training_records(Run(f"gen1-{arm}", 1, arm, "gen0"), config, original)
+        table = training_records(CollapseRun(f"gen1-{arm}", 1, arm, "gen0"), config, original)
         users = [m[0]["content"] for m in table["messages"].to_pylist()]
         assert table.num_rows == 50 and sum(u.startswith("original") for u in users) == real
 
@@ -219,7 +219,7 @@ def test_the_mixed_arm_keeps_the_real_fraction_of_original_records(tmp_path, mon
 def test_data_metrics_see_a_collapsed_set_as_narrow():
     import pyarrow as pa
 
-    from stages.records import SCHEMA
+    from synthtrain.records import SCHEMA
 
     varied = pa.Table.from_pylist([make_record("x", "instruction", messages=[{"role": "user", "content": text}, {"role": "assistant", "content": "ok then"}])
                                    for text in ("How do plants grow?", "Write a poem about rain.", "What is 17 times 3?", "Name a red fruit.")], SCHEMA)  # fmt: skip

@@ -9,8 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import FIXTURES, stage
-from stages.download.__main__ import download
-from stages.params import StageError, parse_params
+from synthtrain.sources.download import download
+from synthtrain.params import StageError, parse_params
 
 HUB = FIXTURES / "hub"
 

@@ -7,8 +7,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import SHARED_DATA
-from stages.download.__main__ import download
-from stages.params import parse_params
+from synthtrain.sources.download import download
+from synthtrain.params import parse_params
 
 
 def run(tmp_path, path, category, **extra):

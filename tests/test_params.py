@@ -1,7 +1,7 @@
 import pytest
 
 from conftest import REPO
-from stages.params import ParamsError, load_params, parse_params
+from synthtrain.params import ParamsError, load_params, parse_params
 
 BUILTIN = {"kind": "builtin", "max_samples": 10}
 

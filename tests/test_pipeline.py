@@ -177,17 +177,17 @@ def test_a_queued_grid_runs_with_run_all_and_reports(project):
         assert result.returncode == 0, result.stdout + result.stderr
         return result.stdout
 
-    assert "queued 2 of 2 runs" in python("stages.experiments", "queue", "--profile", "tiny")
+    assert "queued 2 of 2 runs" in python("research.experiments", "queue", "--profile", "tiny")
     output = dvc(project, "exp", "run", "--run-all", "-j", "2")
     assert stages_run(output) == {"mix", "tokenize", "train", "eval"}, output
-    assert "queued 0 of 2 runs" in python("stages.experiments", "queue", "--profile", "tiny")  # finished runs are skipped
+    assert "queued 0 of 2 runs" in python("research.experiments", "queue", "--profile", "tiny")  # finished runs are skipped
 
     shown = json.loads(subprocess.run([DVC, "exp", "show", "--json", "-A"], cwd=project, env=env, capture_output=True, text=True, check=True).stdout)
     bpb = {e["name"]: e["revs"][0]["data"]["metrics"]["metrics/eval.json"]["data"]["heldout_bpb"]
            for commit in shown for e in commit.get("experiments") or [] if e["name"] in ("exp3-equal-s0", "exp3-web_heavy-s0")}
     assert len(bpb) == 2
 
-    assert "report: 2 runs (0 missing or failed)" in python("stages.report", "--profile", "tiny")
+    assert "report: 2 runs (0 missing or failed)" in python("research.report", "--profile", "tiny")
     results = (project / "reports/results.md").read_text()
     rows = {line.split("|")[1].strip(): line for line in results.splitlines() if line.startswith(("| equal ", "| web_heavy "))}
     assert set(rows) == {"equal", "web_heavy"}, results

@@ -11,13 +11,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import stage
-from stages.download.__main__ import download
-from stages.params import ParamsError, StageError, parse_params
-from stages.quality.__main__ import decide, decide_stage, quality_stage
-from stages.quality.score import file_records, train_scorer
-from stages.quality.batch import split_units
-from stages.quality.heuristics import answer_errors, reply_statistics
-from stages.records import SCHEMA, SCORED_SCHEMA, make_record
+from synthtrain.sources.download import download
+from synthtrain.params import ParamsError, StageError, parse_params
+from synthtrain.quality.decide import decide, decide_stage, quality_stage
+from synthtrain.quality.enrich import file_records, train_scorer
+from synthtrain.quality.units import split_units
+from synthtrain.quality.heuristics import answer_errors, reply_statistics
+from synthtrain.records import SCHEMA, SCORED_SCHEMA, make_record
 
 N = 20_000
 # Smaller training samples than the defaults, so the file runs in seconds.
@@ -179,7 +179,7 @@ def test_empty_input_fails_with_a_clear_message(tmp_path):
     (tmp_path / "data/dedup").mkdir(parents=True)
     pq.write_table(SCHEMA.empty_table(), tmp_path / "data/dedup/train.parquet")
     (tmp_path / "params.yaml").write_text(json.dumps({"sources": {"builtin": {"kind": "builtin"}}}))
-    result = stage(tmp_path, "stages.quality.score", check=False)
+    result = stage(tmp_path, "stages.quality_score", check=False)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "error: data/dedup/train.parquet: no records to score (the input is empty)" in result.stderr
     result = stage(tmp_path, "stages.quality", check=False)

@@ -1,7 +1,7 @@
 import pyarrow.parquet as pq
 import pytest
 
-from stages.records import SCHEMA, InvalidRecord, RecordWriter, make_record, read_batches, record_id
+from synthtrain.records import SCHEMA, InvalidRecord, RecordWriter, make_record, read_batches, record_id
 
 
 def chat(user="What is 2 + 2?", reply="4"):

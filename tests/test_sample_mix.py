@@ -10,9 +10,9 @@ import pytest
 import yaml
 
 from conftest import stage
-from stages.params import ParamsError, parse_params
-from stages.sample import quotas
-from stages.tokenize import count_tokens, load_tokenizer
+from synthtrain.params import ParamsError, parse_params
+from synthtrain.sampling import quotas
+from synthtrain.tokens.encoding import count_tokens, load_tokenizer
 
 SIZES = {"small": 400, "large": 1500}
 
@@ -30,8 +30,8 @@ def write_params(root, sample=None, mix=None):
 def upstream(tmp_path_factory):
     root = tmp_path_factory.mktemp("upstream")
     write_params(root)
-    for args in (("stages.download", "builtin"), ("stages.builtin_eval",), ("stages.dedup",), ("stages.quality.score",),
-                 ("stages.quality",), ("stages.tokenizer",)):
+    for args in (("stages.download", "builtin"), ("stages.builtin_eval",), ("stages.dedup",), ("stages.quality_score",),
+                 ("stages.quality",), ("stages.train_tokenizer",)):
         stage(root, *args)
     return root
 

@@ -1,8 +1,8 @@
 import numpy as np
 import pyarrow as pa
 
-from stages.records import SCHEMA, content_of, make_record
-from stages.text import content_column, ngram_hashes, word_hashes
+from synthtrain.records import SCHEMA, content_of, make_record
+from synthtrain.text import content_column, ngram_hashes, word_hashes
 
 
 def test_content_column_is_content_of_for_every_record():

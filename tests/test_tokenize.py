@@ -10,11 +10,11 @@ from tokenizers import Tokenizer
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from conftest import stage
-from stages.download.__main__ import download
-from stages.params import ParamsError, parse_params
-from stages.records import SCHEMA, make_record
-from stages.tokenize import backend_ids, count_tokens, encode, load_tokenizer, own_pattern, pretokenized_ids, render
-from stages.tokenizer import CHATML_TEMPLATE, ENDOFTEXT, IM_END
+from synthtrain.sources.download import download
+from synthtrain.params import ParamsError, parse_params
+from synthtrain.records import SCHEMA, make_record
+from synthtrain.tokens.encoding import backend_ids, count_tokens, encode, load_tokenizer, own_pattern, pretokenized_ids, render
+from synthtrain.tokens.chat import CHATML_TEMPLATE, ENDOFTEXT, IM_END
 
 SEQ_LEN = 64
 PARAMS = {"sources": {"builtin": {"kind": "builtin"}},
@@ -62,7 +62,7 @@ def run_pipeline(root, pool: pa.Table, **env) -> None:
     pq.write_table(pool.slice(1500, 300), root / "data/heldout/builtin.parquet")
     pq.write_table(table(EDGE), root / "data/heldout/edge.parquet")
     (root / "params.yaml").write_text(yaml.safe_dump(PARAMS))
-    stage(root, "stages.tokenizer", **env)
+    stage(root, "stages.train_tokenizer", **env)
     stage(root, "stages.tokenize", **env)
 
 
@@ -227,7 +227,7 @@ def test_pretrained_tokenizer_without_template_gets_chatml(workdir, tmp_path):
     plain.save_pretrained(tmp_path / "plain")
     shutil.copytree(workdir / "data/dedup", tmp_path / "data/dedup")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({**PARAMS, "tokenizer": {"pretrained": str(tmp_path / "plain"), "train_records": 100}}))
-    stage(tmp_path, "stages.tokenizer")
+    stage(tmp_path, "stages.train_tokenizer")
     loaded = load_tokenizer(tmp_path / "models/tokenizer")
     assert loaded.chat_template == CHATML_TEMPLATE and loaded.pad_token == ENDOFTEXT
     assert json.loads((tmp_path / "metrics/tokenizer.json").read_text())["source"] == str(tmp_path / "plain")
@@ -259,7 +259,7 @@ def test_params_errors_name_the_key():
 
 def test_missing_inputs_fail_in_one_line(tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(PARAMS))
-    for module, message in [("stages.tokenizer", "error: data/dedup/train.parquet is missing: run `dvc repro dedup` first"),
+    for module, message in [("stages.train_tokenizer", "error: data/dedup/train.parquet is missing: run `dvc repro dedup` first"),
                             ("stages.tokenize", "error: models/tokenizer holds no tokenizer: run `dvc repro tokenizer` first")]:
         result = stage(tmp_path, module, check=False)
         assert result.returncode == 1 and result.stderr.strip() == message

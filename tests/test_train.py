@@ -20,9 +20,9 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import REPO, stage
-from stages.download.__main__ import download
-from stages.params import ParamsError, StageError, parse_params
-from stages.train import is_out_of_memory, layout, learning_rate, out_of_memory_advice, read_inputs
+from synthtrain.sources.download import download
+from synthtrain.params import ParamsError, StageError, parse_params
+from synthtrain.training import is_out_of_memory, layout, learning_rate, out_of_memory_advice, read_inputs
 
 SEQ_LEN = 64
 STEPS = 24
@@ -47,7 +47,7 @@ def tokens(tmp_path_factory) -> Path:
         (root / path).parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(rows, root / path)
     (root / "params.yaml").write_text(yaml.safe_dump(PARAMS))
-    stage(root, "stages.tokenizer")
+    stage(root, "stages.train_tokenizer")
     stage(root, "stages.tokenize")
     return root
 
@@ -219,7 +219,7 @@ def test_bf16_autocast_trains(tokens, tmp_path):
 
 
 def test_generate_samples_prints_a_completion_per_prompt(trained):
-    result = subprocess.run([sys.executable, "-m", "stages.generate_samples", "--max-new-tokens", "4"], input="Hello?\n\nWho are you?\n",
+    result = subprocess.run([sys.executable, "-m", "research.print_samples", "--max-new-tokens", "4"], input="Hello?\n\nWho are you?\n",
                             cwd=trained, env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True)  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("### ") == 2 and "### Who are you?" in result.stdout

@@ -1,2 +1,0 @@
-"""The eval stage (``python -m stages.eval``) and the micro-judges it uses
-(``python -m stages.eval.judges``). One module per part of the suite."""

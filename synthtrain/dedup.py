@@ -1,0 +1,684 @@
+"""dedup stage: exact and near-duplicate removal across sources, a held-out split
+per source, and decontamination of the training records.
+
+    python -m stages.dedup [--params params.yaml]
+
+Reads ``data/raw/<source>.parquet`` for every source in params.yaml (in that
+order; ``builtin_eval`` is not training data) and writes
+
+- ``data/dedup/train.parquet``: the training records that survive;
+- ``data/heldout/<source>.parquet``: each source's held-out records;
+- ``data/rejects/dedup.parquet``: every removed record, with the reason
+  (``exact_duplicate``, ``near_duplicate``, ``decontaminated``), its cluster
+  and the id it duplicates, or the benchmarks it overlaps;
+- ``metrics/dedup.json``: counts, the LSH configuration and the measured
+  accuracy of near-duplicate detection.
+
+The algorithm, in the order it runs:
+
+1. **Exact duplicates.** Records whose words are equal after folding Unicode
+   form, case, whitespace and punctuation (``text.fold_column``) share a 64-bit
+   content key; all but the first are exact duplicates of it.
+2. **Near duplicates.** Each record's word ``shingle``-grams get a MinHash
+   signature of ``num_perm`` values (min over shingles of ``a*x + b mod 2**32``
+   for random odd ``a``). The signature is cut into ``bands`` bands of ``rows``
+   values, with bands and rows chosen for ``threshold`` by minimising the
+   weighted false-positive and false-negative areas under the LSH S-curve
+   (``optimal_bands``, as datasketch and text-dedup do). Records that share a
+   band are candidate pairs; a pair is kept only if the true Jaccard
+   similarity of the two shingle sets is at least ``threshold``. Union-find
+   over the verified pairs gives clusters.
+3. **Representative.** Every cluster keeps its first record in input order:
+   sources in the order of ``sources:`` in params.yaml, then file order. So a
+   source listed earlier wins; list the one you trust most first.
+4. **Held-out split.** Among each source's surviving records, those whose
+   content key, hashed with ``heldout.seed``, falls below ``fraction`` are held
+   out, at most ``max_per_source`` of them (the lowest hashes). The choice
+   depends only on the records and these params, so it stays the same for every
+   sample and mix experiment downstream.
+5. **Decontamination.** A training record that shares a ``ngram``-word n-gram
+   with a held-out record, a built-in evaluation problem or a listed benchmark
+   is removed. Texts shorter than ``ngram`` words (down to ``min_ngram``) are
+   matched whole. An n-gram found in more than ``max_matches`` training
+   records is common phrasing (a template sentence, a stock phrase), not
+   leakage, and is ignored: on the built-in data, with no such cap, two
+   thousand held-out records flag two thirds of all training records.
+"""
+
+import glob
+import json
+import multiprocessing
+import os
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from synthtrain.sources.formats import Parsed
+from synthtrain.sources.local import read as read_local
+from synthtrain.params import LocalSource, NearDuplicates, Params, StageError
+from synthtrain.records import DEDUP_REJECT_SCHEMA, ParquetSink, RecordWriter, content_of, meta_field
+from synthtrain.text import content_column, mix64, ngram_hashes, word_hashes
+
+RAW = Path("data/raw")
+TRAIN = Path("data/dedup/train.parquet")
+HELDOUT = Path("data/heldout")
+REJECTS = Path("data/rejects/dedup.parquet")
+METRICS = Path("metrics/dedup.json")
+BUILTIN_EVAL = RAW / "builtin_eval.parquet"
+
+ROW_GROUPS_PER_JOB = 5
+NO_KEY = np.uint64(0)  # content key of a record with no words at all
+BITMAP_MASK = np.uint64(2**24 - 1)  # low hash bits indexing the contamination prefilter
+
+
+# --- LSH configuration ----------------------------------------------------------
+def collision_probability(similarity: np.ndarray, bands: int, rows: int) -> np.ndarray:
+    """Probability that two records of this Jaccard similarity share a band."""
+    return 1.0 - (1.0 - similarity**rows) ** bands
+
+
+def optimal_bands(near: NearDuplicates) -> tuple[int, int]:
+    """The (bands, rows) with bands * rows <= num_perm that minimise
+    fp_weight * P(candidate | s < threshold) area + fn_weight * P(miss | s >= threshold) area."""
+    grid = np.linspace(0.0, 1.0, 2001)
+    best, best_cost = (1, 1), np.inf
+    for bands in range(1, near.num_perm + 1):
+        for rows in range(1, near.num_perm // bands + 1):
+            p = collision_probability(grid, bands, rows)
+            below, above = grid < near.threshold, grid >= near.threshold
+            false_positive = np.trapezoid(p[below], grid[below])
+            false_negative = np.trapezoid(1.0 - p[above], grid[above])
+            cost = near.false_positive_weight * false_positive + near.false_negative_weight * false_negative
+            if cost < best_cost:
+                best, best_cost = (bands, rows), cost
+    return best
+
+
+# --- MinHash --------------------------------------------------------------------
+class MinHasher:
+    """Shingles, MinHash signatures and LSH band keys for batches of texts."""
+
+    def __init__(self, near: NearDuplicates, seed: int = 0):
+        self.near = near
+        self.bands, self.rows = optimal_bands(near)
+        rng = np.random.default_rng(seed)
+        self.a = rng.integers(0, 2**31, near.num_perm, dtype=np.uint32) * np.uint32(2) + np.uint32(1)
+        self.b = rng.integers(0, 2**32, near.num_perm, dtype=np.uint32)
+        self.band_multipliers = rng.integers(0, 2**62, self.rows, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+
+    def shingles(self, texts: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(shingle hashes, owner text of each, content key of each text)."""
+        return self.shingles_of_words(*word_hashes(texts))
+
+    def shingles_of_words(self, words: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        count = len(offsets) - 1
+        # the content key: one hash of all of a text's words (a window longer than any text)
+        longest = int(np.diff(offsets).max(initial=0))
+        whole, whole_owner = ngram_hashes(words, offsets, longest + 1)
+        keys = np.full(count, NO_KEY, dtype=np.uint64)
+        keys[whole_owner] = whole
+        shingles, owner = ngram_hashes(words, offsets, self.near.shingle)
+        return shingles, owner, keys
+
+    def band_keys(self, shingles: np.ndarray, owner: np.ndarray, count: int) -> np.ndarray:
+        """One key per band and text, shape (bands, count). Texts without
+        shingles (no words) get meaningless keys: leave them out of candidate_pairs."""
+        present = np.unique(owner)
+        starts = np.searchsorted(owner, present)
+        values = (shingles >> np.uint64(32)).astype(np.uint32)
+        signature = np.empty((self.near.num_perm, len(present)), dtype=np.uint32)
+        for p in range(self.near.num_perm):
+            permuted = values * self.a[p]
+            permuted += self.b[p]
+            signature[p] = np.minimum.reduceat(permuted, starts)
+        keys = np.zeros((self.bands, count), dtype=np.uint64)
+        for band in range(self.bands):
+            rows = signature[band * self.rows : (band + 1) * self.rows].astype(np.uint64)
+            combined = (rows * self.band_multipliers[: len(rows), None]).sum(axis=0) + np.uint64(band)
+            keys[band, present] = mix64(combined)
+        return keys
+
+
+def candidate_pairs(band_keys: np.ndarray, eligible: np.ndarray) -> np.ndarray:
+    """Pairs (i, j), i < j, of eligible records that share a band key: each
+    member of a bucket is paired with the bucket's first member."""
+    index = np.flatnonzero(eligible)
+    found = []
+    for keys in band_keys:
+        keys = keys[index]
+        order = np.argsort(keys, kind="stable")
+        sorted_keys = keys[order]
+        starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
+        sizes = np.diff(np.r_[starts, len(keys)])
+        first = np.repeat(order[starts], sizes)
+        others = order != first
+        found.append(np.stack([index[first[others]], index[order[others]]], axis=1))
+    pairs = np.concatenate(found) if found else np.empty((0, 2), dtype=np.int64)
+    pairs.sort(axis=1)
+    return np.unique(pairs, axis=0)
+
+
+def jaccard(pairs: np.ndarray, sets: dict[int, np.ndarray]) -> np.ndarray:
+    """True Jaccard similarity of each pair's shingle sets (sorted, unique)."""
+    similarity = np.empty(len(pairs))
+    for k, (i, j) in enumerate(pairs):
+        a, b = sets[i], sets[j]
+        common = len(np.intersect1d(a, b, assume_unique=True))
+        similarity[k] = common / (len(a) + len(b) - common)
+    return similarity
+
+
+def shingle_sets(shingles: np.ndarray, owner: np.ndarray, ids) -> dict[int, np.ndarray]:
+    """{ids[k]: sorted unique shingles of text k}."""
+    starts = np.searchsorted(owner, np.arange(len(ids) + 1))
+    return {i: np.unique(shingles[starts[k] : starts[k + 1]]) for k, i in enumerate(ids)}
+
+
+def union_find(count: int, pairs: np.ndarray) -> np.ndarray:
+    """The root of every record: the smallest index in its connected component."""
+    parent = np.arange(count)
+
+    def find(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for i, j in pairs:
+        ri, rj = find(i), find(j)
+        if ri != rj:
+            parent[max(ri, rj)] = min(ri, rj)
+    while True:  # point every record at its root
+        grandparent = parent[parent]
+        if np.array_equal(grandparent, parent):
+            return parent
+        parent = grandparent
+
+
+def first_of_equal(keys: np.ndarray) -> np.ndarray:
+    """For each position, the first position with the same key."""
+    order = np.argsort(keys, kind="stable")
+    sorted_keys = keys[order]
+    starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
+    first = np.empty(len(keys), dtype=np.int64)
+    first[order] = np.repeat(order[starts], np.diff(np.r_[starts, len(keys)]))
+    return first
+
+
+def near_duplicate_roots(texts: list[str], near: NearDuplicates) -> np.ndarray:
+    """Exact and near-duplicate clustering of texts held in memory (accuracy
+    checks, tests): the root of each text, as the stage computes it."""
+    minhasher = MinHasher(near)
+    array = pa.array(texts, pa.string())
+    shingles, owner, keys = minhasher.shingles(array)
+    first = first_of_equal(keys)
+    eligible = (first == np.arange(len(texts))) & np.isin(np.arange(len(texts)), owner)
+    pairs = candidate_pairs(minhasher.band_keys(shingles, owner, len(texts)), eligible)
+    sets = shingle_sets(shingles, owner, range(len(texts)))
+    verified = pairs[jaccard(pairs, sets) >= near.threshold] if len(pairs) else pairs
+    roots = union_find(len(texts), verified)
+    return roots[first]
+
+
+# --- accuracy ---------------------------------------------------------------------
+def scores(predicted: np.ndarray, actual: np.ndarray) -> dict:
+    tp, fp, fn = int((predicted & actual).sum()), int((predicted & ~actual).sum()), int((~predicted & actual).sum())
+    precision = tp / (tp + fp) if tp + fp else 1.0
+    recall = tp / (tp + fn) if tp + fn else 1.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"pairs": len(actual), "positives": int(actual.sum()), "precision": round(precision, 4),
+            "recall": round(recall, 4), "f1": round(f1, 4)}
+
+
+def builtin_accuracy(flaws, copied, families, ids, root, near_duplicate, seed: int) -> dict | None:
+    """(a) The built-in generator's injected near duplicates. Positive pairs:
+    each injected copy with the record it copies; negative pairs: that original
+    with a random clean record of the same family (same template, different
+    content). A pair is predicted a duplicate when both are in one cluster.
+    Clean records that the stage removed as near duplicates of each other are
+    counted apart (``unlabelled_removed``): they are verified Jaccard >=
+    threshold, near duplicates the generator made by chance, not errors."""
+    copies = np.flatnonzero(flaws == 1)
+    if not len(copies):
+        return None
+    order = np.argsort(ids, kind="stable")
+    at = np.searchsorted(ids[order], copied[copies]).clip(max=len(ids) - 1)
+    found = ids[order][at] == copied[copies]
+    copies, originals = copies[found], order[at[found]]
+    clean = np.flatnonzero(flaws == 0)
+    clean = clean[np.argsort(families[clean], kind="stable")]
+    group_start = np.searchsorted(families[clean], families[originals])
+    group_size = np.searchsorted(families[clean], families[originals], side="right") - group_start
+    usable = group_size > 1
+    rng = np.random.default_rng(seed)
+    others = clean[group_start[usable] + rng.integers(0, group_size[usable])]
+    others_ok = ids[others] != ids[originals[usable]]
+    left = np.concatenate([copies, originals[usable][others_ok]])
+    right = np.concatenate([originals, others[others_ok]])
+    actual = np.r_[np.ones(len(copies), bool), np.zeros(int(others_ok.sum()), bool)]
+    result = scores(root[left] == root[right], actual)
+    result["unlabelled_removed"] = int((near_duplicate & (flaws == 0)).sum())
+    return result
+
+
+def read_texts(files: dict, min_words: int) -> tuple[list[str], dict]:
+    """Texts of at least min_words words from the accuracy files, and per file
+    how many were used (or that it is missing)."""
+    texts, report = [], {}
+    for name, file in files.items():
+        if not glob.glob(file.path):
+            if file.required:
+                raise StageError(f"dedup.accuracy.files.{name}.path: {file.path} not found")
+            print(f"dedup: warning: accuracy file {name}: {file.path} not found, skipped")
+            report[name] = {"missing": True}
+            continue
+        source = LocalSource(kind="local", path=file.path, category="web", max_samples=10**9, split=file.split)
+        found = [content_of(item.messages, item.text) for item in read_local(source) if isinstance(item, Parsed)]
+        found = [text for text in found if len(text.split()) >= min_words]
+        texts.extend(found)
+        report[name] = {"texts": len(found)}
+    return texts, report
+
+
+def edited_copy(words: list[str], target: float, shingle: int, vocabulary: list[str], rng: np.random.Generator) -> list[str]:
+    """The words with random substitutions, insertions and deletions, about as
+    many as bring the shingle Jaccard similarity down to target."""
+    shingles = max(1, len(words) - shingle + 1)
+    changed = shingles * (1 - target) / (1 + target)  # shingles to change for Jaccard = target
+    edits = int(rng.poisson(changed / shingle)) if target < 1 else 0
+    words = list(words)
+    for _ in range(edits):
+        i = int(rng.integers(len(words)))
+        op = rng.integers(3)
+        if op == 0:
+            words[i] = vocabulary[rng.integers(len(vocabulary))]
+        elif op == 1:
+            words.insert(i, vocabulary[rng.integers(len(vocabulary))])
+        elif len(words) > 1:
+            del words[i]
+    return words
+
+
+def real_text_accuracy(config) -> dict | None:
+    """(b) Pairs of a real text and an edited copy at a target Jaccard
+    similarity drawn uniformly from [0.5, 1]; the true similarity is measured,
+    and a pair is a duplicate when it is >= threshold. All texts and copies are
+    deduplicated together, as the stage does, and a pair is predicted a
+    duplicate when both end up in one cluster."""
+    accuracy = config.accuracy
+    texts, report = read_texts(accuracy.files, accuracy.min_words)
+    if not texts or not accuracy.pairs:
+        return {"files": report} if report else None
+    rng = np.random.default_rng(accuracy.seed)
+    bases = [texts[i] for i in rng.choice(len(texts), min(accuracy.pairs, len(texts)), replace=False)]
+    vocabulary = sorted({w for text in bases for w in text.split()})
+    copies = [" ".join(edited_copy(text.split(), rng.uniform(0.5, 1.0), config.near.shingle, vocabulary, rng)) for text in bases]
+    everything = bases + copies
+    minhasher = MinHasher(config.near)
+    shingles, owner, _ = minhasher.shingles(pa.array(everything, pa.string()))
+    sets = shingle_sets(shingles, owner, range(len(everything)))
+    n = len(bases)
+    pairs = np.stack([np.arange(n), np.arange(n) + n], axis=1)
+    similarity = jaccard(pairs, sets)
+    roots = near_duplicate_roots(everything, config.near)
+    result = scores(roots[:n] == roots[n:], similarity >= config.near.threshold)
+    result["files"] = report
+    return result
+
+
+# --- passes over the input, in parallel -------------------------------------------
+class Inputs:
+    """The input files cut into jobs of whole row groups, with global row numbers."""
+
+    def __init__(self, sources: list[str]):
+        self.sources = sources
+        self.paths = [RAW / f"{name}.parquet" for name in sources]
+        self.jobs = []  # (source index, row groups, first global row, rows)
+        self.bounds = [0]
+        for s, path in enumerate(self.paths):
+            if not path.is_file():
+                raise StageError(f"{path} is missing: run `dvc repro download@{self.sources[s]}` first")
+            metadata = pq.ParquetFile(path).metadata
+            row = self.bounds[-1]
+            for g in range(0, metadata.num_row_groups, ROW_GROUPS_PER_JOB):
+                groups = list(range(g, min(g + ROW_GROUPS_PER_JOB, metadata.num_row_groups)))
+                rows = sum(metadata.row_group(k).num_rows for k in groups)
+                self.jobs.append((s, groups, row, rows))
+                row += rows
+            self.bounds.append(row)
+        self.count = self.bounds[-1]
+
+    def read(self, job, columns=None) -> pa.Table:
+        source, groups, _, _ = job
+        return pq.ParquetFile(self.paths[source]).read_row_groups(groups, columns=columns)
+
+
+_state: dict = {}  # what the worker processes need; inherited through fork
+
+
+def _parallel(function, jobs, workers: int, description: str):
+    """Map over jobs in order with a process pool (fork: workers see _state)."""
+    if workers == 1 or len(jobs) <= 1:
+        yield from tqdm(map(function, jobs), total=len(jobs), desc=description, unit="job")
+        return
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        yield from tqdm(pool.imap(function, jobs), total=len(jobs), desc=description, unit="job")
+
+
+def _sketch(job):
+    """Pass 1: content keys, LSH band keys and ids of one job's records."""
+    inputs, minhasher = _state["inputs"], _state["minhasher"]
+    table = inputs.read(job, ["id", "messages", "text", "meta"])
+    words, offsets = word_hashes(content_column(table))
+    np.save(_state["words"] / f"{job[2]}-words.npy", words)
+    np.save(_state["words"] / f"{job[2]}-offsets.npy", offsets)
+    shingles, owner, keys = minhasher.shingles_of_words(words, offsets)
+    bands = minhasher.band_keys(shingles, owner, table.num_rows)
+    has_words = np.zeros(table.num_rows, dtype=bool)
+    has_words[owner] = True
+    ids = table.column("id").to_numpy(zero_copy_only=False).astype("S32")
+    return keys, bands, has_words, ids, generator_labels(table.column("meta"))
+
+
+def generator_labels(meta: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Ground truth of the built-in generator, for scoring only: per record
+    whether it is an injected near duplicate, the id it copies (b"" if none), and
+    its family name."""
+    flaw = meta_field(meta, "flaw")
+    injected = pc.fill_null(pc.equal(flaw, "near_duplicate"), False).to_numpy(zero_copy_only=False)
+    clean = pc.is_null(flaw).to_numpy(zero_copy_only=False)
+    copied = pc.fill_null(meta_field(meta, "duplicate_of"), "").to_numpy(zero_copy_only=False).astype("S32")
+    family = pc.fill_null(meta_field(meta, "family"), "")
+    return np.where(injected, 1, np.where(clean, 0, 2)).astype(np.int8), copied, family.to_pylist()
+
+
+def _cached_words(job, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The word hashes pass 1 saved for these rows of the job (numbers within the job)."""
+    words = np.load(_state["words"] / f"{job[2]}-words.npy", mmap_mode="r")
+    offsets = np.load(_state["words"] / f"{job[2]}-offsets.npy")
+    lengths = np.diff(offsets)[rows]
+    ends = np.cumsum(lengths)
+    within = np.arange(ends[-1] if len(ends) else 0) - np.repeat(ends - lengths, lengths)
+    return words[np.repeat(offsets[:-1][rows], lengths) + within], np.r_[0, ends].astype(np.int64)
+
+
+def _wanted_words(job):
+    """Global rows of the job in the sorted _state['wanted'], and their words."""
+    _, _, first, count = job
+    wanted = _state["wanted"]
+    rows = wanted[np.searchsorted(wanted, first) : np.searchsorted(wanted, first + count)]
+    return rows, _cached_words(job, rows - first)
+
+
+def _candidate_sets(job):
+    """Shingle sets of the job's records that are in candidate pairs."""
+    rows, words = _wanted_words(job)
+    shingles, owner, _ = _state["minhasher"].shingles_of_words(*words)
+    return shingle_sets(shingles, owner, rows.tolist())
+
+
+def _contamination(job):
+    """Pass 2: which training records of the job contain which contamination
+    entries. Returns the job's record count per entry, and the (global row,
+    entry) matches of entries that are not already common within the job."""
+    _, _, first, count = job
+    rows = np.flatnonzero(_state["train"][first : first + count])
+    words, offsets = _cached_words(job, rows)
+    matches = []
+    seen = _state["contamination_bitmap"]
+    for length, (hashes, entries) in _state["contamination"].items():
+        grams, owner = ngram_hashes(words, offsets, length, short=False)
+        maybe = seen[grams & BITMAP_MASK]  # one lookup rules out almost every n-gram
+        grams, owner = grams[maybe], owner[maybe]
+        at = np.searchsorted(hashes, grams).clip(max=len(hashes) - 1)
+        hit = hashes[at] == grams
+        matches.append(np.stack([first + rows[owner[hit]], entries[at[hit]]], axis=1))
+    matches = np.unique(np.concatenate(matches), axis=0) if matches else np.empty((0, 2), np.int64)
+    entries, records = np.unique(matches[:, 1], return_counts=True)
+    rare = entries[records <= _state["max_matches"]]
+    return entries, records, matches[np.isin(matches[:, 1], rare)]
+
+
+# --- the stage ---------------------------------------------------------------------
+def dedup(params: Params) -> dict:
+    config = params.dedup
+    workers = config.workers or os.cpu_count() or 1
+    inputs = Inputs(list(params.sources))
+    if inputs.count == 0:
+        raise StageError(f"no records to deduplicate: {', '.join(map(str, inputs.paths))} are all empty")
+    words_by_benchmark = benchmark_words(params)  # first, so that a bad benchmark file fails fast
+    minhasher = MinHasher(config.near)
+    words_dir = tempfile.TemporaryDirectory(prefix="dedup-words-")  # pass 1 saves each job's words for the later passes
+    _state.update(inputs=inputs, minhasher=minhasher, words=Path(words_dir.name))
+    print(f"dedup: {inputs.count:,} records from {len(inputs.sources)} source(s); "
+          f"MinHash {config.near.num_perm} permutations, {minhasher.bands} bands x {minhasher.rows} rows")
+
+    # 1. exact duplicates and band keys
+    keys, bands, has_words, ids, flaws, copied, families = [], [], [], [], [], [], []
+    for k, b, w, i, (flaw, copy, family) in _parallel(_sketch, inputs.jobs, workers, "minhash"):
+        keys.append(k), bands.append(b), has_words.append(w), ids.append(i)
+        flaws.append(flaw), copied.append(copy), families.extend(family)
+    keys, bands = np.concatenate(keys), np.concatenate(bands, axis=1)
+    has_words, ids = np.concatenate(has_words), np.concatenate(ids)
+    flaws, copied, families = np.concatenate(flaws), np.concatenate(copied), np.unique(families, return_inverse=True)[1]
+    first = first_of_equal(keys)
+    exact_duplicate = first != np.arange(inputs.count)
+
+    # 2. near duplicates: candidates from LSH, verified by true Jaccard
+    pairs = candidate_pairs(bands, ~exact_duplicate & has_words)
+    del bands
+    _state["wanted"] = np.unique(pairs)
+    sets = {}
+    for found in _parallel(_candidate_sets, inputs.jobs, workers, "verify"):
+        sets.update(found)
+    similarity = jaccard(pairs, sets) if len(pairs) else np.empty(0)
+    del sets
+    verified = pairs[similarity >= config.near.threshold]
+    root = union_find(inputs.count, verified)[first]
+    near_duplicate = ~exact_duplicate & (root != np.arange(inputs.count))
+    survivor = root == np.arange(inputs.count)
+
+    # 3. held-out split per source
+    heldout = np.zeros(inputs.count, dtype=bool)
+    held_score = mix64(keys ^ mix64(np.full(inputs.count, config.heldout.seed, dtype=np.uint64)))
+    limit = np.uint64(min(int(config.heldout.fraction * 2.0**64), 2**64 - 1))
+    for s in range(len(inputs.sources)):
+        rows = np.arange(inputs.bounds[s], inputs.bounds[s + 1])
+        rows = rows[survivor[rows] & (held_score[rows] < limit)]
+        rows = rows[np.argsort(held_score[rows], kind="stable")][: config.heldout.max_per_source]
+        heldout[rows] = True
+
+    # 4. decontamination
+    _state["wanted"] = np.flatnonzero(heldout)
+    words_by_benchmark = {"heldout": concatenate_words([_wanted_words(job)[1] for job in inputs.jobs]), **words_by_benchmark}
+    benchmarks = list(words_by_benchmark)
+    table, entry_benchmarks, coverage = contamination_table(words_by_benchmark, config.decontaminate)
+    bitmap = np.zeros(int(BITMAP_MASK) + 1, dtype=bool)
+    for hashes, _ in table.values():
+        bitmap[hashes & BITMAP_MASK] = True
+    _state.update(contamination=table, contamination_bitmap=bitmap, train=survivor & ~heldout,
+                  max_matches=config.decontaminate.max_matches)
+    records_per_entry = np.zeros(len(entry_benchmarks), dtype=np.int64)
+    rare_matches = []
+    for entries, records, matches in _parallel(_contamination, inputs.jobs, workers, "decontaminate"):
+        records_per_entry[entries] += records
+        rare_matches.append(matches)
+    leaks = np.concatenate(rare_matches) if rare_matches else np.empty((0, 2), np.int64)
+    leaks = leaks[records_per_entry[leaks[:, 1]] <= config.decontaminate.max_matches]
+    decontaminated = np.zeros(inputs.count, dtype=bool)
+    decontaminated[leaks[:, 0]] = True
+    contaminated_by: dict[int, set[str]] = {}  # row -> benchmark names
+    for row, entry in leaks.tolist():
+        contaminated_by.setdefault(row, set()).update(b for k, b in enumerate(benchmarks) if entry_benchmarks[entry] >> k & 1)
+    train = survivor & ~heldout & ~decontaminated
+    words_dir.cleanup()
+    if not train.any():
+        raise StageError(
+            f"no training record is left of {inputs.count:,}: {int(exact_duplicate.sum()):,} exact and "
+            f"{int(near_duplicate.sum()):,} near duplicates (dedup.near.threshold = {config.near.threshold}), "
+            f"{int(heldout.sum()):,} held out (dedup.heldout.fraction = {config.heldout.fraction}, max_per_source = "
+            f"{config.heldout.max_per_source}), {int(decontaminated.sum()):,} contaminated (dedup.decontaminate)")
+
+    # 5. write
+    cluster_roots = np.unique(root[~survivor])
+    cluster_id = np.full(inputs.count, -1, dtype=np.int64)
+    members = np.isin(root, cluster_roots)
+    cluster_id[members] = np.searchsorted(cluster_roots, root[members])
+    duplicate_of = np.where(exact_duplicate, first, root)
+    counts = write_outputs(inputs, train, heldout, exact_duplicate, near_duplicate, decontaminated, contaminated_by, cluster_id, duplicate_of, ids)
+
+    per_benchmark = Counter(b for names in contaminated_by.values() for b in names)
+    metrics = {
+        "in": inputs.count,
+        "exact_duplicates": int(exact_duplicate.sum()),
+        "near_duplicates": int(near_duplicate.sum()),
+        "heldout": int(heldout.sum()),
+        "decontaminated": int(decontaminated.sum()),
+        "kept": int(train.sum()),
+        "clusters": len(cluster_roots),
+        "lsh": {"bands": minhasher.bands, "rows": minhasher.rows, "candidate_pairs": len(pairs),
+                "verified_pairs": len(verified)},
+        "by_source": counts,
+        "decontamination": {
+            name: dict(coverage[name], records_removed=per_benchmark.get(name, 0)) for name in benchmarks
+        },
+        "accuracy": {
+            "builtin_injected": builtin_accuracy(flaws, copied, families, ids, root, near_duplicate, config.accuracy.seed),
+            "real_text_edits": real_text_accuracy(config),
+        },
+    }
+    assert metrics["in"] == metrics["kept"] + metrics["heldout"] + metrics["exact_duplicates"] + metrics["near_duplicates"] + metrics["decontaminated"]
+    return metrics
+
+
+def concatenate_words(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Join (words, offsets) of several batches into one."""
+    shift = np.cumsum([0] + [len(w) for w, _ in parts])
+    words = np.concatenate([w for w, _ in parts] or [np.empty(0, np.uint64)])
+    return words, np.concatenate([[0]] + [o[1:] + k for (_, o), k in zip(parts, shift)]).astype(np.int64)
+
+
+def benchmark_words(params: Params) -> dict:
+    """The words of the texts training must not overlap, besides the held-out
+    records: built-in evaluation problems and the benchmark files in params,
+    by benchmark name (None for a benchmark file that is absent)."""
+    words = {}
+    if BUILTIN_EVAL.is_file():
+        words["builtin_eval"] = word_hashes(content_column(pq.read_table(BUILTIN_EVAL, columns=["messages", "text"])))
+    for name, benchmark in params.dedup.decontaminate.benchmarks.items():
+        path = Path(benchmark.path)
+        if not path.is_file():
+            if benchmark.required:
+                raise StageError(f"dedup.decontaminate.benchmarks.{name}.path: {path} not found "
+                                 "(set required: false to skip a file that may be absent)")
+            print(f"dedup: warning: benchmark {name}: {path} not found, skipped")
+            words[name] = None
+            continue
+        words[name] = word_hashes(pa.array(read_benchmark(path, benchmark.fields, f"dedup.decontaminate.benchmarks.{name}"), pa.string()))
+    return words
+
+
+def read_benchmark(path: Path, fields: list[str], key: str) -> list[str]:
+    """The text of each JSONL line: the listed fields, lists joined with spaces."""
+    texts = []
+    with path.open(encoding="utf-8") as lines:
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise StageError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
+            parts = []
+            for field in fields:
+                if not isinstance(item, dict) or field not in item:
+                    raise StageError(f"{path}:{number}: no field '{field}' (from {key}.fields)")
+                value = item[field]
+                parts.extend(map(str, value) if isinstance(value, list) else [str(value)])
+            texts.append(" ".join(parts))
+    return texts
+
+
+def contamination_table(texts: dict[str, tuple | None], decontaminate) -> tuple[dict, np.ndarray, dict]:
+    """The n-grams training must not share, as entries: ``{window length:
+    (sorted hashes, entry numbers)}``, a bit mask of the benchmarks of each
+    entry, and per benchmark how many texts could be checked."""
+    if len(texts) > 63:
+        raise StageError(f"dedup.decontaminate.benchmarks: at most 61 benchmarks, not {len(texts) - 2}")
+    grams, lengths, masks, coverage = [], [], [], {}
+    for b, (name, words) in enumerate(texts.items()):
+        if words is None:
+            coverage[name] = {"missing": True}
+            continue
+        words, offsets = words
+        sizes = np.diff(offsets)
+        checkable = sizes >= decontaminate.min_ngram
+        hashes, owner = ngram_hashes(words, offsets, decontaminate.ngram)
+        keep = checkable[owner]
+        grams.append(hashes[keep])
+        lengths.append(np.minimum(sizes[owner[keep]], decontaminate.ngram).astype(np.uint64))
+        masks.append(np.full(int(keep.sum()), 1 << b, dtype=np.int64))
+        coverage[name] = {"texts": len(sizes), "checked": int(checkable.sum()), "too_short": int((~checkable).sum())}
+    if not grams:
+        return {}, np.empty(0, np.int64), coverage
+    grams, lengths, masks = np.concatenate(grams), np.concatenate(lengths), np.concatenate(masks)
+    order = np.lexsort((grams, lengths))
+    grams, lengths, masks = grams[order], lengths[order], masks[order]
+    starts = np.flatnonzero(np.r_[True, (grams[1:] != grams[:-1]) | (lengths[1:] != lengths[:-1])]) if len(grams) else np.empty(0, int)
+    entry_benchmarks = np.bitwise_or.reduceat(masks, starts) if len(starts) else np.empty(0, np.int64)
+    grams, lengths = grams[starts], lengths[starts]
+    table = {}
+    for length in np.unique(lengths):
+        entries = np.flatnonzero(lengths == length)
+        table[int(length)] = (grams[entries], entries)
+    return table, entry_benchmarks, coverage
+
+
+def write_outputs(inputs: Inputs, train, heldout, exact_duplicate, near_duplicate, decontaminated, contaminated_by, cluster_id, duplicate_of, ids) -> dict:
+    """One sequential pass in input order: train, held-out and reject files."""
+    HELDOUT.mkdir(parents=True, exist_ok=True)
+    for stale in HELDOUT.glob("*.parquet"):
+        stale.unlink()
+    counts = {}
+    with RecordWriter(TRAIN) as train_writer, ParquetSink(REJECTS, DEDUP_REJECT_SCHEMA) as reject_writer:
+        heldout_writers = {}
+        for job in tqdm(inputs.jobs, desc="write", unit="job"):
+            source = inputs.sources[job[0]]
+            table = inputs.read(job)
+            rows = np.arange(job[2], job[2] + table.num_rows)
+            train_writer.write_table(table.filter(train[rows]))
+            if source not in heldout_writers:
+                heldout_writers[source] = RecordWriter(HELDOUT / f"{source}.parquet")
+            heldout_writers[source].write_table(table.filter(heldout[rows]))
+            rejected = rows[exact_duplicate[rows] | near_duplicate[rows] | decontaminated[rows]]
+            if len(rejected):
+                reason = np.where(exact_duplicate[rejected], "exact_duplicate", np.where(near_duplicate[rejected], "near_duplicate", "decontaminated"))
+                duplicated = np.isin(reason, ["exact_duplicate", "near_duplicate"])
+                taken = table.take(rejected - job[2])
+                for name, values in (
+                    ("reason", pa.array(reason)),
+                    ("cluster_id", pa.array(np.where(duplicated, cluster_id[rejected], 0), mask=~duplicated)),
+                    ("duplicate_of", pa.array(ids[duplicate_of[rejected]].astype(str), mask=~duplicated)),
+                    ("detail", pa.array([", ".join(sorted(contaminated_by[r])) if r in contaminated_by else None for r in rejected.tolist()], pa.string())),
+                ):
+                    taken = taken.append_column(name, values)
+                reject_writer.write_table(taken)
+            c = counts.setdefault(source, Counter())
+            c["in"] += table.num_rows
+            c["kept"] += int(train[rows].sum())
+            c["heldout"] += int(heldout[rows].sum())
+            c["exact_duplicates"] += int(exact_duplicate[rows].sum())
+            c["near_duplicates"] += int(near_duplicate[rows].sum())
+            c["decontaminated"] += int(decontaminated[rows].sum())
+        for writer in heldout_writers.values():
+            writer.close()
+    for source in inputs.sources:
+        if source not in counts or counts[source]["kept"] == 0:
+            print(f"dedup: warning: source {source} has no training records left")
+    return {source: dict(c) for source, c in counts.items()}

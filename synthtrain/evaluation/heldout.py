@@ -1,0 +1,123 @@
+"""Held-out loss, perplexity and bits per byte, per source and per category.
+
+Each ``data/heldout/<source>.parquet`` (the first ``eval.heldout_records``
+records) is rendered and masked exactly as the tokenize stage does for training
+(``synthtrain.tokens.encode``: chat template, assistant turns only when
+``tokenize.assistant_only``), then packed per category into sequences of the
+model's context and scored in batches. So the loss is the training objective on
+unseen records:
+
+- ``loss``: mean negative log-likelihood per loss token, in nats;
+- ``ppl``: exp(loss);
+- ``bpb``: total nats / ln 2 / UTF-8 bytes of the text those tokens cover
+  (assistant turns, closing marker included, or the whole document). Bytes do
+  not depend on the tokenizer, so bpb compares models with different tokenizers.
+"""
+
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from tqdm import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from synthtrain.records import BATCH_ROWS, CATEGORIES
+from synthtrain.tokens.encoding import encode, render
+
+log = logging.getLogger("eval")
+
+
+def first_records(path: Path, limit: int) -> pa.Table:
+    """The first ``limit`` records of a Parquet file, read in batches."""
+    batches, rows = [], 0
+    parquet = pq.ParquetFile(path)
+    for batch in parquet.iter_batches(batch_size=BATCH_ROWS):
+        batches.append(batch.slice(0, limit - rows))
+        rows += batches[-1].num_rows
+        if rows >= limit:
+            break
+    return pa.Table.from_batches(batches, schema=parquet.schema_arrow)
+
+
+def target_bytes(tokenizer: PreTrainedTokenizerBase, table: pa.Table, assistant_only: bool) -> int:
+    """UTF-8 bytes of the text whose tokens count in the loss."""
+    texts, (span_record, span_start, span_end) = render(tokenizer, table)
+    conversation = table.column("messages").is_valid().to_numpy(zero_copy_only=False)
+    whole = sum(len(text.encode()) for text, conv in zip(texts, conversation) if not conv or not assistant_only)
+    if not assistant_only:
+        return whole
+    return whole + sum(len(texts[r][s:e].encode()) for r, s, e in zip(span_record, span_start, span_end) if conversation[r])
+
+
+def packed(tokens: np.ndarray, loss: np.ndarray, seq_len: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """The stream cut into rows of seq_len that overlap by one token, so that every
+    token but the stream's first is predicted exactly once; the last row is padded
+    (pad tokens do not count)."""
+    stride = seq_len - 1
+    rows = max(1, -(-(len(tokens) - 1) // stride))
+    padding = rows * stride + 1 - len(tokens)
+    tokens = np.concatenate([tokens, np.full(padding, pad_id, tokens.dtype)]).astype(np.int64)
+    loss = np.concatenate([loss, np.zeros(padding, loss.dtype)])
+    index = np.arange(rows)[:, None] * stride + np.arange(seq_len)[None, :]
+    return tokens[index], loss[index]
+
+
+@torch.no_grad()
+def nll_sum(model: PreTrainedModel, tokens: np.ndarray, mask: np.ndarray, batch_size: int) -> float:
+    """Summed next-token negative log-likelihood (nats) of the tokens whose mask is 1."""
+    total = 0.0
+    device = model.device
+    for start in range(0, len(tokens), batch_size):
+        ids = torch.from_numpy(tokens[start : start + batch_size]).to(device)
+        target_mask = torch.from_numpy(mask[start : start + batch_size, 1:]).to(device).bool()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            logits = model(input_ids=ids).logits[:, :-1]
+        losses = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), ids[:, 1:], reduction="none")
+        total += float(losses[target_mask].sum())
+    return total
+
+
+def summary(nats: float, tokens: int, nbytes: int) -> dict:
+    loss = nats / tokens
+    return {"loss": round(loss, 4), "ppl": round(math.exp(loss), 3), "bpb": round(nats / math.log(2) / nbytes, 4), "tokens": int(tokens)}
+
+
+def heldout_metrics(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, paths: list[Path], limit: int,
+                    seq_len: int, batch_size: int, assistant_only: bool) -> dict:
+    """Flat metrics ``heldout_<source>[_<category>]_{loss,ppl,bpb,tokens}`` and the
+    totals ``heldout_{loss,ppl,bpb,tokens}``; a source with no records reports
+    ``heldout_<source>_records: 0`` and no loss."""
+    metrics, grand = {}, np.zeros(3)  # nats, tokens, bytes
+    for path in paths:
+        source = path.stem
+        table = first_records(path, limit)
+        metrics[f"heldout_{source}_records"] = table.num_rows
+        if table.num_rows == 0:
+            log.warning("held-out set %s is empty: no loss reported for it", path)
+            continue
+        totals = np.zeros(3)
+        for category in tqdm(CATEGORIES, desc=f"held-out {source}", leave=False):
+            subset = table.filter(pa.compute.equal(table.column("category"), category))
+            if subset.num_rows == 0:
+                continue
+            encoded = encode(tokenizer, subset, assistant_only)
+            tokens, mask = packed(encoded.tokens, encoded.loss, seq_len, tokenizer.pad_token_id)
+            counted = int(mask[:, 1:].sum())
+            if counted == 0:
+                continue
+            part = np.array([nll_sum(model, tokens, mask, batch_size), counted, target_bytes(tokenizer, subset, assistant_only)])
+            metrics.update({f"heldout_{source}_{category}_{k}": v for k, v in summary(*part).items()})
+            totals += part
+        if totals[1]:
+            metrics.update({f"heldout_{source}_{k}": v for k, v in summary(*totals).items()})
+            grand += totals
+    if grand[1]:
+        metrics.update({f"heldout_{k}": v for k, v in summary(*grand).items()})
+    else:
+        log.warning("no held-out tokens to score: heldout_loss, ppl and bpb are not reported")
+    metrics["heldout_tokens"] = int(grand[1])
+    return metrics

@@ -1,0 +1,157 @@
+"""eval stage: ``python -m stages.eval [--params FILE] [--model DIR]``.
+
+Evaluates ``models/current`` (or ``--model``) without any paid API, with the
+same held-out data, prompts, greedy decoding and seeds for every experiment:
+
+1. held-out loss, perplexity and bits per byte per source and category (heldout.py);
+2. verifiable task accuracy per family on ``data/raw/builtin_eval.parquet`` (tasks.py);
+3. ROUGE-L, BLEU, chrF and length against the references of held-out instructions (textmetrics.py);
+4. diversity of those generations: distinct-n, self-BLEU, gzip ratio, loops (textmetrics.py);
+5. CheckList-style behavioural suites: MFT, INV, DIR, refusal rate (behaviour.py);
+6. the micro-judges' mean scores on the generations of 3 (judges.py, stage ``judges``);
+7. lm-evaluation-harness benchmarks listed in ``eval.benchmarks`` (benchmarks.py).
+
+Writes one flat ``metrics/eval.json`` for ``dvc metrics diff``, plot data under
+``plots/eval/``, every generation to ``data/eval/samples.jsonl`` and the lm-eval
+task YAMLs to ``data/eval/tasks/`` (runnable by hand: README).
+"""
+
+import json
+import logging
+import random
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import torch
+
+from synthtrain.world.facts import World
+from synthtrain.evaluation import behaviour, benchmarks, judges, textmetrics
+from synthtrain.generation import Generator, load_model
+from synthtrain.evaluation.heldout import first_records, heldout_metrics
+from synthtrain.evaluation.answers import task_accuracy
+from synthtrain.params import Params, StageError
+from synthtrain.records import CATEGORIES
+
+log = logging.getLogger("eval")
+MODEL = Path("models/current")
+JUDGES = Path("models/judges")
+PROBLEMS = Path("data/raw/builtin_eval.parquet")
+HELDOUT = Path("data/heldout")
+OUT = Path("data/eval")
+PLOTS = Path("plots/eval")
+METRICS = Path("metrics/eval.json")
+
+
+def task_problems(per_family: int) -> list[dict]:
+    """The first ``per_family`` problems of each family, in file order."""
+    if not PROBLEMS.is_file():
+        raise StageError(f"{PROBLEMS} is missing: run `dvc repro builtin_eval`")
+    taken: dict[str, int] = {}
+    problems = []
+    for row in pq.read_table(PROBLEMS, columns=["messages", "meta"]).to_pylist():
+        meta = json.loads(row["meta"])
+        if taken.get(meta["family"], 0) < per_family:
+            taken[meta["family"]] = taken.get(meta["family"], 0) + 1
+            problems.append({"prompt": row["messages"][0]["content"], "meta": meta})
+    return problems
+
+
+def reference_pairs(paths: list[Path], count: int) -> list[tuple[str, str]]:
+    """(instruction, reference reply) of the first ``count`` single-turn held-out
+    conversations without an injected flaw (the built-in generator marks them
+    in ``meta.flaw``); a system turn is left out."""
+    pairs = []
+    for path in paths:
+        table = first_records(path, 50 * count + 1000)
+        for messages, meta in zip(table.column("messages").to_pylist(), table.column("meta").to_pylist()):
+            pair = judges.single_turn(messages) if messages else None
+            if pair and json.loads(meta).get("flaw") is None:
+                pairs.append(pair)
+                if len(pairs) == count:
+                    return pairs
+    return pairs
+
+
+def timed(name: str, seconds: dict, function, *args):
+    started = time.perf_counter()
+    result = function(*args)
+    seconds[f"seconds_{name}"] = round(time.perf_counter() - started, 1)
+    return result
+
+
+def write_plots(metrics: dict) -> None:
+    """CSV tables for the plots declared in dvc.yaml."""
+    PLOTS.mkdir(parents=True, exist_ok=True)
+    families = sorted(k.removeprefix("tasks_").removesuffix("_accuracy") for k in metrics if k.startswith("tasks_") and k.endswith("_accuracy") and k != "tasks_accuracy")
+    rows = [f"{family},{metrics[f'tasks_{family}_accuracy']}" for family in families]
+    (PLOTS / "tasks.csv").write_text("family,accuracy\n" + "".join(f"{row}\n" for row in rows))
+    sets = sorted(k.removeprefix("heldout_").removesuffix("_bpb") for k in metrics  # <source>_<category>
+                  if k.startswith("heldout_") and any(k.endswith(f"_{category}_bpb") for category in CATEGORIES))
+    (PLOTS / "heldout.csv").write_text("set,bpb\n" + "".join(f"{s},{metrics[f'heldout_{s}_bpb']}\n" for s in sets))
+    names = sorted(k.removesuffix("_chance") for k in metrics if k.endswith("_chance"))
+    (PLOTS / "benchmarks.csv").write_text("benchmark,score,chance\n" + "".join(
+        f"{name},{metrics.get(f'{name}_acc_norm', metrics.get(f'{name}_acc'))},{metrics[f'{name}_chance']}\n"
+        for name in names if f"{name}_acc" in metrics))
+
+
+def evaluate(params: Params, model_dir: Path) -> dict:
+    config = params.eval
+    random.seed(config.seed)
+    torch.manual_seed(config.seed)
+    model, tokenizer = load_model(model_dir)
+    generate = Generator(model, tokenizer, config.generation, config.seed)
+    heldout = sorted(HELDOUT.glob("*.parquet"))
+    seconds: dict[str, float] = {}
+    metrics: dict = {"model_parameters": sum(p.numel() for p in model.parameters()),
+                     "generation_greedy": int(not config.generation.do_sample),
+                     "generation_max_new_tokens": config.generation.max_new_tokens}
+    samples: list[dict] = []
+
+    seq_len = min(params.tokenize.seq_len, getattr(model.config, "max_position_embeddings", params.tokenize.seq_len))
+    metrics.update(timed("heldout", seconds, heldout_metrics, model, tokenizer, heldout, config.heldout_records, seq_len,
+                         config.batch_size, params.tokenize.assistant_only))
+
+    problems = task_problems(config.tasks_per_family)
+    replies = timed("tasks", seconds, generate, [p["prompt"] for p in problems], "tasks")
+    accuracy, correct = task_accuracy(problems, [r.text for r in replies])
+    metrics.update(accuracy)
+    samples += [{"suite": f"tasks_{p['meta']['family']}", "prompt": p["prompt"], "reply": r.text, "expected": p["meta"].get("answer"),
+                 "passed": ok} for p, r, ok in zip(problems, replies, correct)]
+
+    pairs = reference_pairs(heldout, config.references)
+    if pairs:
+        instructions, references = zip(*pairs)
+        generations = [r.text for r in timed("references", seconds, generate, list(instructions), "references")]
+        metrics.update(textmetrics.reference_metrics(generations, list(references)))
+        metrics.update({f"diversity_{k}": v for k, v in textmetrics.diversity(generations).items()})
+        metrics.update({f"judge_{k}": v for k, v in timed("judges", seconds, judges.score, JUDGES, list(instructions), generations).items()})
+        samples += [{"suite": "references", "prompt": i, "reply": g, "expected": r} for i, g, r in zip(instructions, generations, references)]
+    else:
+        log.warning("no single-turn held-out instructions: generation metrics, diversity and judge scores are not reported")
+    metrics["reference_items"] = len(pairs)
+
+    suites, suite_samples = timed("behaviour", seconds, behaviour.run_suites, generate, World(params.world), config.behaviour_per_suite, config.seed)
+    metrics.update(suites)
+    samples += suite_samples
+    metrics.update(generate.speed())
+
+    if config.benchmarks:
+        metrics.update(timed("benchmarks", seconds, benchmarks.run_benchmarks, model, tokenizer, config.benchmarks, OUT / "tasks",
+                             config.batch_size, config.seed))
+    metrics.update(seconds)
+    metrics["seconds"] = round(sum(seconds.values()), 1)
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    with open(OUT / "samples.jsonl", "w") as out:
+        out.writelines(json.dumps(sample, ensure_ascii=False, sort_keys=True) + "\n" for sample in samples)
+    write_plots(metrics)
+    shown = {key: metrics.get(key, "-") if not isinstance(metrics.get(key), float) else round(metrics[key], 3)
+             for key in ("heldout_loss", "heldout_bpb", "tasks_accuracy", "rougeL", "judge_relevance_score")}
+    log.info("held-out loss %(heldout_loss)s (bpb %(heldout_bpb)s); task accuracy %(tasks_accuracy)s; ROUGE-L %(rougeL)s; "
+             "relevance %(judge_relevance_score)s", shown)
+    log.info("behaviour: MFT %s, INV %s, DIR %s, refusals %s; %.0f s in all", metrics["behaviour_mft_pass_rate"],
+             metrics["behaviour_inv_pass_rate"], metrics["behaviour_dir_pass_rate"], metrics["behaviour_refusal_rate"], metrics["seconds"])
+    log.info("generation: %.1f items/s, %.0f tokens/s; wrote %s, %s samples -> %s", metrics["generation_items_per_s"],
+             metrics["generation_tokens_per_s"], METRICS, len(samples), OUT / "samples.jsonl")
+    return metrics

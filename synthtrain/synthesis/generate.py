@@ -1,0 +1,156 @@
+"""``kind: generate``: records written by a teacher model, run by the download
+stage like any other source, so they flow through dedup, quality and the rest.
+
+A method (``self_instruct.py``, ``evol_instruct.py``, ``magpie.py``) turns a
+shard of prompts into candidates: a conversation, or the reason it was
+rejected. This module runs the shards:
+
+- the teacher is a ``save_pretrained`` directory or a cached hub id, loaded by
+  the eval stage's ``load_model``; every generation goes through its batched,
+  left-padded KV-cache ``Generator``;
+- a shard of ``shard_prompts`` prompts is written to
+  ``data/generate/<source>-<fingerprint>/`` when it is done. An interrupted run
+  keeps its finished shards and the next run reads them instead of generating
+  them again. A shard is seeded by its number, and the methods rebuild their
+  instruction pools from the shards before it, so a resumed run writes the
+  same records as an uninterrupted one. The fingerprint covers the source's
+  settings and the teacher's weights: change either and generation restarts;
+- shards continue until ``n`` records are kept or ``n × max_attempts`` prompts
+  were tried. Every prompt is accounted for: read = kept + rejected, rejected
+  by reason (``empty_response``, ``capped_response``, the methods' filters);
+- each record's ``meta`` holds its provenance: teacher, its weights'
+  fingerprint, method, prompt template and sampling params.
+"""
+
+import hashlib
+import json
+import logging
+import random
+import re
+import shutil
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from synthtrain.sources import local
+from synthtrain.sources.formats import FORMATS, Rejected
+from synthtrain.generation import Generator, load_model
+from synthtrain.params import GenerateSource, LocalSource, StageError
+from synthtrain.records import InvalidRecord, RecordWriter, RejectWriter, make_record
+from synthtrain.synthesis import evol_instruct, magpie, self_instruct
+from synthtrain.synthesis.common import Candidate
+
+log = logging.getLogger("generate")
+SHARDS = Path("data/generate")
+SHARD_SCHEMA = pa.schema([("reason", pa.string()), ("detail", pa.string()), ("candidate", pa.string())])
+
+
+def read_seeds(source: GenerateSource) -> list[str]:
+    """The seed file's instructions (its first user turns, each on one line), unique, in file order."""
+    supported = f"supported formats: {', '.join(FORMATS)} in {', '.join(local.FILE_TYPES)} files"
+    settings = LocalSource(kind="local", path=source.seed_file, category="instruction", max_samples=1, format=source.seed_format,
+                           split="line")
+    seeds: dict[str, None] = {}
+    try:
+        for item in local.read(settings):
+            if isinstance(item, Rejected) or item.messages is None:
+                continue
+            user = next((m["content"] for m in item.messages if m.get("role") == "user" and isinstance(m.get("content"), str)), "")
+            if user.strip():
+                seeds[" ".join(user.split())] = None
+    except StageError as exc:
+        raise StageError(f"seed_file: {exc} ({supported})") from None
+    if not seeds:
+        raise StageError(f"seed_file {source.seed_file}: no instructions (no user turns) in it; {supported}")
+    return list(seeds)
+
+
+def weights_fingerprint(model) -> str:
+    digest = hashlib.blake2b(digest_size=8)
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def method_for(source: GenerateSource, generator: Generator, seeds: list[str]):
+    methods = {"self_instruct": self_instruct.SelfInstruct, "evol_instruct": evol_instruct.EvolInstruct, "magpie": magpie.Magpie}
+    return methods[source.method](source, generator, seeds)
+
+
+def write_shard(path: Path, candidates: list[Candidate]) -> None:
+    """Written to a temporary name and renamed, so a shard on disk is always whole."""
+    table = pa.table({"reason": [c.reason for c in candidates], "detail": [c.detail for c in candidates],
+                      "candidate": [json.dumps({"messages": c.messages, "meta": c.meta}, ensure_ascii=False) for c in candidates]},
+                     schema=SHARD_SCHEMA)  # fmt: skip
+    partial = path.with_suffix(".partial")
+    pq.write_table(table, partial)
+    partial.rename(path)
+
+
+def generate(source: GenerateSource, name: str, max_chars: int, records: RecordWriter, rejects: RejectWriter, root: str | Path = ".") -> dict:
+    """Run the shards of ``source`` into ``records`` and ``rejects``; returns the download stage's counts."""
+    model, tokenizer = load_model(source.teacher, fix=f"sources.{name}.teacher must be a save_pretrained directory of a causal "
+                                  "language model with a chat template (for example models/current), or a hub id in the local cache")
+    seeds = read_seeds(source) if source.seed_file else []
+    generator = Generator(model, tokenizer, source.sampling, source.seed)
+    method = method_for(source, generator, seeds)
+    settings = source.model_dump(exclude={"preferences"})
+    teacher = weights_fingerprint(model)
+    fingerprint = hashlib.blake2b(json.dumps([settings, teacher], sort_keys=True).encode(), digest_size=6).hexdigest()
+    provenance = {"teacher": source.teacher, "teacher_weights": teacher, "method": source.method, "template": method.template,
+                  "sampling": source.sampling.model_dump(), "seed": source.seed}  # fmt: skip
+    shards = Path(root) / SHARDS / f"{name}-{fingerprint}"
+    shards.mkdir(parents=True, exist_ok=True)
+    budget = source.n * source.max_attempts
+    kept = read = resumed = 0
+    started = time.perf_counter()
+    log.info("%s: %s with %s (weights %s), %d records, shards in %s", name, source.method, source.teacher, teacher, source.n, shards)
+    with tqdm(total=source.n, unit="rec", desc=f"generate {name}", mininterval=1) as bar:
+        for number in range(budget):
+            if kept >= source.n or read >= budget:
+                break
+            size = min(source.shard_prompts, source.n - kept, budget - read)
+            path = shards / f"shard-{number:05d}.parquet"
+            if path.exists():
+                resumed += 1
+            else:
+                generator.reseed(source.seed * 1_000_003 + number)
+                write_shard(path, method.shard(size, random.Random(f"{source.seed}-{number}")))
+            kept_now = []
+            for index, row in enumerate(pq.read_table(path).to_pylist()):
+                candidate = json.loads(row["candidate"])
+                location = f"{path}#{index}"
+                read += 1
+                if row["reason"] is not None:
+                    rejects.reject(row["reason"], location, row["detail"], candidate)
+                    continue
+                try:
+                    record = make_record(name, source.category, messages=candidate["messages"], meta={**candidate["meta"], **provenance},
+                                         max_chars=max_chars)
+                except InvalidRecord as exc:
+                    rejects.reject(exc.reason, location, str(exc), candidate)
+                    continue
+                records.write(record)
+                kept_now.append(candidate)
+            method.remember(kept_now)
+            kept += len(kept_now)
+            bar.update(len(kept_now))
+    if kept == 0:
+        raise StageError(f"source '{name}': the teacher's {read} generations left no valid record after filtering "
+                         f"(rejected by reason: {dict(sorted(rejects.by_reason.items()))})")
+    if kept < source.n:
+        log.warning("%s: only %d of %d records after %d prompts (n x max_attempts); rejected by reason: %s", name, kept, source.n,
+                    read, dict(sorted(rejects.by_reason.items())))
+    for stale in (Path(root) / SHARDS).glob(f"{name}-*"):  # shards of earlier settings or teachers can never be resumed
+        if stale != shards and stale.is_dir() and re.fullmatch(rf"{re.escape(name)}-[0-9a-f]{{12}}", stale.name):
+            shutil.rmtree(stale)
+    seconds = time.perf_counter() - started
+    speed = generator.speed()
+    log.info("%s: %d records in %.0fs (%.2f records/s, %.0f generated tokens/s), %d shards resumed", name, kept, seconds,
+             kept / max(seconds, 1e-9), speed["generation_tokens_per_s"], resumed)
+    return {"read": read, "kept": kept, "by_category": {source.category: kept}, "shards_resumed": resumed,
+            "records_per_s": round(kept / max(seconds, 1e-9), 3), **speed}  # fmt: skip

@@ -1,0 +1,130 @@
+"""preferences stage: ``python -m stages.preferences [--params FILE]``.
+
+For every ``kind: generate`` source with a ``preferences:`` section, DPO pairs
+from its records' prompts:
+
+1. the teacher answers each prompt once per temperature of
+   ``preferences.temperatures`` (sampled, seeded);
+2. each non-empty response is scored by the eval stage's micro-judges
+   (``models/judges``, stage ``judges``): the mean of the judges'
+   probabilities that it is good. With ``teacher_judge: true`` the teacher is
+   asked too ("Is this a good response...? Answer Yes or No."), and its
+   probability of "Yes" against "No" counts as one more judge;
+3. the best response is ``chosen``, the worst ``rejected``.
+
+Writes ``data/preferences/<source>.jsonl`` in the conversational preference
+format of TRL's ``DPOTrainer`` (one JSON object per line with exactly the
+columns ``prompt``, ``chosen`` and ``rejected``, each a list of messages),
+the prompts that gave no pair to ``data/rejects/preferences.parquet``
+(``too_few_responses``: fewer than two non-empty responses; ``tie``: best and
+worst score within ``min_margin``) and ``metrics/preferences.json``.
+"""
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+from tqdm import tqdm
+
+from synthtrain.generation import Generator, load_model
+from synthtrain.evaluation.judges import judge_probabilities
+from synthtrain.params import GenerateSource, Params
+from synthtrain.records import RejectWriter, write_metrics
+
+log = logging.getLogger("preferences")
+JUDGES = Path("models/judges")
+OUTPUT = Path("data/preferences")
+REJECTS = Path("data/rejects/preferences.parquet")
+METRICS = Path("metrics/preferences.json")
+COLUMNS = ("prompt", "chosen", "rejected")  # TRL DPOTrainer, conversational format with an explicit prompt
+TEACHER_QUESTION = "Instruction: {instruction}\n\nResponse: {response}\n\nIs this a good response to the instruction? Answer Yes or No."
+
+
+def teacher_yes_probability(generator: Generator, instructions: list[str], responses: list[str]) -> np.ndarray:
+    """P("Yes") / (P("Yes") + P("No")) of the teacher's first reply token to TEACHER_QUESTION."""
+    tokenizer, model = generator.tokenizer, generator.model
+    yes, no = (tokenizer(word, add_special_tokens=False)["input_ids"][0] for word in ("Yes", "No"))
+    tokenizer.padding_side = tokenizer.truncation_side = "left"  # the last position is where the reply starts
+    context = getattr(model.config, "max_position_embeddings", None)
+    probabilities = []
+    for start in range(0, len(instructions), generator.config.batch_size):
+        texts = [generator.chat_prompt(TEACHER_QUESTION.format(instruction=i, response=r))
+                 for i, r in zip(instructions[start : start + generator.config.batch_size], responses[start : start + generator.config.batch_size])]
+        batch = tokenizer(texts, add_special_tokens=False, return_tensors="pt", padding=True, truncation=context is not None,
+                          max_length=context)
+        with torch.no_grad():
+            logits = model(**batch.to(model.device)).logits[:, -1, [yes, no]].float()
+        probabilities.append(torch.softmax(logits, dim=-1)[:, 0].cpu().numpy())
+    return np.concatenate(probabilities) if probabilities else np.zeros(0)
+
+
+def pairs_for(name: str, source: GenerateSource, rejects: RejectWriter, root: Path) -> dict:
+    config = source.preferences
+    table = pq.read_table(root / f"data/raw/{name}.parquet", columns=["id", "messages"])
+    rows = table.to_pylist()[: config.max_prompts]
+    prompts = [[m for m in row["messages"] if m["role"] != "assistant"][:1] for row in rows]
+    instructions = [prompt[0]["content"] for prompt in prompts]
+    model, tokenizer = load_model(source.teacher, fix=f"sources.{name}.teacher must be a save_pretrained directory of a causal "
+                                  "language model with a chat template, or a hub id in the local cache")
+    responses = []  # per temperature, one reply per prompt
+    for number, temperature in enumerate(config.temperatures):
+        sampling = source.sampling.model_copy(update={"do_sample": True, "temperature": temperature})
+        generator = Generator(model, tokenizer, sampling, source.seed * 1_000_003 + number)
+        responses.append([reply.text for reply in generator(instructions, desc=f"{name}: temperature {temperature}")])
+    flat_instructions = [i for i in instructions for _ in config.temperatures]
+    flat_responses = [responses[t][p] for p in range(len(instructions)) for t in range(len(config.temperatures))]
+    judged = judge_probabilities(root / JUDGES, flat_instructions, flat_responses)
+    scores = np.mean(list(judged.values()), axis=0) if judged else np.zeros(len(flat_responses))
+    if config.teacher_judge:
+        scores = (scores * len(judged) + teacher_yes_probability(generator, flat_instructions, flat_responses)) / (len(judged) + 1)
+    scores = scores.reshape(len(instructions), len(config.temperatures))
+    pairs, chosen_temperatures, margins = 0, {str(t): 0 for t in config.temperatures}, []
+    with open(root / OUTPUT / f"{name}.jsonl", "w") as out:
+        for p, (row, prompt) in enumerate(zip(tqdm(rows, desc=f"{name}: pairs", unit="prompt", mininterval=1), prompts)):
+            usable = [t for t in range(len(config.temperatures)) if responses[t][p].strip()]
+            detail = {"prompt": prompt, "responses": [responses[t][p] for t in range(len(config.temperatures))],
+                      "scores": [round(float(s), 4) for s in scores[p]]}  # fmt: skip
+            if len(usable) < 2:
+                rejects.reject("too_few_responses", f"data/raw/{name}.parquet#{row['id']}", f"{len(usable)} non-empty responses", detail)
+                continue
+            best = max(usable, key=lambda t: scores[p, t])
+            worst = min(usable, key=lambda t: scores[p, t])
+            margin = float(scores[p, best] - scores[p, worst])
+            if margin < config.min_margin:
+                rejects.reject("tie", f"data/raw/{name}.parquet#{row['id']}", f"scores differ by {margin:.3f} < min_margin", detail)
+                continue
+            pair = {"prompt": prompt, "chosen": [{"role": "assistant", "content": responses[best][p]}],
+                    "rejected": [{"role": "assistant", "content": responses[worst][p]}]}
+            out.write(json.dumps({column: pair[column] for column in COLUMNS}, ensure_ascii=False) + "\n")
+            pairs += 1
+            margins.append(margin)
+            chosen_temperatures[str(config.temperatures[best])] += 1
+    return {"prompts": len(rows), "pairs": pairs, "mean_margin": round(float(np.mean(margins)), 4) if margins else None,
+            "chosen_by_temperature": chosen_temperatures, "judges": sorted(judged) + (["teacher"] if config.teacher_judge else [])}
+
+
+def preferences(params: Params, root: str | Path = ".") -> dict:
+    root = Path(root)
+    (root / OUTPUT).mkdir(parents=True, exist_ok=True)
+    for stale in (root / OUTPUT).glob("*.jsonl"):  # a source that no longer asks for pairs leaves none behind
+        stale.unlink()
+    metrics = {"sources": {}}
+    with RejectWriter(root / REJECTS, "preferences") as rejects:
+        for name, source in params.sources.items():
+            if isinstance(source, GenerateSource) and source.preferences is not None:
+                before = sum(rejects.by_reason.values())
+                counts = pairs_for(name, source, rejects, root)
+                counts["rejected"] = sum(rejects.by_reason.values()) - before
+                assert counts["prompts"] == counts["pairs"] + counts["rejected"], counts
+                metrics["sources"][name] = counts
+                log.info("%s: %d prompts -> %d pairs, %d rejected -> %s", name, counts["prompts"], counts["pairs"],
+                         counts["rejected"], OUTPUT / f"{name}.jsonl")
+        metrics["rejected_by_reason"] = dict(sorted(rejects.by_reason.items()))
+    metrics["pairs"] = sum(s["pairs"] for s in metrics["sources"].values())
+    if not metrics["sources"]:
+        log.info("no kind: generate source has a preferences: section; nothing to do")
+    write_metrics(root / METRICS, metrics)
+    return metrics

@@ -1,0 +1,135 @@
+"""tokenizer stage: the tokenizer every later stage and model uses.
+
+    python -m stages.train_tokenizer [--params params.yaml]
+
+Writes ``models/tokenizer/`` (``save_pretrained``: ``tokenizer.json``,
+``tokenizer_config.json``, ``chat_template.jinja``), which
+``AutoTokenizer.from_pretrained("models/tokenizer")`` loads offline, and
+``metrics/tokenizer.json``.
+
+By default it trains a byte-level BPE tokenizer with the ``tokenizers`` library:
+
+- **Training text**: ``tokenizer.train_records`` records drawn with
+  ``tokenizer.seed`` from the deduplicated pool ``data/dedup/train.parquet``
+  (every category), rendered as the tokenize stage renders them. Not the mix:
+  the tokenizer then stays the same across sample and mix experiments, whose
+  token counts stay comparable.
+- **Pre-tokenization**: GPT-2's split without its whitespace look-ahead
+  (``pretoken_pattern``), every digit its own pre-token (``tokenizer.split_digits``;
+  it helped arithmetic when measured earlier), then byte level, so any text
+  encodes with no unknown token. The pattern is RE2's as well as the tokenizer's,
+  which lets the tokenize stage pre-tokenize in Arrow and run BPE once per
+  distinct pre-token.
+- **Special tokens**: ``<|endoftext|>`` (id 0) ends every record in the packed
+  stream and pads the last sequence, so it is both eos and pad; ``<|im_start|>``
+  (1) and ``<|im_end|>`` (2) delimit ChatML turns. There is no bos token.
+- **Chat template**: ChatML, ``<|im_start|>{role}\\n{content}<|im_end|>\\n`` per
+  message, and ``<|im_start|>assistant\\n`` as the generation prompt.
+
+Or, with ``tokenizer.pretrained`` (a hub id in the local cache or a directory),
+that tokenizer is loaded offline and saved as is, given ChatML and its special
+tokens if it has no chat template, and ``<|endoftext|>`` if it has no eos token.
+
+BPE training in ``tokenizers`` 0.23 gave byte-identical files on repeated runs
+and with 1 or 2 threads, so same params give the same files (tests check it).
+"""
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+from tqdm import tqdm
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+from synthtrain.params import Params, StageError
+from synthtrain.records import BATCH_ROWS, CATEGORIES
+from synthtrain.tokens import TOKENIZER as MODEL
+from synthtrain.tokens.chat import CHATML_TEMPLATE, ENDOFTEXT, IM_END, IM_START, SPECIAL_TOKENS, pretoken_pattern, render_column
+
+
+POOL = Path("data/dedup/train.parquet")
+METRICS = Path("metrics/tokenizer.json")
+
+def sample_pool(path: Path, records: int, seed: int) -> pa.Table:
+    """A fixed sample of `records` rows (all of them if the pool is smaller), in file order."""
+    if not path.is_file():
+        raise StageError(f"{path} is missing: run `dvc repro dedup` first")
+    pool = pq.ParquetFile(path)
+    total = pool.metadata.num_rows
+    chosen = np.sort(np.random.default_rng(seed).choice(total, min(records, total), replace=False))
+    table = pool.read(columns=["category", "messages", "text"])
+    return table.take(pa.array(chosen))
+
+
+def train_bpe(texts: list[str], vocab_size: int, split_digits: bool) -> PreTrainedTokenizerFast:
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(pretoken_pattern(split_digits)), behavior="isolated"),
+                                                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    bpe.train_from_iterator(texts, trainer, length=len(texts))
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=ENDOFTEXT, pad_token=ENDOFTEXT,
+                                   extra_special_tokens=[IM_START, IM_END], chat_template=CHATML_TEMPLATE)
+
+
+def load_pretrained(name: str) -> PreTrainedTokenizerFast:
+    """A named tokenizer from a local directory or the local hub cache, never the network."""
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise StageError(f"tokenizer.pretrained = {name!r}: cannot load it offline ({str(exc).splitlines()[0]}); "
+                         "give a local directory or a hub id already in the local cache") from None
+    if not isinstance(tokenizer, PreTrainedTokenizerFast):
+        raise StageError(f"tokenizer.pretrained = {name!r} has no fast (tokenizers) version; the tokenize stage needs one")
+    if tokenizer.eos_token is None:
+        tokenizer.add_special_tokens({"eos_token": ENDOFTEXT})
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if not tokenizer.chat_template:
+        tokenizer.add_special_tokens({"additional_special_tokens": [IM_START, IM_END]})
+        tokenizer.chat_template = CHATML_TEMPLATE
+    return tokenizer
+
+
+def sample_metrics(tokenizer: PreTrainedTokenizerFast, sample: pa.Table) -> dict:
+    """Records, characters and tokens per category of the sample, and characters per token."""
+    metrics = {}
+    for category in CATEGORIES:
+        texts = render_column(sample.filter(pc.equal(sample.column("category"), category))).to_pylist()
+        tokens = sum(len(e.ids) for i in range(0, len(texts), BATCH_ROWS)
+                     for e in tokenizer.backend_tokenizer.encode_batch(texts[i : i + BATCH_ROWS], add_special_tokens=False))
+        characters = sum(map(len, texts))
+        metrics[category] = {"records": len(texts), "characters": characters, "tokens": tokens,
+                             "characters_per_token": round(characters / tokens, 4) if tokens else None}
+    return metrics
+
+
+def build_tokenizer(params: Params) -> dict:
+    config = params.tokenizer
+    sample = sample_pool(POOL, config.train_records, config.seed)
+    if config.pretrained:
+        tokenizer = load_pretrained(config.pretrained)
+        print(f"tokenizer: loaded {config.pretrained} ({len(tokenizer):,} tokens)")
+    else:
+        texts = render_column(sample).to_pylist()
+        started = time.time()
+        tokenizer = train_bpe(tqdm(texts, desc="train BPE", unit="record"), config.vocab_size, config.split_digits)
+        print(f"tokenizer: trained byte-level BPE with {len(tokenizer):,} tokens on {len(texts):,} records "
+              f"of {POOL} in {time.time() - started:.1f} s")
+    MODEL.mkdir(parents=True, exist_ok=True)
+    for old in MODEL.iterdir():  # files of an earlier, different tokenizer must not linger
+        old.unlink()
+    tokenizer.save_pretrained(MODEL)
+    return {
+        "source": config.pretrained or "trained",
+        "vocab_size": len(tokenizer),
+        "eos_token": tokenizer.eos_token,
+        "pad_token": tokenizer.pad_token,
+        "special_tokens": tokenizer.all_special_tokens,
+        "sample": sample_metrics(tokenizer, sample),
+    }

@@ -1,0 +1,264 @@
+"""tokenize stage: render, tokenize and pack the training mix and the held-out sets.
+
+    python -m stages.tokenize [--params params.yaml]
+
+Reads ``models/tokenizer/`` (the tokenizer stage), ``data/mix/train.parquet``
+and every ``data/heldout/<source>.parquet``, and writes
+
+- ``data/tokens/train/``: the mix as packed sequences (layout below);
+- ``data/tokens/heldout/<source>/``: each held-out set, packed the same way;
+- ``data/tokens/metadata.json``: vocabulary size, dtype, ``seq_len``, the
+  special token ids, and per set the sequences and the tokens and loss tokens
+  per category;
+- ``data/rejects/tokenize.parquet``: records that render to nothing, with the
+  reason, the file and the row;
+- ``metrics/tokenize.json``: records in / kept / rejected, tokens and loss
+  tokens per category, sequences and padding, per set.
+
+**Rendering.** A conversation is rendered through the chat template, exactly
+as ``tokenizer.apply_chat_template(messages, tokenize=False)`` renders it, and
+encoded without added special tokens, as ``apply_chat_template(tokenize=True)``
+does; a document is its text. With our ChatML template the rendering is done
+in Arrow for whole batches; with a pretrained tokenizer's own template, by that
+template, record by record.
+
+**Loss mask.** One byte per token: 1 where the token counts in the loss (the
+train stage predicts it), 0 where it is context only. Documents count every
+token. Conversations count every token too with ``tokenize.assistant_only:
+false``; with ``true`` (the default) only the tokens that overlap an assistant
+turn's content or the ``<|im_end|>`` that closes it, found from the encoding's
+character offsets (a token that straddles the border counts). With another
+template, an assistant turn is the text its message adds to the rendering of
+the conversation up to the generation prompt before it.
+
+**Stream.** Records are taken in file order (the mix may be a curriculum), each
+followed by ``<|endoftext|>`` (eos), which counts in the loss for documents
+and whenever all tokens count, not after an assistant-only conversation (its
+reply ends with ``<|im_end|>``). A record that renders to no token (``empty``)
+or, assistant-only, has no assistant turn (``no_assistant_turn``) is rejected.
+``count_tokens`` gives each record's share of the stream, so the mix stage can
+meet a token budget exactly.
+
+**Packing.** The stream is cut into sequences of ``tokenize.seq_len`` tokens;
+a record continues into the next sequence where one ends (no token is lost).
+The last sequence is filled with the pad token (``<|endoftext|>``) with mask 0.
+A directory holds shards ``tokens-00000.npy`` (dtype uint16 when the vocabulary
+fits, else uint32) and ``mask-00000.npy`` (uint8), each of shape
+``(sequences, seq_len)`` and read with ``np.load(path, mmap_mode="r")``, and
+``index.json`` naming the shards, their sequence counts and the dtype. A
+``seq_len`` longer than the model's context is caught by the train stage.
+"""
+
+import itertools
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+from synthtrain.params import StageError
+from synthtrain.records import BATCH_ROWS
+from synthtrain.tokens import TOKENIZER as MODEL
+from synthtrain.tokens.chat import CHATML_TEMPLATE, IM_END, IM_START, SPECIAL_TOKENS, pretoken_pattern, render_column
+
+
+
+def load_tokenizer(path: str | os.PathLike = MODEL) -> PreTrainedTokenizerFast:
+    """The tokenizer the tokenizer stage saved, loaded offline."""
+    if not (Path(path) / "tokenizer_config.json").is_file():
+        raise StageError(f"{path} holds no tokenizer: run `dvc repro tokenizer` first")
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    if not isinstance(tokenizer, PreTrainedTokenizerFast) or tokenizer.eos_token_id is None or not tokenizer.chat_template:
+        raise StageError(f"{path}: not a fast tokenizer with an eos token and a chat template; rebuild it with the tokenizer stage")
+    return tokenizer
+
+
+def token_dtype(tokenizer: PreTrainedTokenizerFast) -> np.dtype:
+    return np.dtype(np.uint16 if len(tokenizer) <= 2**16 else np.uint32)
+
+
+# --- rendering ---------------------------------------------------------------------
+def chatml_spans(messages: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(record, start, end): the characters of each assistant turn's content and
+    its closing <|im_end|> in the ChatML rendering, computed from the lengths of
+    the parts that chatml_column joins."""
+    turns = pc.list_flatten(messages)
+    role_length = pc.utf8_length(turns.field("role")).to_numpy()
+    content_length = pc.utf8_length(turns.field("content")).to_numpy()
+    turn_length = len(IM_START) + role_length + 1 + content_length + len(IM_END) + 1
+    turn_start = np.concatenate([[0], np.cumsum(turn_length)[:-1]])
+    record = pc.list_parent_indices(messages).to_numpy()
+    offsets = pc.subtract(messages.offsets, messages.offsets[0]).to_numpy()
+    turn_start = turn_start - turn_start[offsets[record]]  # from the start of the record's rendering
+    start = turn_start + len(IM_START) + role_length + 1
+    assistant = pc.equal(turns.field("role"), "assistant").to_numpy(zero_copy_only=False)
+    return record[assistant], start[assistant], (start + content_length + len(IM_END))[assistant]
+
+
+def template_spans(tokenizer: PreTrainedTokenizerFast, conversation: list[dict]) -> tuple[str, list[tuple[int, int]]]:
+    """Any chat template: the rendering, and for each assistant turn the
+    characters its message adds after the generation prompt that precedes it."""
+    def render(messages, prompt=False):
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=prompt)
+
+    text, spans = render(conversation), []
+    for i, message in enumerate(conversation):
+        if message["role"] == "assistant":
+            before, through = render(conversation[:i], prompt=True), render(conversation[: i + 1])
+            if not (through.startswith(before) and text.startswith(through)):
+                raise StageError("the tokenizer's chat template renders a conversation differently from its prefixes, "
+                                 "so assistant turns cannot be located; use a tokenizer with a prefix-stable template")
+            spans.append((len(before), len(through)))
+    return text, spans
+
+
+def render(tokenizer: PreTrainedTokenizerFast, batch: pa.RecordBatch) -> tuple[list[str], tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Each record's text ('' for nothing) and the (record, start, end) character spans of its assistant turns."""
+    if tokenizer.chat_template == CHATML_TEMPLATE:
+        messages = batch.column("messages")
+        if isinstance(messages, pa.ChunkedArray):
+            messages = messages.combine_chunks()
+        return pc.fill_null(render_column(batch), "").to_pylist(), chatml_spans(messages)
+    texts, spans = [], []
+    for i, (conversation, text) in enumerate(zip(batch.column("messages").to_pylist(), batch.column("text").to_pylist())):
+        if conversation is None:
+            texts.append(text or "")
+            continue
+        rendered, turns = template_spans(tokenizer, conversation)
+        texts.append(rendered)
+        spans.extend((i, start, end) for start, end in turns)
+    record, start, end = np.array(spans, dtype=np.int64).reshape(-1, 3).T
+    return texts, (record, start, end)
+
+
+# --- encoding ----------------------------------------------------------------------
+@dataclass
+class Encoded:
+    """A batch of records as they enter the stream."""
+
+    tokens: np.ndarray  # the kept records' tokens, each record followed by eos
+    loss: np.ndarray  # uint8, 1 where the token counts in the loss
+    lengths: np.ndarray  # per record: tokens in the stream, eos included; 0 when rejected
+    loss_tokens: np.ndarray  # per record: tokens of `lengths` that count in the loss
+    reasons: list[str | None]  # per record: why it was rejected, None when kept
+
+
+def backend_ids(tokenizer: PreTrainedTokenizerFast, texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Any tokenizer: (ids, token char starts, token char ends, tokens per text), one encode per text."""
+    encodings = tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=False)
+    counts = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
+    total = int(counts.sum())
+    ids = np.fromiter(itertools.chain.from_iterable(e.ids for e in encodings), dtype=np.uint32, count=total)
+    offsets = np.fromiter(itertools.chain.from_iterable(itertools.chain.from_iterable(e.offsets for e in encodings)),
+                          dtype=np.int64, count=2 * total).reshape(-1, 2)
+    return ids, offsets[:, 0], offsets[:, 1], counts
+
+
+def pretokenized_ids(tokenizer: PreTrainedTokenizerFast, texts: pa.Array, pattern: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Our trained tokenizer: the same as backend_ids, but the texts are split into
+    special tokens and pre-tokens in Arrow (with the tokenizer's own pattern) and
+    BPE runs once per distinct pre-token of the batch, a small fraction of them."""
+    special = "|".join(re.escape(token) for token in SPECIAL_TOKENS)
+    segments = pc.split_pattern(pc.replace_substring_regex(texts, special, "\x00\\0\x00"), "\x00")
+    segment = pc.list_flatten(segments)
+    is_special = pc.is_in(segment, pa.array(SPECIAL_TOKENS))
+    marked = pc.if_else(is_special, pc.binary_join_element_wise("\x01", segment, ""),
+                        pc.replace_substring_regex(segment, pattern, "\x01\\0"))
+    pieces = pc.split_pattern(marked, "\x01")
+    piece = pc.list_flatten(pieces)
+    piece_text = pc.list_parent_indices(segments).to_numpy()[pc.list_parent_indices(pieces).to_numpy()]
+    spoken = pc.greater(pc.binary_length(piece), 0).to_numpy(zero_copy_only=False)
+    piece, piece_text = pc.filter(piece, pa.array(spoken)), piece_text[spoken]
+    length = pc.utf8_length(piece).to_numpy().astype(np.int64)
+    text_length = np.bincount(piece_text, weights=length, minlength=len(texts)).astype(np.int64)
+    piece_start = np.cumsum(length) - length - np.repeat(np.cumsum(text_length) - text_length, np.bincount(piece_text, minlength=len(texts)))
+
+    encoded = pc.dictionary_encode(piece)
+    distinct = encoded.dictionary.to_pylist()
+    special_ids = {token: tokenizer.convert_tokens_to_ids(token) for token in SPECIAL_TOKENS}
+    encodings = tokenizer.backend_tokenizer.encode_batch([t for t in distinct if t not in special_ids], add_special_tokens=False)
+    encodings = iter(encodings)
+    per_distinct = [([special_ids[t]], [(0, len(t))]) if t in special_ids else (lambda e: (e.ids, e.offsets))(next(encodings)) for t in distinct]
+    distinct_count = np.fromiter((len(ids) for ids, _ in per_distinct), dtype=np.int64, count=len(distinct))
+    distinct_first = np.cumsum(distinct_count) - distinct_count
+    distinct_ids = np.fromiter(itertools.chain.from_iterable(ids for ids, _ in per_distinct), dtype=np.uint32, count=int(distinct_count.sum()))
+    distinct_offsets = np.fromiter(itertools.chain.from_iterable(itertools.chain.from_iterable(o for _, o in per_distinct)),
+                                   dtype=np.int64, count=2 * int(distinct_count.sum())).reshape(-1, 2)
+
+    which = encoded.indices.to_numpy().astype(np.int64)
+    per_piece = distinct_count[which]
+    source = np.repeat(distinct_first[which] - (np.cumsum(per_piece) - per_piece), per_piece) + np.arange(int(per_piece.sum()))
+    shift = np.repeat(piece_start, per_piece)
+    counts = np.bincount(piece_text, weights=per_piece, minlength=len(texts)).astype(np.int64)
+    return distinct_ids[source], distinct_offsets[source, 0] + shift, distinct_offsets[source, 1] + shift, counts
+
+
+def encode(tokenizer: PreTrainedTokenizerFast, batch: pa.RecordBatch | pa.Table, assistant_only: bool) -> Encoded:
+    texts, (span_record, span_start, span_end) = render(tokenizer, batch)
+    pattern = own_pattern(tokenizer)
+    if pattern and not any(pc.any(pc.match_substring(pa.array(texts), mark)).as_py() for mark in ("\x00", "\x01")):
+        tokens, token_start, token_end, counts = pretokenized_ids(tokenizer, pa.array(texts, pa.string()), pattern)
+    else:
+        tokens, token_start, token_end, counts = backend_ids(tokenizer, texts)
+    first = np.concatenate([[0], np.cumsum(counts)])  # each record's first token in the batch
+
+    conversation = batch.column("messages").is_valid().to_numpy(zero_copy_only=False)
+    everything = ~conversation | (not assistant_only)  # records whose every token counts, eos included
+    # The mask as +1/-1 at the borders of counted ranges, summed: records whose
+    # every token counts, then the tokens that overlap an assistant turn.
+    borders = np.zeros(len(tokens) + 1, dtype=np.int32)
+    np.add.at(borders, first[:-1][everything], 1)
+    np.add.at(borders, first[1:][everything], -1)
+    if assistant_only and len(span_record):
+        # characters of all texts on one line, so that one searchsorted finds every span's tokens
+        base = np.concatenate([[0], np.cumsum(np.fromiter(map(len, texts), dtype=np.int64, count=len(texts)) + 1)])
+        token_base = np.repeat(base[:-1], counts)
+        begin = np.searchsorted(token_end + token_base, base[span_record] + span_start, side="right")
+        stop = np.searchsorted(token_start + token_base, base[span_record] + span_end, side="left")
+        overlapping = stop > begin
+        np.add.at(borders, begin[overlapping], 1)
+        np.add.at(borders, stop[overlapping], -1)
+    loss = (np.cumsum(borders[:-1]) > 0).astype(np.uint8)
+    counted = np.concatenate([[0], np.cumsum(loss, dtype=np.int64)])
+    loss_counts = counted[first[1:]] - counted[first[:-1]]
+
+    reasons = np.where(counts == 0, "empty", np.where(loss_counts == 0, "no_assistant_turn", "")).tolist()
+    kept = loss_counts > 0  # so counts > 0 too
+    token_kept = np.repeat(kept, counts)
+    ends = np.cumsum(counts[kept])  # where each kept record's eos goes
+    eos_loss = everything[kept].astype(np.uint8)
+    return Encoded(
+        tokens=np.insert(tokens[token_kept], ends, tokenizer.eos_token_id),
+        loss=np.insert(loss[token_kept], ends, eos_loss),
+        lengths=np.where(kept, counts + 1, 0),
+        loss_tokens=np.where(kept, loss_counts + everything, 0),
+        reasons=[reason or None for reason in reasons],
+    )
+
+
+def own_pattern(tokenizer: PreTrainedTokenizerFast) -> str | None:
+    """The pre-token pattern when the tokenizer is one the tokenizer stage trained
+    (ChatML, our Split pattern, no normaliser), else None."""
+    if tokenizer.chat_template != CHATML_TEMPLATE:
+        return None
+    config = json.loads(tokenizer.backend_tokenizer.to_str())
+    steps = (config.get("pre_tokenizer") or {}).get("pretokenizers") or []
+    if config.get("normalizer") or len(steps) != 2 or steps[0].get("type") != "Split":
+        return None
+    pattern = steps[0]["pattern"].get("Regex")
+    return pattern if pattern in (pretoken_pattern(True), pretoken_pattern(False)) else None
+def count_tokens(tokenizer: PreTrainedTokenizerFast, table: pa.Table, assistant_only: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Per record of `table`: the tokens it adds to the packed stream (its eos
+    included; 0 for a record the tokenize stage rejects) and how many of them
+    count in the loss. Exactly what packing the same records produces."""
+    lengths, loss_tokens = [np.zeros(0, dtype=np.int64)], [np.zeros(0, dtype=np.int64)]
+    for start in range(0, table.num_rows, BATCH_ROWS):
+        encoded = encode(tokenizer, table.slice(start, BATCH_ROWS), assistant_only)
+        lengths.append(encoded.lengths)
+        loss_tokens.append(encoded.loss_tokens)
+    return np.concatenate(lengths), np.concatenate(loss_tokens)

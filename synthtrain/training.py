@@ -1,0 +1,587 @@
+"""train stage: a Llama model from scratch on the packed token shards.
+
+    python -m stages.train [--params params.yaml]
+    accelerate launch --multi_gpu --num_processes N -m stages.train     # DDP (README: FSDP)
+
+Reads ``data/tokens/`` and ``models/tokenizer/`` (the tokenize and tokenizer
+stages) and writes
+
+- ``models/current/``: ``save_pretrained`` weights (safetensors), config,
+  ``generation_config.json`` and the tokenizer with its chat template, which
+  ``AutoModelForCausalLM`` / ``AutoTokenizer`` load offline;
+- ``models/checkpoint/``: the last checkpoint (DVC ``persist``): weights,
+  AdamW state and RNG as safetensors, step, data position and history as JSON;
+- ``metrics/train/``: dvclive's per-step ``train/loss``, ``train/lr``,
+  ``train/grad_norm``, ``train/tokens_per_s``, ``train/mfu`` and ``heldout/loss``,
+  and the summary in ``metrics.json``.
+
+**Model.** ``LlamaForCausalLM`` from a size preset (``stages/model.py``),
+vocabulary from the tokenizer, context ``tokenize.seq_len``, sdpa attention.
+
+**Data order.** Step s takes the ``batch_tokens / seq_len`` sequences after
+step s-1's, in the order tokenize packed them (the mix may be a curriculum),
+wrapping round for a further epoch. With N processes, process r takes the r-th
+contiguous slice of the step's sequences, in micro-batches.
+
+**Step.** The loss is the cross-entropy of every token whose mask is 1,
+predicted from the tokens before it in its sequence, summed and divided by the
+loss tokens of the whole global batch: a step's gradient is the same however it
+is split into micro-batches and processes (DDP averages, so each process scales
+by N). Gradients accumulate without synchronising until the last micro-batch;
+then clipping to ``grad_clip``, AdamW (decay on matrices only) and the learning
+rate of the step (linear warmup, then cosine to ``min_lr_ratio`` or
+warmup-stable-decay). Forward passes run under bf16 autocast when the
+precision is bf16; weights and optimizer state stay fp32.
+
+**Precision and MFU.** ``precision: auto`` times a 2048² matmul in bf16 and in
+fp32 on a CPU and takes the faster (bf16 needs AMX or AVX512-BF16; without
+them it is emulated and slower than fp32), bf16 on a GPU that has it. MFU is
+``flops_per_token`` (nanoGPT's 6N + 12·L·H·Q·T) × tokens/s over the peak of
+that precision times the processes: on a CPU the measured matmul rate, on a GPU
+the datasheet figure in ``GPU_PEAK_TFLOPS`` or ``train.peak_tflops``.
+
+**Budget guard.** After the first step (warm-up) it times ``guard_steps``
+steps, estimates the remaining time and cost (``price_per_hour`` per device)
+and stops unless within ``max_hours`` and ``budget_usd`` or ``over_budget``.
+
+**Checkpoints.** Every ``checkpoint_every`` steps, at the end and on SIGTERM.
+Written to a staging directory and renamed, so a kill at any moment leaves the
+previous one whole. A re-run resumes from it when the model shape, the data,
+every param that changes the result and the code of this file and model.py
+match; otherwise it says what changed and starts afresh. Resumed, the final
+weights equal an uninterrupted run's.
+"""
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import math
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import DistributedType, broadcast_object_list
+from dvclive import Live
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+from transformers import GenerationConfig
+
+from synthtrain.model import PRESETS, build_model, flops_per_token, llama_config, parameter_count
+from synthtrain.params import StageError, Train
+from synthtrain.tokens.encoding import load_tokenizer
+
+TOKENS = Path("data/tokens")
+TOKENIZER = Path("models/tokenizer")
+OUTPUT = Path("models/current")
+CHECKPOINTS = Path("models/checkpoint")
+LIVE = Path("metrics/train")
+
+# Dense bf16 tensor-core peaks from the vendors' datasheets, TFLOP/s; the first
+# name contained in torch.cuda.get_device_name() wins, so longer names go first.
+GPU_PEAK_TFLOPS = (
+    ("H100 PCIe", 756.0), ("H100", 989.4), ("H200", 989.4), ("A100", 312.0), ("L40S", 362.1), ("L40", 181.0),
+    ("L4", 121.0), ("RTX 4090", 165.2), ("RTX 3090", 71.0), ("RTX A6000", 154.8),
+)  # fmt: skip
+# Params that may change between a checkpoint and its resumption: they do not change the weights.
+RESUMABLE_CHANGES = {"launcher", "micro_batch", "gradient_checkpointing", "compile", "eval_every", "eval_sequences", "checkpoint_every",
+                     "price_per_hour", "budget_usd", "max_hours", "over_budget", "guard_steps", "peak_tflops"}  # fmt: skip
+LAST_STEPS = 10  # the summary's train loss is the mean of the last steps' losses
+CODE = (Path(__file__), Path(__file__).with_name("model.py"))  # a checkpoint resumes only under the code that wrote it
+
+
+def say(accelerator: Accelerator, message: str) -> None:
+    if accelerator.is_main_process:
+        tqdm.write(f"train: {message}", file=sys.stderr)
+
+
+# --- data ----------------------------------------------------------------------------------
+class TokenSet:
+    """A directory of tokenize's packed shards, read through memory maps."""
+
+    def __init__(self, directory: Path):
+        index = json.loads((directory / "index.json").read_text())
+        self.tokens = [np.load(directory / shard["tokens"], mmap_mode="r") for shard in index["shards"]]
+        self.masks = [np.load(directory / shard["mask"], mmap_mode="r") for shard in index["shards"]]
+        self.starts = np.cumsum([0] + [len(shard) for shard in self.tokens])
+        self.sequences = int(self.starts[-1])
+
+    def rows(self, start: int, count: int, which: str = "both") -> tuple[np.ndarray | None, np.ndarray]:
+        """Sequences start .. start+count (wrapping round at the end) as (tokens, mask)."""
+        index = np.arange(start, start + count) % self.sequences
+        shard = np.searchsorted(self.starts, index, side="right") - 1
+        tokens = None if which == "mask" else np.concatenate([self.tokens[s][index[shard == s] - self.starts[s]] for s in np.unique(shard)])
+        mask = np.concatenate([self.masks[s][index[shard == s] - self.starts[s]] for s in np.unique(shard)])
+        return tokens, mask
+
+    def batch(self, start: int, count: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        tokens, mask = self.rows(start, count)
+        return torch.from_numpy(tokens.astype(np.int64)).to(device), torch.from_numpy(mask.astype(bool)).to(device)
+
+    def loss_tokens(self, start: int, count: int) -> int:
+        """Tokens counted in the loss: every masked token but each sequence's first, which has nothing before it."""
+        return int(self.rows(start, count, which="mask")[1][:, 1:].sum())
+
+
+def data_fingerprint(directory: Path) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    for path in sorted(directory.rglob("*")):
+        if path.is_file():
+            digest.update(str(path.relative_to(directory)).encode())
+            with path.open("rb") as file:
+                digest.update(hashlib.file_digest(file, "blake2b").digest())
+    return digest.hexdigest()
+
+
+def read_inputs(params) -> tuple[dict, object, TokenSet, dict[str, TokenSet]]:
+    """metadata.json, the tokenizer, the training set and the held-out sets, checked against params."""
+    if not (TOKENS / "metadata.json").is_file() or not (TOKENS / "train/index.json").is_file():
+        raise StageError(f"{TOKENS}/ holds no token shards: run `dvc repro tokenize` first")
+    metadata = json.loads((TOKENS / "metadata.json").read_text())
+    tokenizer = load_tokenizer(TOKENIZER)
+    if len(tokenizer) != metadata["vocab_size"]:
+        raise StageError(f"{TOKENIZER} has {len(tokenizer):,} tokens but {TOKENS}/ was made with {metadata['vocab_size']:,}: "
+                         "run `dvc repro tokenize` to re-tokenize")
+    if metadata["seq_len"] != params.tokenize.seq_len:
+        raise StageError(f"{TOKENS}/ holds sequences of {metadata['seq_len']} tokens but tokenize.seq_len is "
+                         f"{params.tokenize.seq_len} (the model's context): run `dvc repro tokenize`, or set tokenize.seq_len back")
+    heldout = {path.name: TokenSet(path) for path in sorted((TOKENS / "heldout").glob("*")) if (path / "index.json").is_file()}
+    return metadata, tokenizer, TokenSet(TOKENS / "train"), heldout
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """How a step's global batch splits into processes and micro-batches."""
+
+    sequences_per_step: int
+    sequences_per_process: int
+    accumulation: int
+    steps: int
+
+
+def layout(config: Train, seq_len: int, processes: int, train_sequences: int) -> Layout:
+    if config.batch_tokens % seq_len:
+        raise StageError(f"train.batch_tokens = {config.batch_tokens:,} is not a multiple of tokenize.seq_len = {seq_len}")
+    sequences = config.batch_tokens // seq_len
+    if sequences % (config.micro_batch * processes):
+        raise StageError(f"train.batch_tokens = {config.batch_tokens:,} is {sequences} sequences of {seq_len}, not a multiple of "
+                         f"train.micro_batch = {config.micro_batch} x {processes} process(es); make batch_tokens a multiple of "
+                         f"{config.micro_batch * processes * seq_len:,} or change micro_batch")
+    tokens = config.tokens if config.tokens is not None else train_sequences * seq_len
+    steps = tokens // config.batch_tokens
+    if steps == 0:
+        raise StageError(f"train.tokens = {tokens:,} is less than one step of train.batch_tokens = {config.batch_tokens:,}")
+    return Layout(sequences, sequences // processes, sequences // processes // config.micro_batch, steps)
+
+
+# --- precision and peak ------------------------------------------------------------------------
+def matmul_flops(device: torch.device, dtype: torch.dtype, size: int = 2048, seconds: float = 1.0) -> float:
+    """FLOP/s of a size² matmul in dtype: the best of the single matmuls timed in
+    about `seconds` after a warm-up (the peak, not an average over interruptions)."""
+    a, b = torch.randn(size, size, device=device, dtype=dtype), torch.randn(size, size, device=device, dtype=dtype)
+    a @ b
+    best, start = math.inf, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        begun = time.perf_counter()
+        a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - begun)
+    return 2 * size**3 / best
+
+
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def choose_precision(config: Train, device: torch.device, resumed: str | None = None) -> dict:
+    """The precision to compute in (a resumed run's, else train.precision or the faster) and the device
+    peak that MFU divides by (FLOP/s, None when unknown)."""
+    precision = resumed or (None if config.precision == "auto" else config.precision)
+    if device.type == "cuda":
+        name = device_name(device)
+        precision = precision or ("bf16" if torch.cuda.is_bf16_supported() else "fp32")
+        known = next((tflops for key, tflops in GPU_PEAK_TFLOPS if key in name), None)
+        peak, source = (config.peak_tflops, "train.peak_tflops") if config.peak_tflops else (known, f"datasheet bf16 peak of {name}")
+        return {"device": name, "precision": precision, "peak_flops": peak * 1e12 if peak else None, "peak_source": source}
+    measured = {"bf16": matmul_flops(device, torch.bfloat16), "fp32": matmul_flops(device, torch.float32)}
+    precision = precision or max(measured, key=measured.get)
+    peak, source = (config.peak_tflops * 1e12, "train.peak_tflops") if config.peak_tflops else (measured[precision], f"measured {precision} matmul")
+    return {"device": "cpu", "precision": precision, "peak_flops": peak, "peak_source": source,
+            "matmul_tflops": {name: round(flops / 1e12, 4) for name, flops in measured.items()}}
+
+
+# --- the step ---------------------------------------------------------------------------------
+def masked_loss_sum(model, tokens: torch.Tensor, mask: torch.Tensor, bf16: bool) -> torch.Tensor:
+    """Summed cross-entropy of the tokens whose mask is 1, each predicted from the ones before it."""
+    with torch.autocast(tokens.device.type, dtype=torch.bfloat16, enabled=bf16):
+        logits = model(input_ids=tokens).logits
+    targets = tokens[:, 1:].masked_fill(~mask[:, 1:], -100)
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=-100, reduction="sum")
+
+
+def learning_rate(step: int, steps: int, config: Train) -> float:
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    floor = config.lr * config.min_lr_ratio
+    if config.schedule == "wsd":
+        decay_start = steps - max(1, round(config.decay_fraction * steps))
+        if step < decay_start:
+            return config.lr
+        return config.lr - (config.lr - floor) * (step - decay_start + 1) / (steps - decay_start)
+    progress = (step - config.warmup_steps + 1) / max(1, steps - config.warmup_steps)
+    return floor + 0.5 * (config.lr - floor) * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def adamw(model, config: Train, device: torch.device) -> torch.optim.AdamW:
+    matrices = [p for p in model.parameters() if p.dim() >= 2]
+    vectors = [p for p in model.parameters() if p.dim() < 2]
+    groups = [{"params": matrices, "weight_decay": config.weight_decay}, {"params": vectors, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=config.lr, betas=(config.beta1, config.beta2), eps=1e-8, fused=device.type == "cuda")
+
+
+def train_step(model, optimizer, accelerator: Accelerator, data: TokenSet, plan: Layout, step: int, micro_batch: int,
+               bf16: bool, grad_clip: float) -> tuple[float, float]:
+    """One optimizer step on the step's global batch; returns (mean loss over the batch, gradient norm)."""
+    first = step * plan.sequences_per_step
+    normaliser = max(1, data.loss_tokens(first, plan.sequences_per_step))
+    mine = first + accelerator.process_index * plan.sequences_per_process
+    loss_sum = torch.zeros((), device=accelerator.device)
+    for micro in range(plan.accumulation):
+        tokens, mask = data.batch(mine + micro * micro_batch, micro_batch, accelerator.device)
+        last = micro == plan.accumulation - 1
+        with contextlib.nullcontext() if last else accelerator.no_sync(model):
+            micro_loss = masked_loss_sum(model, tokens, mask, bf16)
+            accelerator.backward(micro_loss * (accelerator.num_processes / normaliser))
+        loss_sum += micro_loss.detach()
+    loss = accelerator.reduce(loss_sum, "sum").item() / normaliser
+    grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), grad_clip or math.inf))
+    if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+        optimizer.zero_grad(set_to_none=True)
+        raise NonFiniteLoss(loss, grad_norm)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss, grad_norm
+
+
+class NonFiniteLoss(Exception):
+    def __init__(self, loss: float, grad_norm: float):
+        super().__init__(f"loss {loss}, gradient norm {grad_norm}")
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    return isinstance(error, torch.OutOfMemoryError) or "can't allocate memory" in str(error) or "out of memory" in str(error)
+
+
+def out_of_memory_advice(config: Train, error: BaseException) -> str:
+    first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    checkpointing = "" if config.gradient_checkpointing else ", or set train.gradient_checkpointing: true (about 30% slower)"
+    return (f"out of memory with train.micro_batch = {config.micro_batch} on the {config.model} preset ({first_line}): "
+            f"lower train.micro_batch (train.batch_tokens stays, so the result does not change){checkpointing}")
+
+
+def evaluate(model, heldout: dict[str, TokenSet], config: Train, accelerator: Accelerator, bf16: bool) -> dict[str, float]:
+    """Mean loss per held-out set on its first eval_sequences (a multiple of the processes), and over all."""
+    model.eval()
+    sums, total = {}, torch.zeros(2, device=accelerator.device)
+    with torch.no_grad():
+        for name, data in heldout.items():
+            per_process = min(config.eval_sequences, data.sequences) // accelerator.num_processes
+            first = accelerator.process_index * per_process
+            local = torch.zeros(2, device=accelerator.device)
+            for offset in range(0, per_process, config.micro_batch):
+                tokens, mask = data.batch(first + offset, min(config.micro_batch, per_process - offset), accelerator.device)
+                local += torch.stack([masked_loss_sum(model, tokens, mask, bf16), mask[:, 1:].sum()])
+            sums[name] = accelerator.reduce(local, "sum")
+            total += sums[name]
+    model.train()
+    losses = {name: (loss / count).item() for name, (loss, count) in sums.items() if count > 0}
+    if total[1] > 0:
+        losses["all"] = (total[0] / total[1]).item()
+    return losses
+
+
+# --- checkpoints -------------------------------------------------------------------------------
+def weights_for_file(weights: dict, tied: bool) -> dict:
+    """A tied output head is the embedding: safetensors stores each tensor once."""
+    return {name: tensor.contiguous() for name, tensor in weights.items() if not (tied and name == "lm_head.weight")}
+
+
+def optimizer_file(accelerator: Accelerator) -> str | None:
+    """This process's optimizer file: FSDP shards the state, so each process writes its own; otherwise the main one."""
+    if accelerator.distributed_type == DistributedType.FSDP:
+        return f"optimizer-{accelerator.process_index:03d}-of-{accelerator.num_processes:03d}.safetensors"
+    return "optimizer.safetensors" if accelerator.is_main_process else None
+
+
+def save_checkpoint(accelerator: Accelerator, model, optimizer, state: dict, tied: bool) -> None:
+    weights = accelerator.get_state_dict(model)  # every process: FSDP gathers the shards
+    optimizer_state = optimizer.state_dict()
+    staging = CHECKPOINTS / ".staging"
+    if accelerator.is_main_process:
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        save_file(weights_for_file(weights, tied), staging / "model.safetensors")
+        rng = {"cpu": torch.get_rng_state()} | ({"cuda": torch.cuda.get_rng_state()} if torch.cuda.is_available() else {})
+        save_file(rng, staging / "rng.safetensors")
+        (staging / "state.json").write_text(json.dumps(state, indent=1))
+    accelerator.wait_for_everyone()
+    if name := optimizer_file(accelerator):
+        tensors = {f"{index}.{key}": value.contiguous() for index, values in optimizer_state["state"].items()
+                   for key, value in values.items()}  # fmt: skip
+        save_file(tensors, staging / name, metadata={"param_groups": json.dumps(optimizer_state["param_groups"])})
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        final = CHECKPOINTS / "last"
+        previous = CHECKPOINTS / ".previous"
+        shutil.rmtree(previous, ignore_errors=True)
+        if final.exists():
+            final.rename(previous)
+        staging.rename(final)  # the one moment the checkpoint changes: a kill before it keeps the previous one
+        shutil.rmtree(previous, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def find_checkpoint(run: dict) -> tuple[dict | None, str]:
+    """The last checkpoint's state when it belongs to this run, else None and why not."""
+    shutil.rmtree(CHECKPOINTS / ".staging", ignore_errors=True)  # killed while writing: the last one is whole
+    if (CHECKPOINTS / ".previous").exists() and not (CHECKPOINTS / "last").exists():
+        (CHECKPOINTS / ".previous").rename(CHECKPOINTS / "last")  # killed between the two renames
+    state_file = CHECKPOINTS / "last/state.json"
+    if not state_file.is_file():
+        return None, "no checkpoint"
+    state = json.loads(state_file.read_text())
+    changed = [f"{section}.{key}" for section in run for key in sorted(set(run[section]) | set(state["run"].get(section, {})))
+               if run[section].get(key) != state["run"].get(section, {}).get(key)]  # fmt: skip
+    if changed:
+        return None, f"the checkpoint at step {state['step']} is for another run (changed: {', '.join(changed)})"
+    return state, f"resuming from the checkpoint at step {state['step']}"
+
+
+def load_checkpoint_weights(model, tied: bool) -> None:
+    missing, unexpected = model.load_state_dict(load_file(CHECKPOINTS / "last/model.safetensors"), strict=False)
+    if unexpected or set(missing) - ({"lm_head.weight"} if tied else set()):
+        raise StageError(f"{CHECKPOINTS}/last does not fit the model (missing {missing}, unexpected {unexpected}); delete it and re-run")
+
+
+def load_checkpoint_optimizer_and_rng(accelerator: Accelerator, optimizer) -> None:
+    name = optimizer_file(accelerator) or "optimizer.safetensors"
+    path = CHECKPOINTS / "last" / name
+    with safe_open(path, "pt") as file:
+        groups = json.loads(file.metadata()["param_groups"])
+    state: dict[int, dict] = {}
+    for key, value in load_file(path).items():
+        index, field = key.split(".", 1)
+        state.setdefault(int(index), {})[field] = value
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+    rng = load_file(CHECKPOINTS / "last/rng.safetensors")
+    torch.set_rng_state(rng["cpu"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state(rng["cuda"])
+
+
+# --- the stage ---------------------------------------------------------------------------------
+class Stop:
+    """SIGTERM (a preempted spot instance, `kill`) asks for a checkpoint and a clean exit after the current step."""
+
+    def __init__(self):
+        self.requested = False
+        signal.signal(signal.SIGTERM, self._request)
+
+    def _request(self, signum, frame):
+        self.requested = True
+
+    def agreed(self, accelerator: Accelerator) -> bool:
+        if accelerator.num_processes == 1:
+            return self.requested
+        return bool(accelerator.reduce(torch.tensor(float(self.requested), device=accelerator.device), "sum").item())
+
+
+def log_step(live: Live | None, record: dict) -> None:
+    if live is None:
+        return
+    live.step = record["step"]
+    for name, value in record.items():
+        if name != "step" and value is not None:
+            live.log_metric(name, value)
+
+
+def train(params) -> dict:
+    config = params.train
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    metadata, tokenizer, data, heldout = read_inputs(params)
+    seq_len = metadata["seq_len"]
+    plan = layout(config, seq_len, accelerator.num_processes, data.sequences)
+
+    run = {
+        "model": {"preset": config.model, **dataclasses.asdict(PRESETS[config.model]), "vocab_size": len(tokenizer), "seq_len": seq_len},
+        "data": {"tokens": data_fingerprint(TOKENS / "train")},
+        "train": {key: value for key, value in config.model_dump().items() if key not in RESUMABLE_CHANGES},
+        "code": {f"stages/{path.name}": hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest() for path in CODE},
+    }
+    state, why = find_checkpoint(run) if accelerator.is_main_process else (None, "")
+    state, why = broadcast_object_list([state, why])
+    if state is None and (CHECKPOINTS / "last").exists() and accelerator.is_main_process:
+        shutil.rmtree(CHECKPOINTS / "last")
+    say(accelerator, why if state else f"{why}; starting from step 0")
+
+    hardware = None
+    if accelerator.is_main_process:  # a resumed run computes as it began, and on the same device keeps its peak
+        same_device = state and state["hardware"]["device"] == device_name(accelerator.device) and not config.peak_tflops
+        hardware = state["hardware"] if same_device else choose_precision(config, accelerator.device, state and state["hardware"]["precision"])
+    hardware = broadcast_object_list([hardware])[0]
+    bf16 = hardware["precision"] == "bf16"
+
+    torch.manual_seed(config.seed)
+    model_config = llama_config(config.model, len(tokenizer), seq_len, metadata["eos_id"], metadata["pad_id"])
+    model = build_model(model_config)
+    parameters = parameter_count(model)
+    flops = flops_per_token(model_config, parameters, seq_len)
+    tied = model_config.tie_word_embeddings
+    if state:
+        load_checkpoint_weights(model, tied)
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False
+    optimizer = adamw(model, config, accelerator.device)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    if state:
+        load_checkpoint_optimizer_and_rng(accelerator, optimizer)
+    if config.compile:
+        model = torch.compile(model)
+
+    step = state["step"] if state else 0
+    history: list[dict] = state["history"] if state else []
+    seconds = state["seconds"] if state else {"wall": 0.0, "steps": 0.0}
+    peak = hardware["peak_flops"] * accelerator.num_processes if hardware["peak_flops"] else None
+    say(accelerator, f"{config.model} preset: {parameters:,} parameters, {flops / 1e6:.1f} MFLOP per token; {hardware['precision']} on "
+                     f"{hardware['device']} x {accelerator.num_processes}, peak {hardware['peak_flops'] / 1e12 if peak else float('nan'):.3f} "
+                     f"TFLOP/s each ({hardware['peak_source']}); {plan.steps:,} steps of {config.batch_tokens:,} tokens "
+                     f"({plan.accumulation} x {config.micro_batch} sequences per process) over {data.sequences:,} sequences of {seq_len}")
+
+    live = None
+    if accelerator.is_main_process:
+        shutil.rmtree(LIVE, ignore_errors=True)
+        live = Live(str(LIVE), dvcyaml=None, save_dvc_exp=False, report=None)
+        for record in history:
+            log_step(live, record)
+
+    def checkpoint() -> None:
+        state = {"step": step, "next_sequence": step * plan.sequences_per_step, "run": run,
+                 "hardware": hardware, "seconds": seconds, "history": history}
+        save_checkpoint(accelerator, model, optimizer, state, tied)
+
+    stop = Stop()
+    final = None  # the last held-out evaluation; the last step always has one
+    guard_times: list[float] = []
+    progress = tqdm(total=plan.steps, initial=step, desc="train", unit="step", disable=not accelerator.is_main_process, file=sys.stderr)
+    session_start = time.perf_counter() - seconds["wall"]
+    try:
+        while step < plan.steps:
+            lr = learning_rate(step, plan.steps, config)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            started = time.perf_counter()
+            try:
+                loss, grad_norm = train_step(model, optimizer, accelerator, data, plan, step, config.micro_batch, bf16, config.grad_clip)
+            except NonFiniteLoss as error:
+                kept = CHECKPOINTS / "last/state.json"
+                last = (f"the checkpoint of step {json.loads(kept.read_text())['step']} in {CHECKPOINTS}/last is kept"
+                        if kept.exists() else "no checkpoint was written yet")
+                raise StageError(f"{error} at step {step + 1}: training stopped; {last}. Lower train.lr or raise train.warmup_steps "
+                                 "(a changed param starts afresh)") from None
+            elapsed = time.perf_counter() - started
+            seconds["steps"] += elapsed
+            step += 1
+            tokens_per_s = config.batch_tokens / elapsed
+            record = {"step": step, "train/loss": loss, "train/lr": lr, "train/grad_norm": grad_norm,
+                      "train/tokens_per_s": tokens_per_s, "train/mfu": flops * tokens_per_s / peak if peak else None}  # fmt: skip
+            if step % config.eval_every == 0 or step == plan.steps:
+                final = evaluate(model, heldout, config, accelerator, bf16)
+                record["heldout/loss"] = final.get("all")
+            history.append(record)
+            log_step(live, record)
+            progress.update(1)
+            progress.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens_per_s:,.0f}", refresh=False)
+
+            guard_times.append(elapsed)
+            if len(guard_times) == config.guard_steps + 1:
+                check_budget(accelerator, config, plan, step, guard_times[1:], time.perf_counter() - session_start)
+            seconds["wall"] = time.perf_counter() - session_start
+            stopping = stop.agreed(accelerator)
+            if step % config.checkpoint_every == 0 or step == plan.steps or stopping:
+                checkpoint()
+            if stopping:
+                raise StageError(f"stopped by SIGTERM after step {step}; the checkpoint is in {CHECKPOINTS}/last: re-run to resume")
+    except RuntimeError as error:
+        if is_out_of_memory(error):
+            raise StageError(out_of_memory_advice(config, error)) from None
+        raise
+    finally:
+        progress.close()
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # past the loop, SIGTERM ends the process at once again
+
+    if final is None:  # resumed from the last step's checkpoint: nothing evaluated in this session
+        final = evaluate(model, heldout, config, accelerator, bf16)
+    weights = accelerator.get_state_dict(model)
+    summary = summarise(config, plan, history, seconds, final, parameters, flops, hardware, accelerator.num_processes, data, seq_len)
+    if accelerator.is_main_process:
+        save_model(accelerator.unwrap_model(model), weights, tokenizer, metadata)
+        live.summary.update(summary)
+        live.make_summary()
+        live.end()
+    accelerator.wait_for_everyone()  # gloo's teardown hangs a process whose peer has already left
+    accelerator.end_training()
+    return summary if accelerator.is_main_process else None
+
+
+def check_budget(accelerator: Accelerator, config: Train, plan: Layout, step: int, step_times: list[float], elapsed: float) -> None:
+    """Stop when the run, at the rate of the timed steps, would take longer than max_hours or cost more than budget_usd."""
+    per_step = sum(step_times) / len(step_times)
+    hours = (elapsed + per_step * (plan.steps - step)) / 3600
+    cost = hours * accelerator.num_processes * config.price_per_hour
+    estimate = (f"about {hours:.2f} h on {accelerator.num_processes} device(s), ${cost:.2f} at ${config.price_per_hour:.2f} per device-hour "
+                f"({plan.steps:,} steps x {config.batch_tokens:,} tokens at {config.batch_tokens / per_step:,.0f} tokens/s, "
+                f"timed over {len(step_times)} steps)")
+    over = [limit for limit, exceeded in (("train.max_hours", hours > config.max_hours), ("train.budget_usd", cost > config.budget_usd)) if exceeded]
+    if over and not config.over_budget:
+        raise StageError(f"estimated {estimate}, over {' and '.join(over)} ({config.max_hours} h, ${config.budget_usd}): lower "
+                         "train.tokens or pick a smaller train.model, raise the limit, or set train.over_budget: true to run anyway")
+    say(accelerator, f"estimated {estimate}{' (over budget, allowed by train.over_budget)' if over else ''}")
+
+
+def summarise(config: Train, plan: Layout, history: list[dict], seconds: dict, heldout: dict, parameters: int, flops: float,
+              hardware: dict, processes: int, data: TokenSet, seq_len: int) -> dict:
+    tokens = plan.steps * config.batch_tokens
+    tokens_per_s = tokens / seconds["steps"]
+    peak = hardware["peak_flops"]
+    device_hours = seconds["wall"] * processes / 3600
+    return {
+        "model": config.model, "parameters": parameters, "flops_per_token": flops, "precision": hardware["precision"],
+        "device": hardware["device"], "processes": processes, "peak_tflops": peak / 1e12 if peak else None,
+        "peak_source": hardware["peak_source"], **({"matmul_tflops": hardware["matmul_tflops"]} if "matmul_tflops" in hardware else {}),
+        "steps": plan.steps, "tokens": tokens, "epochs": round(tokens / (data.sequences * seq_len), 4),
+        "train_loss": sum(r["train/loss"] for r in history[-LAST_STEPS:]) / len(history[-LAST_STEPS:]),
+        "heldout_loss": heldout.get("all"), "heldout_by_source": {name: loss for name, loss in heldout.items() if name != "all"},
+        "wall_time_s": round(seconds["wall"], 1), "tokens_per_s": round(tokens_per_s, 1),
+        "mfu": flops * tokens_per_s / (peak * processes) if peak else None,
+        "device_hours": round(device_hours, 5), "cost_usd": round(device_hours * config.price_per_hour, 4),
+    }  # fmt: skip
+
+
+def save_model(model, weights: dict, tokenizer, metadata: dict) -> None:
+    """models/current: save_pretrained weights and config, the tokenizer and a generation config that stops at a turn's end."""
+    shutil.rmtree(OUTPUT, ignore_errors=True)
+    model.config.use_cache = True  # off for training; generation wants its KV cache
+    model.save_pretrained(OUTPUT, state_dict=weights)
+    tokenizer.save_pretrained(OUTPUT)
+    end_of_turn = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    GenerationConfig(eos_token_id=[metadata["eos_id"], end_of_turn], pad_token_id=metadata["pad_id"],
+                     max_new_tokens=256).save_pretrained(OUTPUT)  # fmt: skip

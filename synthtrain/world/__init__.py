@@ -1,0 +1,1 @@
+"""The built-in fictional world: its facts, the tasks about them, the training corpus and the held-out problems."""
