@@ -6,6 +6,8 @@ key, the value and what is allowed. Later stages add their sections here.
 """
 
 import difflib
+import glob
+import logging
 import re
 from pathlib import Path
 from typing import Annotated, Literal
@@ -20,6 +22,7 @@ Format = Literal["auto", "alpaca", "sharegpt", "messages", "prompt_completion", 
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 SOURCE_KINDS = ("builtin", "hub", "local", "generate")
 SOURCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+log = logging.getLogger("params")
 
 
 class StageError(Exception):
@@ -199,10 +202,31 @@ class Heldout(Section):
     seed: int = 0
 
 
-class Benchmark(Section):
+class InputFile(Section):
+    """A file (or glob) that a stage reads besides the pipeline's own data, such as
+    a benchmark or a real text under ../shared. Its stage lists it as a dvc.yaml
+    dep; ``files()`` resolves it the same way in every stage."""
+
+    path: str = Field(min_length=1, description="a local file or a glob")
+    required: bool = Field(True, description="false: a missing file is skipped with a warning (and reported)")
+
+    def files(self, key: str) -> list[str]:
+        """The files the path names, sorted; [] for a missing file that is not
+        required (with a warning naming ``key``, the params key of this entry)."""
+        found = sorted(glob.glob(self.path))
+        if not found and self.required:
+            raise StageError(f"{key}.path: {self.path} is missing; put the file there, correct the path, "
+                             "or set required: false to skip it")
+        if not found:
+            log.warning("%s.path: %s is missing; skipped (required: false)", key, self.path)
+        return found
+
+
+class Benchmark(InputFile):
+    """A benchmark whose texts training must not overlap (dedup.decontaminate)."""
+
     path: str = Field(min_length=1, description="a JSONL file")
     fields: list[str] = Field(min_length=1, description="fields whose text is checked; list values are joined")
-    required: bool = Field(True, description="false: a missing file is skipped with a warning (and reported)")
 
 
 class Decontaminate(Section):
@@ -218,10 +242,9 @@ class Decontaminate(Section):
         return self
 
 
-class TextFile(Section):
-    path: str = Field(min_length=1, description="a local file in any format the local source reads")
-    split: Literal["block", "line"] = Field("block", description="plain text: one text per blank-line block or per line")
+class TextFile(InputFile):
     required: bool = Field(False, description="false: a missing file is skipped with a warning (and reported)")
+    split: Literal["block", "line"] = Field("block", description="plain text: one text per blank-line block or per line")
 
 
 class DedupAccuracy(Section):
@@ -332,15 +355,14 @@ class QualityRules(Section):
     response_ratio: bool = False
 
 
-class ScoredFile(Section):
+class ScoredFile(InputFile):
     """A file outside the pipeline scored with the trained scorers, for comparison."""
 
-    path: str = Field(min_length=1)
+    required: bool = Field(False, description="false: a missing file is reported in metrics and skipped")
     category: Category
     format: Format = "auto"
     split: Literal["block", "line"] = "block"
     max_records: int = Field(5_000, ge=1)
-    required: bool = Field(False, description="false: a missing file is reported in metrics and skipped")
 
 
 class Quality(Section):
@@ -390,7 +412,7 @@ MIX_STRATEGIES = {  # (instruction, knowledge, web) token shares; README explain
 
 class Mix(Section):
     pool: str = Field("100K", description="the sample the mix draws from (a key of sample.sizes)")
-    tokens: int | None = Field(5_000_000, ge=1, description="token budget of the training set; null: every record of the pool once, in the pool's own shares")
+    tokens: int | None = Field(4_000_000, ge=1, description="token budget of the training set; null: every record of the pool once, in the pool's own shares")
     strategy: Literal["custom", *MIX_STRATEGIES] = "custom"
     instruction: float = Field(0.4, ge=0.0, description="custom: relative weight (normalised)")
     knowledge: float = Field(0.3, ge=0.0)
@@ -486,15 +508,14 @@ class EvalJudges(Section):
     regularisation: float = Field(1.0, gt=0.0, description="LogisticRegression's C (inverse strength)")
 
 
-class EvalBenchmark(Section):
+class EvalBenchmark(InputFile):
     """A benchmark run through lm-evaluation-harness: a local JSONL file in one of
     BENCHMARK_FORMATS, or an lm-eval task name (its data comes from the hub)."""
 
-    path: str | None = Field(None, min_length=1, description="a local JSONL file")
+    path: str | None = Field(None, min_length=1, description="a local JSONL file or a glob")
     format: Literal[BENCHMARK_FORMATS] | None = Field(None, description="the local file's layout")
     task: str | None = Field(None, min_length=1, description="an lm-eval task name (needs the hub), instead of path and format")
     limit: int | None = Field(200, ge=1, description="items scored: the first N, shared evenly by the files of a glob; null: all")
-    required: bool = Field(True, description="false: a missing local file is reported and skipped")
 
     @model_validator(mode="after")
     def _one_kind(self):
@@ -510,7 +531,7 @@ class Eval(Section):
 
     seed: int = 0
     batch_size: int = Field(32, ge=1, description="sequences per forward pass for held-out loss and benchmark scoring")
-    heldout_records: int = Field(2000, ge=0, description="held-out records per source scored for loss, perplexity and bits per byte")
+    heldout_records: int = Field(1000, ge=0, description="held-out records per source scored for loss, perplexity and bits per byte")
     tasks_per_family: int = Field(40, ge=0, description="built-in held-out problems answered per family (of builtin_eval.per_family)")
     references: int = Field(100, ge=0, description="held-out instructions answered and compared with their reference reply")
     behaviour_per_suite: int = Field(20, ge=0, description="test cases per behavioural suite")
@@ -531,7 +552,7 @@ class Collapse(Section):
     """make collapse (stages/collapse.py): the distillation flywheel, each generation trained on the last one's data."""
 
     generations: int = Field(3, ge=1, le=10, description="generations after generation 0, which trains on original data")
-    records: int = Field(2000, ge=10, description="training records of every generation (the same size throughout)")
+    records: int = Field(1000, ge=10, description="training records of every generation (the same size throughout)")
     real_fraction: Fraction = Field(0.2, description="the mixed arm: this share of every later generation's records is original data")
     pool: str | None = Field(None, description="original data: the instruction records of this sample; null: the smallest of sample.sizes")
     method: Literal["self_instruct", "evol_instruct", "magpie"] = "magpie"
