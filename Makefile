@@ -3,7 +3,7 @@
 VENV := .venv
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-# The research experiments (README: Results): PROFILE picks experiments/<PROFILE>.yaml;
+# The research experiments (docs/experiments.md): PROFILE picks experiments/<PROFILE>.yaml;
 # J runs that many experiments at a time, each with THREADS torch threads.
 PROFILE ?= cpu
 J ?= 2
@@ -34,6 +34,8 @@ bench: venv
 	python bench/eval_speed.py
 	python bench/experiment_parallelism.py
 	python bench/generate_speed.py
+	python bench/world_learnability.py --minutes 3 --records 30000 --problems 50
+	python -m bench.report
 
 # Queue an experiment's runs (skipping finished ones), run the queue, then report.
 exp1 exp2 exp3: venv
@@ -50,9 +52,9 @@ experiments: venv
 	OMP_NUM_THREADS=$(THREADS) dvc exp run --run-all -j $(J)
 	python -m research.report --profile $(PROFILE)
 
-# The distillation flywheel (README: Model collapse): generations 0..collapse.generations,
+# The distillation flywheel (docs/experiments.md: Model collapse): generations 0..collapse.generations,
 # each trained on the last one's generated data; needs the pipeline's sample, tokenizer
 # and judges. An interrupted run continues where it stopped.
 collapse: venv
-	dvc repro sample tokenizer builtin_eval judges
+	dvc repro sample train_tokenizer builtin_eval judges
 	python -m research.collapse

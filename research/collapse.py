@@ -1,31 +1,12 @@
 """make collapse: ``python -m research.collapse [--params FILE]``.
 
-The distillation flywheel, and model collapse (Shumailov et al., 2023), measured
-offline. Generation 0 trains on ``collapse.records`` original records (the
-instruction records of the sample ``collapse.pool``). Each generation's model
-is then the teacher of a ``kind: generate`` source (``collapse.method``,
-``collapse.sampling``) that writes the next generation's training data:
-
-- arm ``pure``: generation k+1 trains only on the data generation k generated;
-- arm ``mixed``: ``collapse.real_fraction`` of it (default 20 %) is original
-  data, the same records every generation, and the rest generated.
-
-Every generation has the same number of records, model, seed and token budget
-(``train`` with ``collapse.train`` set on top). Each run is a working directory
-``data/collapse/<run>/`` where the pipeline's own stages run as DVC would run
-them (tokenize, train, eval, download of the generate source), sharing the
-pipeline's tokenizer, held-out data, built-in problems and judges by symlink.
-A run whose outputs exist is not run again, so an interrupted ``make collapse``
-continues; a run whose settings changed starts over.
-
-Measured per run: held-out perplexity and bits per byte on the original data
-(``data/heldout``), task accuracy (built-in problems), and of the data the
-run's model generated: the share of prompts that gave a record, distinct-1 and
--2, self-BLEU, and the spread in embedding space, the mean pairwise cosine
-distance of the records under the offline MiniLM model. The original records
-are measured the same way, for reference.
-
-Writes ``metrics/collapse.json``, ``plots/collapse.png`` and ``reports/collapse.md``.
+The distillation flywheel and model collapse (Shumailov et al., 2023), offline:
+generation 0 trains on original records, each later one on what the previous
+generation's model wrote (arm ``pure``) or with a share of original records
+(arm ``mixed``). Each run is a working directory ``data/collapse/<run>/`` where
+the pipeline's own stages run; a finished run is skipped. Writes
+``metrics/collapse.json``, ``plots/collapse.png`` and ``reports/collapse.md``
+(docs/experiments.md, "Model collapse").
 """
 
 import copy
@@ -272,7 +253,7 @@ def report(results: dict, original: dict, config: Collapse, params: dict, path: 
     lines = [
         "# Model collapse: the distillation flywheel on CPU",
         "",
-        "Written by `make collapse` (`python -m research.collapse`; how it works: the module's docstring). Numbers: "
+        "Written by `make collapse` (`python -m research.collapse`; how it works: docs/experiments.md, \"Model collapse\"). Numbers: "
         "`metrics/collapse.json`; plot: `plots/collapse.png`.",
         "",
         f"Setup: generation 0 trains on {config.records:,} original instruction records (sample `{config.pool or 'smallest'}`); "

@@ -4,27 +4,11 @@
     python -m research.experiments list [--profile cpu]
     python -m research.experiments estimate [--profile gpu]
 
-A definition (``experiments/<profile>.yaml``) has
-
-- ``profile``: ``-S`` sets applied to every run (model size, token budget, eval limits);
-- ``seeds`` and ``seed_params``: each run is repeated per seed, with every
-  ``seed_params`` key set to the seed;
-- ``experiments.<name>``: a ``question``, and the runs: ``grid`` (every
-  combination of the listed values, named by the values joined with ``-``), and
-  ``runs`` (named ``-S`` sets), both on top of ``fixed``.
-
-``queue`` turns each run into ``dvc exp run --queue -n <experiment>-<run>-s<seed>
--S key=value ...``; ``make exp1`` ... ``make experiments`` then run the queue with
-``dvc exp run --run-all -j J``. Runs whose name already exists as an experiment
-are skipped (so an interrupted ``make experiments`` picks up where it stopped)
-unless ``--force``. Queued runs execute in ``.dvc/tmp/exps/<tmp>/``, where a
-relative path such as ``../shared/data/...`` would point nowhere: ``queue`` links
-every such sibling directory next to those workspaces first.
-
-``estimate`` prints what each experiment's training costs on the profile's GPU,
-with the arithmetic of the train stage's budget guard (hours x price), from the
-FLOPs per token and an assumed MFU instead of timed steps; the guard re-checks
-every run on the device against ``train.budget_usd`` and stops it if over.
+``queue`` turns each run of ``experiments/<profile>.yaml`` into ``dvc exp run
+--queue -n <experiment>-<run>-s<seed> -S ...``, skipping names that exist, and
+links the sibling directories params refer to (``../shared``) next to the
+queue's temporary workspaces; ``estimate`` prints each experiment's training
+cost on the profile's GPU (docs/experiments.md).
 """
 
 import argparse

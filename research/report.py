@@ -2,23 +2,10 @@
 
     python -m research.report [--profile cpu] [--out reports/results.md] [--plots plots/report]
 
-Reads every experiment of every commit (``dvc exp show --json -A``) whose name is
-a run of ``experiments/<profile>.yaml`` (``research.experiments``), the newest
-when a name was run again, and writes
-
-- ``reports/results.md``: the four answers first, each with its numbers, then
-  one table per experiment (mean ± standard deviation over seeds), the
-  correlations of exp4 and the list of runs;
-- ``reports/runs.csv``: one row per run, the metrics the tables use;
-- ``plots/report/``: ``quality_vs_quantity.png``, ``mix.png``,
-  ``correlation.png`` and ``loss_curves.png`` (declared in ``dvc.yaml``).
-
-Noise: a difference between two configurations is called beyond noise when it
-is more than twice its standard error (Welch: sqrt(sd1²/n1 + sd2²/n2)).
-exp4 ranks every run (each seed is a model) by each cheap metric and by each
-reference, and reports Spearman's rho with a 95% bootstrap interval (runs
-resampled with replacement, 2,000 times, seeded); a reference that is the same
-for every model has no ranking, and its correlations are reported as such.
+Reads the runs of ``experiments/<profile>.yaml`` from ``dvc exp show --json -A``
+(the newest where a name ran twice) and writes ``reports/results.md``,
+``reports/runs.csv`` and ``plots/report/*.png``; the statistics are in
+docs/experiments.md.
 """
 
 import argparse

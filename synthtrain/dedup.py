@@ -1,53 +1,19 @@
 """dedup stage: exact and near-duplicate removal across sources, a held-out split
-per source, and decontamination of the training records.
+per source, and decontamination of the training records (``python -m stages.dedup``).
 
-    python -m stages.dedup [--params params.yaml]
-
-Reads ``data/raw/<source>.parquet`` for every source in params.yaml (in that
-order; ``builtin_eval`` is not training data) and writes
-
-- ``data/dedup/train.parquet``: the training records that survive;
-- ``data/heldout/<source>.parquet``: each source's held-out records;
-- ``data/rejects/dedup.parquet``: every removed record, with the reason
-  (``exact_duplicate``, ``near_duplicate``, ``decontaminated``), its cluster
-  and the id it duplicates, or the benchmarks it overlaps;
-- ``metrics/dedup.json``: counts, the LSH configuration and the measured
-  accuracy of near-duplicate detection.
-
-The algorithm, in the order it runs:
-
-1. **Exact duplicates.** Records whose words are equal after folding Unicode
-   form, case, whitespace and punctuation (``text.fold_column``) share a 64-bit
-   content key; all but the first are exact duplicates of it.
-2. **Near duplicates.** Each record's word ``shingle``-grams get a MinHash
-   signature of ``num_perm`` values (min over shingles of ``a*x + b mod 2**32``
-   for random odd ``a``). The signature is cut into ``bands`` bands of ``rows``
-   values, with bands and rows chosen for ``threshold`` by minimising the
-   weighted false-positive and false-negative areas under the LSH S-curve
-   (``optimal_bands``, as datasketch and text-dedup do). Records that share a
-   band are candidate pairs; a pair is kept only if the true Jaccard
-   similarity of the two shingle sets is at least ``threshold``. Union-find
-   over the verified pairs gives clusters.
-3. **Representative.** Every cluster keeps its first record in input order:
-   sources in the order of ``sources:`` in params.yaml, then file order. So a
-   source listed earlier wins; list the one you trust most first.
-4. **Held-out split.** Among each source's surviving records, those whose
-   content key, hashed with ``heldout.seed``, falls below ``fraction`` are held
-   out, at most ``max_per_source`` of them (the lowest hashes). The choice
-   depends only on the records and these params, so it stays the same for every
-   sample and mix experiment downstream.
-5. **Decontamination.** A training record that shares a ``ngram``-word n-gram
-   with a held-out record, a built-in evaluation problem or a listed benchmark
-   is removed. Texts shorter than ``ngram`` words (down to ``min_ngram``) are
-   matched whole. An n-gram found in more than ``max_matches`` training
-   records is common phrasing (a template sentence, a stock phrase), not
-   leakage, and is ignored: on the built-in data, with no such cap, two
-   thousand held-out records flag two thirds of all training records.
+``dedup`` runs the steps in order: exact duplicates by a folded 64-bit content
+key (``text.fold_column``); near duplicates by MinHash LSH (``MinHasher``, bands
+and rows from ``optimal_bands``), candidate pairs verified by their true
+Jaccard similarity and clustered by ``union_find``; the first record of each
+cluster kept; the held-out split by a seeded hash of the content key; then
+n-gram decontamination against held-out records, built-in problems and
+benchmark files (``contamination_table``). What each step does, its params and
+the outputs: docs/quality.md.
 """
 
-import glob
+import logging
 import json
-import multiprocessing
+import functools
 import os
 import tempfile
 from collections import Counter
@@ -61,9 +27,12 @@ from tqdm import tqdm
 
 from synthtrain.sources.formats import Parsed
 from synthtrain.sources.local import read as read_local
+from synthtrain.parallel import parallel_map
 from synthtrain.params import LocalSource, NearDuplicates, Params, StageError
 from synthtrain.records import DEDUP_REJECT_SCHEMA, ParquetSink, RecordWriter, content_of, meta_field
 from synthtrain.text import content_column, mix64, ngram_hashes, word_hashes
+
+log = logging.getLogger("dedup")
 
 RAW = Path("data/raw")
 TRAIN = Path("data/dedup/train.parquet")
@@ -272,10 +241,7 @@ def read_texts(files: dict, min_words: int) -> tuple[list[str], dict]:
     how many were used (or that it is missing)."""
     texts, report = [], {}
     for name, file in files.items():
-        if not glob.glob(file.path):
-            if file.required:
-                raise StageError(f"dedup.accuracy.files.{name}.path: {file.path} not found")
-            print(f"dedup: warning: accuracy file {name}: {file.path} not found, skipped")
+        if not file.files(f"dedup.accuracy.files.{name}"):
             report[name] = {"missing": True}
             continue
         source = LocalSource(kind="local", path=file.path, category="web", max_samples=10**9, split=file.split)
@@ -359,25 +325,18 @@ class Inputs:
         return pq.ParquetFile(self.paths[source]).read_row_groups(groups, columns=columns)
 
 
-_state: dict = {}  # what the worker processes need; inherited through fork
+def each_job(function, state: dict, jobs: list, workers: int, description: str):
+    """``function(state, job)`` for each job, in order, with a progress bar."""
+    return tqdm(parallel_map(functools.partial(function, state), jobs, workers), total=len(jobs), desc=description, unit="job")
 
 
-def _parallel(function, jobs, workers: int, description: str):
-    """Map over jobs in order with a process pool (fork: workers see _state)."""
-    if workers == 1 or len(jobs) <= 1:
-        yield from tqdm(map(function, jobs), total=len(jobs), desc=description, unit="job")
-        return
-    with multiprocessing.get_context("fork").Pool(workers) as pool:
-        yield from tqdm(pool.imap(function, jobs), total=len(jobs), desc=description, unit="job")
-
-
-def _sketch(job):
+def sketch(state: dict, job):
     """Pass 1: content keys, LSH band keys and ids of one job's records."""
-    inputs, minhasher = _state["inputs"], _state["minhasher"]
+    inputs, minhasher = state["inputs"], state["minhasher"]
     table = inputs.read(job, ["id", "messages", "text", "meta"])
     words, offsets = word_hashes(content_column(table))
-    np.save(_state["words"] / f"{job[2]}-words.npy", words)
-    np.save(_state["words"] / f"{job[2]}-offsets.npy", offsets)
+    np.save(state["words"] / f"{job[2]}-words.npy", words)
+    np.save(state["words"] / f"{job[2]}-offsets.npy", offsets)
     shingles, owner, keys = minhasher.shingles_of_words(words, offsets)
     bands = minhasher.band_keys(shingles, owner, table.num_rows)
     has_words = np.zeros(table.num_rows, dtype=bool)
@@ -398,41 +357,41 @@ def generator_labels(meta: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray, lis
     return np.where(injected, 1, np.where(clean, 0, 2)).astype(np.int8), copied, family.to_pylist()
 
 
-def _cached_words(job, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def cached_words(state: dict, job, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The word hashes pass 1 saved for these rows of the job (numbers within the job)."""
-    words = np.load(_state["words"] / f"{job[2]}-words.npy", mmap_mode="r")
-    offsets = np.load(_state["words"] / f"{job[2]}-offsets.npy")
+    words = np.load(state["words"] / f"{job[2]}-words.npy", mmap_mode="r")
+    offsets = np.load(state["words"] / f"{job[2]}-offsets.npy")
     lengths = np.diff(offsets)[rows]
     ends = np.cumsum(lengths)
     within = np.arange(ends[-1] if len(ends) else 0) - np.repeat(ends - lengths, lengths)
     return words[np.repeat(offsets[:-1][rows], lengths) + within], np.r_[0, ends].astype(np.int64)
 
 
-def _wanted_words(job):
-    """Global rows of the job in the sorted _state['wanted'], and their words."""
+def wanted_words(state: dict, job):
+    """Global rows of the job in the sorted state['wanted'], and their words."""
     _, _, first, count = job
-    wanted = _state["wanted"]
+    wanted = state["wanted"]
     rows = wanted[np.searchsorted(wanted, first) : np.searchsorted(wanted, first + count)]
-    return rows, _cached_words(job, rows - first)
+    return rows, cached_words(state, job, rows - first)
 
 
-def _candidate_sets(job):
+def candidate_sets(state: dict, job):
     """Shingle sets of the job's records that are in candidate pairs."""
-    rows, words = _wanted_words(job)
-    shingles, owner, _ = _state["minhasher"].shingles_of_words(*words)
+    rows, words = wanted_words(state, job)
+    shingles, owner, _ = state["minhasher"].shingles_of_words(*words)
     return shingle_sets(shingles, owner, rows.tolist())
 
 
-def _contamination(job):
+def contamination(state: dict, job):
     """Pass 2: which training records of the job contain which contamination
     entries. Returns the job's record count per entry, and the (global row,
     entry) matches of entries that are not already common within the job."""
     _, _, first, count = job
-    rows = np.flatnonzero(_state["train"][first : first + count])
-    words, offsets = _cached_words(job, rows)
+    rows = np.flatnonzero(state["train"][first : first + count])
+    words, offsets = cached_words(state, job, rows)
     matches = []
-    seen = _state["contamination_bitmap"]
-    for length, (hashes, entries) in _state["contamination"].items():
+    seen = state["contamination_bitmap"]
+    for length, (hashes, entries) in state["contamination"].items():
         grams, owner = ngram_hashes(words, offsets, length, short=False)
         maybe = seen[grams & BITMAP_MASK]  # one lookup rules out almost every n-gram
         grams, owner = grams[maybe], owner[maybe]
@@ -441,7 +400,7 @@ def _contamination(job):
         matches.append(np.stack([first + rows[owner[hit]], entries[at[hit]]], axis=1))
     matches = np.unique(np.concatenate(matches), axis=0) if matches else np.empty((0, 2), np.int64)
     entries, records = np.unique(matches[:, 1], return_counts=True)
-    rare = entries[records <= _state["max_matches"]]
+    rare = entries[records <= state["max_matches"]]
     return entries, records, matches[np.isin(matches[:, 1], rare)]
 
 
@@ -455,13 +414,13 @@ def dedup(params: Params) -> dict:
     words_by_benchmark = benchmark_words(params)  # first, so that a bad benchmark file fails fast
     minhasher = MinHasher(config.near)
     words_dir = tempfile.TemporaryDirectory(prefix="dedup-words-")  # pass 1 saves each job's words for the later passes
-    _state.update(inputs=inputs, minhasher=minhasher, words=Path(words_dir.name))
-    print(f"dedup: {inputs.count:,} records from {len(inputs.sources)} source(s); "
-          f"MinHash {config.near.num_perm} permutations, {minhasher.bands} bands x {minhasher.rows} rows")
+    state = {"inputs": inputs, "minhasher": minhasher, "words": Path(words_dir.name)}  # what the workers read
+    log.info(f"{inputs.count:,} records from {len(inputs.sources)} source(s); "
+             f"MinHash {config.near.num_perm} permutations, {minhasher.bands} bands x {minhasher.rows} rows")
 
     # 1. exact duplicates and band keys
     keys, bands, has_words, ids, flaws, copied, families = [], [], [], [], [], [], []
-    for k, b, w, i, (flaw, copy, family) in _parallel(_sketch, inputs.jobs, workers, "minhash"):
+    for k, b, w, i, (flaw, copy, family) in each_job(sketch, state, inputs.jobs, workers, "minhash"):
         keys.append(k), bands.append(b), has_words.append(w), ids.append(i)
         flaws.append(flaw), copied.append(copy), families.extend(family)
     keys, bands = np.concatenate(keys), np.concatenate(bands, axis=1)
@@ -473,9 +432,9 @@ def dedup(params: Params) -> dict:
     # 2. near duplicates: candidates from LSH, verified by true Jaccard
     pairs = candidate_pairs(bands, ~exact_duplicate & has_words)
     del bands
-    _state["wanted"] = np.unique(pairs)
+    state["wanted"] = np.unique(pairs)
     sets = {}
-    for found in _parallel(_candidate_sets, inputs.jobs, workers, "verify"):
+    for found in each_job(candidate_sets, state, inputs.jobs, workers, "verify"):
         sets.update(found)
     similarity = jaccard(pairs, sets) if len(pairs) else np.empty(0)
     del sets
@@ -495,18 +454,18 @@ def dedup(params: Params) -> dict:
         heldout[rows] = True
 
     # 4. decontamination
-    _state["wanted"] = np.flatnonzero(heldout)
-    words_by_benchmark = {"heldout": concatenate_words([_wanted_words(job)[1] for job in inputs.jobs]), **words_by_benchmark}
+    state["wanted"] = np.flatnonzero(heldout)
+    words_by_benchmark = {"heldout": concatenate_words([wanted_words(state, job)[1] for job in inputs.jobs]), **words_by_benchmark}
     benchmarks = list(words_by_benchmark)
     table, entry_benchmarks, coverage = contamination_table(words_by_benchmark, config.decontaminate)
     bitmap = np.zeros(int(BITMAP_MASK) + 1, dtype=bool)
     for hashes, _ in table.values():
         bitmap[hashes & BITMAP_MASK] = True
-    _state.update(contamination=table, contamination_bitmap=bitmap, train=survivor & ~heldout,
+    state.update(contamination=table, contamination_bitmap=bitmap, train=survivor & ~heldout,
                   max_matches=config.decontaminate.max_matches)
     records_per_entry = np.zeros(len(entry_benchmarks), dtype=np.int64)
     rare_matches = []
-    for entries, records, matches in _parallel(_contamination, inputs.jobs, workers, "decontaminate"):
+    for entries, records, matches in each_job(contamination, state, inputs.jobs, workers, "decontaminate"):
         records_per_entry[entries] += records
         rare_matches.append(matches)
     leaks = np.concatenate(rare_matches) if rare_matches else np.empty((0, 2), np.int64)
@@ -572,15 +531,13 @@ def benchmark_words(params: Params) -> dict:
     if BUILTIN_EVAL.is_file():
         words["builtin_eval"] = word_hashes(content_column(pq.read_table(BUILTIN_EVAL, columns=["messages", "text"])))
     for name, benchmark in params.dedup.decontaminate.benchmarks.items():
-        path = Path(benchmark.path)
-        if not path.is_file():
-            if benchmark.required:
-                raise StageError(f"dedup.decontaminate.benchmarks.{name}.path: {path} not found "
-                                 "(set required: false to skip a file that may be absent)")
-            print(f"dedup: warning: benchmark {name}: {path} not found, skipped")
+        key = f"dedup.decontaminate.benchmarks.{name}"
+        files = benchmark.files(key)
+        if not files:
             words[name] = None
             continue
-        words[name] = word_hashes(pa.array(read_benchmark(path, benchmark.fields, f"dedup.decontaminate.benchmarks.{name}"), pa.string()))
+        texts = [text for file in files for text in read_benchmark(Path(file), benchmark.fields, key)]
+        words[name] = word_hashes(pa.array(texts, pa.string()))
     return words
 
 
@@ -680,5 +637,5 @@ def write_outputs(inputs: Inputs, train, heldout, exact_duplicate, near_duplicat
             writer.close()
     for source in inputs.sources:
         if source not in counts or counts[source]["kept"] == 0:
-            print(f"dedup: warning: source {source} has no training records left")
+            log.warning("source %s has no training records left", source)
     return {source: dict(c) for source, c in counts.items()}

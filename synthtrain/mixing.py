@@ -2,29 +2,14 @@
 
     python -m stages.mix [--params params.yaml]
 
-Reads the sample ``mix.pool`` (``data/sample/<pool>.parquet``) and writes
-``data/mix/train.parquet`` and ``metrics/mix.json``.
-
-- **Shares** are of tokens, not records, as ``tokenize`` will count them (chat
-  template, end-of-sequence separator). ``mix.strategy: custom`` takes the
-  weights ``mix.instruction``, ``knowledge`` and ``web``, normalised to sum to 1;
-  the named strategies (``params.MIX_STRATEGIES``, README) fix them.
-- **Budget**: category c gets ``mix.tokens * share_c`` tokens: its records in a
-  seeded random order, whole, until the next one would overshoot. A category
-  with fewer tokens than that is repeated, whole passes first, then a seeded
-  part, up to ``mix.max_epochs`` passes. More than that fails naming the
-  category, unless ``mix.scale_down``, which lowers the whole budget until every
-  category fits and reports the factor. ``mix.tokens: null`` takes one epoch of
-  the pool instead: every record once, in the pool's own shares.
-- **Order**: one seeded shuffle of everything, except for ``curriculum``: the
-  knowledge and web records first (shuffled), the instruction records last
-  (shuffled). ``tokenize`` keeps this order.
-
-``metrics/mix.json`` has the requested and effective shares, tokens and records
-per category, passes over each category's data and repeated records, so
-``dvc exp run -S mix.instruction=0.5`` shows exactly what it produced.
+``mix`` reads the sample ``mix.pool`` and writes ``data/mix/train.parquet``.
+Shares are of tokens as ``count_tokens`` counts them; ``allocate`` fills a
+category's budget with whole records in a seeded order, whole passes first,
+then a seeded part. The strategies (``params.MIX_STRATEGIES``), the budget
+rules, the order and ``metrics/mix.json``: docs/training.md.
 """
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +18,8 @@ import pyarrow.parquet as pq
 from synthtrain.params import Params, StageError
 from synthtrain.records import BATCH_ROWS, CATEGORIES, SCHEMA, RecordWriter
 from synthtrain.tokens.encoding import count_tokens, load_tokenizer
+
+log = logging.getLogger("mix")
 
 OUTPUT = Path("data/mix/train.parquet")
 
@@ -79,7 +66,7 @@ def mix(params: Params) -> dict:
         if not config.scale_down:
             raise StageError(message + f"; lower mix.tokens to {int(requested * scale):,}, raise mix.max_epochs, "
                              "use a larger mix.pool, or set mix.scale_down: true")
-        print(f"mix: warning: {message}; scaling the budget down by {scale:.3f}")
+        log.warning("%s; scaling the budget down by %.3f", message, scale)
     budget = requested * scale
 
     rng = np.random.default_rng(config.seed)

@@ -1,11 +1,8 @@
-"""The model: Llama-family size presets, built from a config with no downloaded weights.
-
-Shared by ``train`` (which builds and trains it) and the stages that load
-``models/current`` afterwards. The vocabulary comes from the tokenizer and the
-context from ``tokenize.seq_len``, so a preset fixes only the body's shape. The
-GPU presets copy published small models' bodies; their vocabularies (49K, 151K,
-32K) are not copied, so our counts are lower than the names at the default 8K
-vocabulary: ``parameter_count`` gives the exact figure, which train reports.
+"""The model: Llama-family size presets (``PRESETS``), built from a config with
+no downloaded weights, and the figures the train stage reports
+(``parameter_count``, ``flops_per_token``). Shared by ``train`` and the stages
+that load ``models/current`` afterwards. The presets, and why the GPU ones
+count fewer parameters than their names: docs/training.md.
 """
 
 from dataclasses import dataclass

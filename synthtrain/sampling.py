@@ -2,33 +2,16 @@
 
     python -m stages.sample NAME [--params params.yaml]
 
-``NAME`` is a key of ``sample.sizes`` (default 10K, 100K, 1M; dvc.yaml runs one
-stage per key). Reads ``data/quality/scored.parquet`` and writes
-``data/sample/NAME.parquet`` (records, in pool order) and
-``metrics/sample/NAME.json``.
-
-1. **Pool**: the scored records that break no hard rule (``reject_reason`` null
-   or ``below_threshold``); the quality threshold ranks, it does not exclude.
-2. **Quotas**: with ``sample.stratify`` (default) each category gets the pool's
-   share of the size (largest remainders, so the quotas sum to the size);
-   otherwise the whole pool is one group.
-3. **Choice** within each group, by ``sample.strategy``:
-   - ``top_quality``: highest ``quality`` first (ties: pool order);
-   - ``random``: uniform, seeded;
-   - ``diverse``: k-means (``sample.clusters``) on hashed TF-IDF vectors of the
-     words, then the quota spread evenly over the clusters (a cluster with
-     too few records gives its share to the others), and within a cluster a
-     seeded draw weighted by quality (Efraimidis-Spirakis keys u**(1/quality)).
-4. **Short pool**: a size larger than the pool fails naming both counts, unless
-   ``sample.allow_short``, which warns and keeps the whole pool; the metrics
-   then say ``short: true``. A sample is never silently smaller than its name.
-
-Metrics: records, tokens and loss tokens (with the pipeline's tokenizer, as
-``tokenize`` will count them), mean quality per category, and the share of
-flawed records where the built-in generator's ground truth exists (reporting
-only: the choice never reads it).
+``NAME`` is a key of ``sample.sizes`` (dvc.yaml runs one stage per key).
+``sample`` takes the scored records that break no hard rule, splits the size
+into per-category ``quotas`` (largest remainders) when stratified, and
+``choose``s within each group by ``sample.strategy``; ``diverse`` clusters
+hashed TF-IDF vectors with k-means and draws within clusters with
+Efraimidis-Spirakis keys. The pool, the strategies, short pools and the
+metrics: docs/quality.md.
 """
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +26,8 @@ from synthtrain.params import Params, Sample, StageError
 from synthtrain.records import CATEGORIES, SCHEMA, RecordWriter, meta_field
 from synthtrain.text import content_column, word_hashes
 from synthtrain.tokens.encoding import count_tokens, load_tokenizer
+
+log = logging.getLogger("sample")
 
 INPUT = Path("data/quality/scored.parquet")
 HASHED_FEATURES = 2**16
@@ -139,14 +124,14 @@ def sample(params: Params, name: str) -> dict:
     reason = scored.column("reject_reason")
     in_pool = pc.or_kleene(pc.is_null(reason), pc.equal(reason, "below_threshold")).to_numpy(zero_copy_only=False)
     pool = scored.append_column("row", pa.array(np.arange(scored.num_rows))).filter(pa.array(in_pool))
-    print(f"sample {name}: pool of {pool.num_rows:,} of {scored.num_rows:,} scored records (hard-rule rejects left out)")
+    log.info("%s: pool of %s of %s scored records (hard-rule rejects left out)", name, f"{pool.num_rows:,}", f"{scored.num_rows:,}")
 
     short = size > pool.num_rows
     if short and not config.allow_short:
         raise StageError(f"sample.sizes.{name} = {size:,} but the pool has only {pool.num_rows:,} records; "
                          "lower the size, add data, or set sample.allow_short: true")
     if short:
-        print(f"sample {name}: warning: the pool has only {pool.num_rows:,} records of the {size:,} asked for; keeping them all")
+        log.warning("%s: the pool has only %s records of the %s asked for; keeping them all", name, f"{pool.num_rows:,}", f"{size:,}")
     category = pool.column("category").to_numpy(zero_copy_only=False)
     groups = {c: np.flatnonzero(category == c) for c in CATEGORIES if (category == c).any()} if config.stratify \
         else {"all": np.arange(pool.num_rows)}

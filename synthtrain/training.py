@@ -1,55 +1,17 @@
 """train stage: a Llama model from scratch on the packed token shards.
 
     python -m stages.train [--params params.yaml]
-    accelerate launch --multi_gpu --num_processes N -m stages.train     # DDP (README: FSDP)
+    accelerate launch --multi_gpu --num_processes N -m stages.train     # DDP (FSDP: docs/training.md)
 
-Reads ``data/tokens/`` and ``models/tokenizer/`` (the tokenize and tokenizer
-stages) and writes
-
-- ``models/current/``: ``save_pretrained`` weights (safetensors), config,
-  ``generation_config.json`` and the tokenizer with its chat template, which
-  ``AutoModelForCausalLM`` / ``AutoTokenizer`` load offline;
-- ``models/checkpoint/``: the last checkpoint (DVC ``persist``): weights,
-  AdamW state and RNG as safetensors, step, data position and history as JSON;
-- ``metrics/train/``: dvclive's per-step ``train/loss``, ``train/lr``,
-  ``train/grad_norm``, ``train/tokens_per_s``, ``train/mfu`` and ``heldout/loss``,
-  and the summary in ``metrics.json``.
-
-**Model.** ``LlamaForCausalLM`` from a size preset (``stages/model.py``),
-vocabulary from the tokenizer, context ``tokenize.seq_len``, sdpa attention.
-
-**Data order.** Step s takes the ``batch_tokens / seq_len`` sequences after
-step s-1's, in the order tokenize packed them (the mix may be a curriculum),
-wrapping round for a further epoch. With N processes, process r takes the r-th
-contiguous slice of the step's sequences, in micro-batches.
-
-**Step.** The loss is the cross-entropy of every token whose mask is 1,
-predicted from the tokens before it in its sequence, summed and divided by the
-loss tokens of the whole global batch: a step's gradient is the same however it
-is split into micro-batches and processes (DDP averages, so each process scales
-by N). Gradients accumulate without synchronising until the last micro-batch;
-then clipping to ``grad_clip``, AdamW (decay on matrices only) and the learning
-rate of the step (linear warmup, then cosine to ``min_lr_ratio`` or
-warmup-stable-decay). Forward passes run under bf16 autocast when the
-precision is bf16; weights and optimizer state stay fp32.
-
-**Precision and MFU.** ``precision: auto`` times a 2048² matmul in bf16 and in
-fp32 on a CPU and takes the faster (bf16 needs AMX or AVX512-BF16; without
-them it is emulated and slower than fp32), bf16 on a GPU that has it. MFU is
-``flops_per_token`` (nanoGPT's 6N + 12·L·H·Q·T) × tokens/s over the peak of
-that precision times the processes: on a CPU the measured matmul rate, on a GPU
-the datasheet figure in ``GPU_PEAK_TFLOPS`` or ``train.peak_tflops``.
-
-**Budget guard.** After the first step (warm-up) it times ``guard_steps``
-steps, estimates the remaining time and cost (``price_per_hour`` per device)
-and stops unless within ``max_hours`` and ``budget_usd`` or ``over_budget``.
-
-**Checkpoints.** Every ``checkpoint_every`` steps, at the end and on SIGTERM.
-Written to a staging directory and renamed, so a kill at any moment leaves the
-previous one whole. A re-run resumes from it when the model shape, the data,
-every param that changes the result and the code of this file and model.py
-match; otherwise it says what changed and starts afresh. Resumed, the final
-weights equal an uninterrupted run's.
+``train`` reads ``data/tokens/`` and ``models/tokenizer/`` and writes
+``models/current/``, ``models/checkpoint/`` and dvclive's ``metrics/train/``.
+``layout`` splits each step over processes and micro-batches; the summed loss
+is divided by the loss tokens of the global batch and DDP averages, so each
+process scales by N. ``choose_precision`` times bf16 against fp32 on a CPU,
+``check_budget`` is the budget guard, and a checkpoint resumes only under the
+same model, data, params (``RESUMABLE_CHANGES`` excepted) and code (``CODE``).
+The loop, precision, MFU, metrics, budget guard and checkpoints:
+docs/training.md.
 """
 
 import contextlib
@@ -424,7 +386,7 @@ def train(params) -> dict:
         "model": {"preset": config.model, **dataclasses.asdict(PRESETS[config.model]), "vocab_size": len(tokenizer), "seq_len": seq_len},
         "data": {"tokens": data_fingerprint(TOKENS / "train")},
         "train": {key: value for key, value in config.model_dump().items() if key not in RESUMABLE_CHANGES},
-        "code": {f"stages/{path.name}": hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest() for path in CODE},
+        "code": {f"synthtrain/{path.name}": hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest() for path in CODE},
     }
     state, why = find_checkpoint(run) if accelerator.is_main_process else (None, "")
     state, why = broadcast_object_list([state, why])

@@ -142,7 +142,7 @@ def rows(path):
 def test_stage_removes_duplicates_across_sources_keeps_the_first_and_accounts_for_every_record(workdir):
     params_file(workdir)
     result = stage(workdir, "stages.dedup")
-    assert "read 76" in result.stdout
+    assert "read 76" in result.stderr  # the stage logs to stderr
     metrics = json.loads((workdir / "metrics/dedup.json").read_text())
     assert metrics["exact_duplicates"] == 2 and metrics["near_duplicates"] == 2 and metrics["clusters"] == 4
     assert metrics["decontaminated"] == 2 and metrics["decontamination"]["quiz"] == {"texts": 3, "checked": 2, "too_short": 1, "records_removed": 2}
@@ -234,7 +234,7 @@ def test_bad_input_gives_one_clear_line(workdir):
 
     params_file(workdir, decontaminate={"benchmarks": {"quiz": {"path": "nowhere.jsonl", "fields": ["q"]}}})
     result = stage(workdir, "stages.dedup", check=False)
-    assert "dedup.decontaminate.benchmarks.quiz.path: nowhere.jsonl not found" in result.stderr
+    assert "dedup.decontaminate.benchmarks.quiz.path: nowhere.jsonl is missing" in result.stderr
 
     params_file(workdir, decontaminate={"ngram": 6, "min_ngram": 8})
     result = stage(workdir, "stages.dedup", check=False)
@@ -245,7 +245,7 @@ def test_a_source_left_without_training_records_is_reported(workdir):
     write_source(workdir / "data/raw/c.parquet", [doc(essay(0), "c")])  # only a duplicate of a[0]
     params_file(workdir, sources=("a", "c"))
     result = stage(workdir, "stages.dedup")
-    assert "warning: source c has no training records left" in result.stdout
+    assert "source c has no training records left" in result.stderr
     assert json.loads((workdir / "metrics/dedup.json").read_text())["by_source"]["c"] == {
         "in": 1, "kept": 0, "heldout": 0, "exact_duplicates": 1, "near_duplicates": 0, "decontaminated": 0}
 

@@ -1,4 +1,4 @@
-"""stages/eval/benchmarks.py: local benchmarks as lm-eval tasks, scored on a tiny random model.
+"""synthtrain/evaluation/benchmarks.py: local benchmarks as lm-eval tasks, scored on a tiny random model.
 
 No mocks: a byte-level BPE tokenizer trained on TinyStories and a randomly
 initialised 1M-preset Llama, scored by lm-eval itself, in-process and through its

@@ -207,7 +207,7 @@ def test_scoring_without_judges_or_with_other_ones_says_how_to_make_them(trained
         (old / name).write_bytes((root / judges.OUTPUT / name).read_bytes())
     description = json.loads((root / judges.OUTPUT / "judges.json").read_text())
     (old / "judges.json").write_text(json.dumps({**description, "format": 0}))
-    with pytest.raises(StageError, match=r"another version of stages/eval/judges.py; run `dvc repro judges`"):
+    with pytest.raises(StageError, match=r"another version of synthtrain/evaluation/judges.py; run `dvc repro judges`"):
         judges.score(old, ["Q?"], ["A."])
     (old / "judges.json").write_text(json.dumps({**description, "hash_bits": 8}))  # another feature width
     with pytest.raises(StageError, match=r"relevance.npz: 4096 features, but its encoder gives 1024; run `dvc repro judges`"):

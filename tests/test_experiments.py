@@ -1,5 +1,5 @@
-"""The experiment definitions (stages/experiments.py) and the report's statistics
-(stages/report.py); the queue, --run-all and the report end to end are in test_pipeline.py."""
+"""The experiment definitions (synthtrain/experiments.py, research/experiments.py) and the report's statistics
+(research/report.py); the queue, --run-all and the report end to end are in test_pipeline.py."""
 
 import os
 import re
@@ -115,10 +115,10 @@ def test_noise_is_twice_the_standard_error_of_the_difference():
     assert not compare(Summary(1.0, 0.0, 1), Summary(2.0, 0.0, 1))[2]  # one seed each: no noise estimate
 
 
-def test_the_readme_gpteacher_override_gives_valid_params(tmp_path):
+def test_the_docs_gpteacher_override_gives_valid_params(tmp_path):
     from dvc.utils.hydra import apply_overrides
 
-    readme = (REPO / "README.md").read_text()
+    readme = (REPO / "docs/experiments.md").read_text()
     overrides = re.findall(r"-S '([^']+)'", readme.split("**exp1 on GPT-4-generated data, offline.**")[1].split("```", 2)[1])
     assert any(o.startswith("+sources.gpteacher=") for o in overrides), overrides
     (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())

@@ -1,6 +1,6 @@
-"""kind: generate sources (stages/generate) with a tiny local teacher: the three
+"""kind: generate sources (synthtrain/synthesis) with a tiny local teacher: the three
 methods, interrupt and resume, preference pairs in TRL's columns, bad input,
-and the collapse driver's pieces (stages/collapse.py)."""
+and the collapse driver's pieces (research/collapse.py)."""
 
 import json
 import os

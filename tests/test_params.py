@@ -1,7 +1,11 @@
+import subprocess
+
 import pytest
+import yaml
+from pydantic import BaseModel
 
 from conftest import REPO
-from synthtrain.params import ParamsError, load_params, parse_params
+from synthtrain.params import Params, ParamsError, load_params, parse_params
 
 BUILTIN = {"kind": "builtin", "max_samples": 10}
 
@@ -58,3 +62,45 @@ def test_missing_file_and_bad_yaml(tmp_path):
     bad.write_text("sources: [unclosed\n")
     with pytest.raises(ParamsError, match="not valid YAML"):
         load_params(bad)
+
+
+def committed_params() -> dict:
+    """params.yaml as committed: `dvc exp run -S` edits the working copy, which is not where defaults live."""
+    shown = subprocess.run(["git", "show", "HEAD:params.yaml"], cwd=REPO, capture_output=True, text=True)
+    return yaml.safe_load(shown.stdout if shown.returncode == 0 else (REPO / "params.yaml").read_text())
+
+
+def disagreements(default: BaseModel, written: dict, path: str = "") -> list[str]:
+    """Keys whose params.yaml value is not the schema's default, and schema keys params.yaml leaves out.
+    A map of named entries (sources, benchmarks, files) has no defaults to compare."""
+    found = []
+    for key in type(default).model_fields:
+        expected = getattr(default, key)
+        if key not in written:
+            found.append(f"{path}{key}: missing from params.yaml")
+        elif isinstance(expected, BaseModel) and isinstance(written[key], dict):
+            found += disagreements(expected, written[key], f"{path}{key}.")
+        elif isinstance(expected, dict):
+            continue
+        elif expected != written[key]:
+            found.append(f"{path}{key}: schema default {expected!r}, params.yaml {written[key]!r}")
+    return found
+
+
+def test_params_yaml_restates_the_schema_defaults_and_nothing_else():
+    """One source of defaults: the schema's. params.yaml lists every key (so that DVC
+    tracks each one and `dvc params diff` shows it) with exactly the schema's value,
+    so tests built from small dicts run on the defaults the pipeline uses."""
+    written = committed_params()
+    defaults = Params.model_validate({"sources": written["sources"]})
+    assert disagreements(defaults, written) == []
+
+
+def test_a_disagreeing_default_is_caught():
+    written = committed_params()
+    written["mix"]["tokens"] += 1
+    del written["eval"]["heldout_records"]
+    defaults = Params.model_validate({"sources": written["sources"]})
+    assert disagreements(defaults, written) == [
+        f"mix.tokens: schema default {defaults.mix.tokens}, params.yaml {defaults.mix.tokens + 1}",
+        "eval.heldout_records: missing from params.yaml"]

@@ -31,8 +31,13 @@ def dvc(workdir: Path, *args: str) -> str:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     root = tmp_path_factory.mktemp("project")
-    shutil.copytree(REPO / "stages", root / "stages", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(REPO / "dvc.yaml", root)
+    for package in ("stages", "synthtrain", "research"):
+        shutil.copytree(REPO / package, root / package, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("dvc.yaml", "Makefile", "requirements.txt", ".gitignore"):
+        shutil.copy2(REPO / name, root)  # copy2: requirements.txt keeps its age, so make sees the venv as installed
+    (root / ".venv").symlink_to(sys.prefix)  # the venv `make` made, as in a clone where `make repro` ran
+    # dvc.yaml lists the files the stages read from ../shared: they are beside the project, as in a clone
+    (root.parent / "shared").symlink_to(SHARED_DATA.parent)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     teacher = str(build_teacher(tmp_path_factory.mktemp("teacher")))
     generate = {"kind": "generate", "teacher": teacher, "n": 20, "shard_prompts": 16, "sampling": {"max_new_tokens": 24}}
@@ -124,13 +129,25 @@ def test_repro_evaluates_the_model(project):
     assert json.loads((project / "metrics/judges.json").read_text())["encoder"] == "hashing"
 
 
-def test_exp_run_of_a_mix_weight_reruns_only_mix_tokenize_train_and_eval(project):
-    dvc(project, "repro")
+def shell(workdir: Path, script: str) -> subprocess.CompletedProcess:
+    """Run a bash script as a user's new shell would: the venv's bin is not on the PATH."""
+    env = {key: value for key, value in os.environ.items() if key not in ("VIRTUAL_ENV", "PYTHONPATH")}
+    env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if Path(p) != Path(sys.executable).parent)
+    result = subprocess.run(["bash", "-c", script], cwd=workdir, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def test_the_readme_commands_rerun_only_mix_tokenize_train_and_eval_for_a_mix_weight(project):
+    """The README's quick start as a user types it: make repro, the activation line, an ablation, the diff."""
+    activate = "source .venv/bin/activate"
+    assert activate in (REPO / "README.md").read_text()
+    shell(project, "make repro")
     subprocess.run(["git", "add", "-A"], cwd=project, check=True)
     subprocess.run(["git", "commit", "-qm", "baseline"], cwd=project, check=True)
-    output = dvc(project, "exp", "run", "-S", "mix.instruction=0.5")
-    assert stages_run(output) == {"mix", "tokenize", "train", "eval"}, output
-    diff = json.loads(subprocess.run([DVC, "metrics", "diff", "--json"], cwd=project, capture_output=True, text=True, check=True).stdout)
+    run = shell(project, f"{activate} && dvc exp run -S mix.instruction=0.5")
+    assert stages_run(run.stdout + run.stderr) == {"mix", "tokenize", "train", "eval"}, run.stdout + run.stderr
+    diff = json.loads(shell(project, f"{activate} && dvc metrics diff --json").stdout)
     assert {"heldout_loss", "heldout_bpb"} <= set(diff["metrics/eval.json"]), diff  # the baseline's eval against the experiment's
     instruction = json.loads((project / "metrics/mix.json").read_text())["by_category"]["instruction"]
     assert instruction["requested_share"] == round(0.5 / 1.1, 4)

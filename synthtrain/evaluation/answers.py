@@ -1,18 +1,8 @@
 """Verifiable task accuracy on the built-in held-out problems
-(``data/raw/builtin_eval.parquet``, written by the builtin_eval stage).
-
-Each problem carries its answer key in ``meta`` and how to read an answer from a
-reply in ``meta.extract``; the extracted answer must match exactly:
-
-- ``first_word``: the reply's first word, stripped of punctuation, compared
-  case-insensitively with ``meta.answer`` (fact recall, one-word format tasks);
-- ``final_answer``: the text after the last ``Final answer:``, without a
-  trailing period (arithmetic, word problems, string tasks);
-- ``bullets``: the reply's bullet items; exactly ``meta.check.count`` of them;
-- ``json``: the first JSON object in the reply; exactly the keys ``meta.check.keys``.
-
-Format tasks score whether the format was followed (one word, n bullets, the
-keys), which is what the family measures; fact recall scores the answer.
+(``data/raw/builtin_eval.parquet``, written by the builtin_eval stage): an
+answer is extracted from each reply by the problem's ``meta.extract`` rule
+(``first_word``, ``final_answer``, ``bullets``, ``json``) and must match its
+key exactly. The rules: docs/evaluation.md.
 """
 
 import json

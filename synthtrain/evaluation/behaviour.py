@@ -1,18 +1,7 @@
 """Behavioural tests in the manner of CheckList (Ribeiro et al., 2020): small
-suites of generated test cases over the built-in world, each with a pass rate.
-
-- **MFT**, minimum functionality: answers "in one word" with one word, gives
-  "exactly 3 bullet points", replies in JSON with exactly the asked keys, and
-  stops at an end token before the max_new_tokens cap (``mft_stops``).
-- **INV**, invariance: the same fact asked in two phrasings, and the same word
-  problem with its names changed, must get the same *and correct* answer. A model
-  that always says the same thing is consistent but wrong, so it fails;
-  ``inv_consistency`` reports consistency alone.
-- **DIR**, directional: raising the second number of an addition by d raises the
-  answer by d; raising the subtrahend lowers it by d.
-- **Refusal rate** on harmless requests, some worded like harmful ones ("kill a
-  process"), detected with the quality stage's refusal patterns. Lower is better:
-  the research plan wants a model that does not refuse.
+suites of generated test cases over the built-in world (MFT, INV, DIR and the
+refusal rate on harmless requests), each with a pass rate. What each suite
+checks: docs/evaluation.md.
 """
 
 import random

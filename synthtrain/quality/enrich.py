@@ -1,26 +1,15 @@
 """quality_score stage, the enricher: ``python -m stages.quality_score [--params FILE]``.
 
 Trains the classifier and the reference LM on a seeded sample of
-``data/dedup/train.parquet``, scores every record on all cores, and writes
-
-- ``data/quality/scores.parquet``: the QUALITY_SCORES columns, row for row and
-  row group for row group with the input (no decision in it);
-- ``data/quality/classifier.npz``, ``data/quality/reference_lm.npz``: the trained
-  scorers (the LM file also holds the calibration the decision uses);
-- ``data/quality/files.parquet``: the scores of the real files under ``quality.files``;
-- ``metrics/quality_scores.json``: the training sample, the classifier's held-out
-  accuracy, the LM's size and calibration, and what was read of each file.
-
-Only ``quality.seed``, ``workers``, ``dup_ngram``, ``classifier``,
-``reference_lm`` and ``files`` matter here; the decision params (threshold,
-weights, limits, rules) are the ``quality`` stage's, so retuning them does not
-rescore.
+``data/dedup/train.parquet`` and scores every record on all cores into
+``data/quality/scores.parquet``: the QUALITY_SCORES columns, row for row and
+row group for row group with the input, no decision in it. Also scores the real
+files under ``quality.files``. Only ``quality.seed``, ``workers``, ``dup_ngram``,
+``classifier``, ``reference_lm`` and ``files`` matter here; the outputs and
+metrics: docs/quality.md.
 """
 
-import contextlib
-import glob
 import logging
-import multiprocessing
 import os
 from pathlib import Path
 
@@ -31,6 +20,7 @@ from tqdm import tqdm
 
 from synthtrain.sources import local
 from synthtrain.sources.formats import Rejected
+from synthtrain.parallel import parallel_map
 from synthtrain.params import LocalSource, Params, Quality, StageError
 from synthtrain.arrays import save_arrays
 from synthtrain.quality.scorer import Scorer, score_columns, sample_rows, train
@@ -43,19 +33,6 @@ SCORES = "data/quality/scores.parquet"
 FILE_SCORES = "data/quality/files.parquet"
 CLASSIFIER = "data/quality/classifier.npz"
 REFERENCE_LM = "data/quality/reference_lm.npz"
-
-_SCORER: Scorer | None = None
-_PARQUET: pq.ParquetFile | None = None
-
-
-def _init_worker(scorer: Scorer, path: str) -> None:
-    global _SCORER, _PARQUET
-    _SCORER, _PARQUET = scorer, pq.ParquetFile(path)
-
-
-def _score_row_group(index: int) -> dict[str, np.ndarray]:
-    return _SCORER.score(_PARQUET.read_row_group(index, columns=["messages", "text"]))
-
 
 def read_rows(parquet: pq.ParquetFile, rows: np.ndarray) -> pa.Table:
     """The given rows (sorted indices) of a Parquet file, reading only the row groups that hold them."""
@@ -79,10 +56,7 @@ def file_records(params: Quality) -> tuple[pa.Table, dict]:
     and per file what was read, or that it is missing."""
     tables, report = [], {}
     for name, spec in params.files.items():
-        if not glob.glob(spec.path):
-            if spec.required:
-                raise StageError(f"quality.files.{name}.path: {spec.path}: no such file")
-            log.warning("quality.files.%s: %s not found, skipped (required: false)", name, spec.path)
+        if not spec.files(f"quality.files.{name}"):
             report[name] = {"path": spec.path, "missing": True}
             continue
         source = LocalSource(kind="local", path=spec.path, category=spec.category, max_samples=spec.max_records,
@@ -119,16 +93,12 @@ def score_stage(params: Params, input_path: str | os.PathLike = INPUT, root: str
              training["classifier"]["heldout_accuracy"], training["reference_lm"]["tokens"])
 
     workers = min(q.workers or os.cpu_count() or 1, parquet.num_row_groups)
-    with contextlib.ExitStack() as stack, tqdm(total=parquet.metadata.num_rows, unit="rec", desc="score", mininterval=1) as bar:
-        writer = stack.enter_context(ParquetSink(root / SCORES, QUALITY_SCORES))
+    def score_row_group(index: int) -> dict[str, np.ndarray]:
+        return scorer.score(pq.ParquetFile(input_path).read_row_group(index, columns=["messages", "text"]))
+
+    with ParquetSink(root / SCORES, QUALITY_SCORES) as writer, tqdm(total=parquet.metadata.num_rows, unit="rec", desc="score", mininterval=1) as bar:
         jobs = range(parquet.num_row_groups)
-        if workers == 1:
-            _init_worker(scorer, str(input_path))
-            results = map(_score_row_group, jobs)
-        else:
-            pool = stack.enter_context(multiprocessing.get_context("fork").Pool(workers, _init_worker, (scorer, str(input_path))))
-            results = pool.imap(_score_row_group, jobs)
-        for index, scores in zip(jobs, results):
+        for index, scores in zip(jobs, parallel_map(score_row_group, jobs, workers)):
             writer.write_table(pa.Table.from_arrays(score_columns(scores), schema=writer.schema))  # one row group per input row group
             bar.update(parquet.metadata.row_group(index).num_rows)
 

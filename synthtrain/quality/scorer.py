@@ -2,7 +2,7 @@
 ``Scorer.score`` turns a batch of records into score columns and is the
 expensive part; ``combine`` and ``reject_reasons`` read only those columns
 (and the reference LM's calibration), so thresholds and weights can be retuned
-without rescoring. The package docstring gives the formulas.
+without rescoring. docs/quality.md gives the formulas.
 """
 
 import numpy as np

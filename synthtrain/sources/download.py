@@ -1,10 +1,11 @@
 """download stage: ``python -m stages.download SOURCE [--params FILE]``.
 
 Reads the source named SOURCE under ``sources:`` (kind builtin, local, hub or
-generate: a teacher model's records, ``stages/generate``)
+generate: a teacher model's records, ``synthtrain/synthesis/generate.py``)
 and writes ``data/raw/SOURCE.parquet`` in the record schema, the rejected
 input to ``data/rejects/download-SOURCE.parquet``, and the counts to
 ``metrics/download/SOURCE.json`` (read = kept + rejected, rejected by reason).
+The kinds and their settings: docs/sources.md.
 """
 
 import logging

@@ -1,22 +1,8 @@
-"""Evol-Instruct (WizardLM, Xu et al., 2023): the teacher rewrites an
-instruction of the pool into a harder one (in-depth evolution: add
-constraints, deepen, concretise, increase reasoning steps) or a new one of the
-same domain (in-breadth evolution), with the paper's prompts, then answers it.
-Kept evolutions join the pool, so later shards evolve them again (``depth`` in
-``meta`` counts the rounds).
-
-The paper's elimination rules, each a reject reason:
-
-1. ``no_information_gain``: the evolved instruction adds nothing to its parent.
-   The paper asks ChatGPT; offline, it is one that uses no word its parent
-   does not (same words, or a subset);
-2. ``sorry_response``: the evolution is too hard to answer: the response says
-   "sorry" and is shorter than 80 words;
-3. ``stopwords_response``: the response is only punctuation and stop words;
-4. ``copied_prompt``: the evolved instruction copies the evolving prompt's
-   words ("given prompt", "rewritten prompt", "#Rewritten Prompt#", ...).
-
-Also rejected: ``empty_*`` and ``capped_*`` instructions and responses.
+"""Evol-Instruct (WizardLM, Xu et al., 2023): the teacher evolves instructions
+of the pool with the paper's in-depth and in-breadth prompts, then answers
+them; kept evolutions join the pool and are evolved again (``depth`` in
+``meta``). The paper's elimination rules are the reject reasons of
+``instruction_problem`` and ``response_problem`` (docs/sources.md).
 """
 
 import random
@@ -76,7 +62,7 @@ def response_problem(response: str) -> tuple[str, str] | None:
 
 
 class EvolInstruct:
-    template = "WizardLM's in-depth and in-breadth prompts (stages/generate/evol_instruct.py), the record's meta.evolution"
+    template = "WizardLM's in-depth and in-breadth prompts (synthtrain/synthesis/evol_instruct.py), the record's meta.evolution"
 
     def __init__(self, source: GenerateSource, generator: Generator, seeds: list[str]):
         self.generator = generator

@@ -1,25 +1,13 @@
 """``kind: generate``: records written by a teacher model, run by the download
-stage like any other source, so they flow through dedup, quality and the rest.
+stage like any other source.
 
 A method (``self_instruct.py``, ``evol_instruct.py``, ``magpie.py``) turns a
 shard of prompts into candidates: a conversation, or the reason it was
-rejected. This module runs the shards:
-
-- the teacher is a ``save_pretrained`` directory or a cached hub id, loaded by
-  the eval stage's ``load_model``; every generation goes through its batched,
-  left-padded KV-cache ``Generator``;
-- a shard of ``shard_prompts`` prompts is written to
-  ``data/generate/<source>-<fingerprint>/`` when it is done. An interrupted run
-  keeps its finished shards and the next run reads them instead of generating
-  them again. A shard is seeded by its number, and the methods rebuild their
-  instruction pools from the shards before it, so a resumed run writes the
-  same records as an uninterrupted one. The fingerprint covers the source's
-  settings and the teacher's weights: change either and generation restarts;
-- shards continue until ``n`` records are kept or ``n × max_attempts`` prompts
-  were tried. Every prompt is accounted for: read = kept + rejected, rejected
-  by reason (``empty_response``, ``capped_response``, the methods' filters);
-- each record's ``meta`` holds its provenance: teacher, its weights'
-  fingerprint, method, prompt template and sampling params.
+rejected. ``generate`` runs the shards with the eval stage's ``load_model`` and
+batched ``Generator``, and writes each finished shard to, and reads it back
+from, ``data/generate/<source>-<fingerprint>/`` (settings and
+``weights_fingerprint``), so an interrupted run resumes. Settings, resume,
+reject reasons and provenance: docs/sources.md.
 """
 
 import hashlib

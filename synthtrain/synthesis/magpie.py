@@ -1,12 +1,7 @@
-"""Magpie (Xu et al., 2024): a chat-templated teacher is given only the
-pre-query template, the text its chat template puts before a user's message
-(``<|im_start|>user\\n`` for ChatML), and writes the user turn itself; then it
-answers that turn as usual. No seed data and no prompt engineering: the
-instructions come from the distribution the teacher learned for user turns.
-
-Rejected: a user turn or response that is empty (``empty_instruction``,
-``empty_response``) or reached ``max_new_tokens`` without ending
-(``capped_instruction``, ``capped_response``).
+"""Magpie (Xu et al., 2024): a chat-templated teacher is given only its
+template's pre-query text and writes the user turn itself, then answers it; no
+seed data and no prompt engineering (docs/sources.md). Rejected: only the
+common reasons, ``empty_*`` and ``capped_*`` instructions and responses.
 """
 
 import random

@@ -1,23 +1,12 @@
 """preferences stage: ``python -m stages.preferences [--params FILE]``.
 
-For every ``kind: generate`` source with a ``preferences:`` section, DPO pairs
-from its records' prompts:
-
-1. the teacher answers each prompt once per temperature of
-   ``preferences.temperatures`` (sampled, seeded);
-2. each non-empty response is scored by the eval stage's micro-judges
-   (``models/judges``, stage ``judges``): the mean of the judges'
-   probabilities that it is good. With ``teacher_judge: true`` the teacher is
-   asked too ("Is this a good response...? Answer Yes or No."), and its
-   probability of "Yes" against "No" counts as one more judge;
-3. the best response is ``chosen``, the worst ``rejected``.
-
-Writes ``data/preferences/<source>.jsonl`` in the conversational preference
-format of TRL's ``DPOTrainer`` (one JSON object per line with exactly the
-columns ``prompt``, ``chosen`` and ``rejected``, each a list of messages),
-the prompts that gave no pair to ``data/rejects/preferences.parquet``
-(``too_few_responses``: fewer than two non-empty responses; ``tie``: best and
-worst score within ``min_margin``) and ``metrics/preferences.json``.
+For every ``kind: generate`` source with a ``preferences:`` section: one
+response per temperature to each prompt, scored by the micro-judges (and by
+the teacher itself with ``teacher_judge``); the best is ``chosen``, the worst
+``rejected``. Writes ``data/preferences/<source>.jsonl`` (TRL's conversational
+preference format), the prompts that gave no pair to
+``data/rejects/preferences.parquet`` and ``metrics/preferences.json``
+(docs/sources.md).
 """
 
 import json

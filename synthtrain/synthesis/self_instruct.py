@@ -1,21 +1,7 @@
-"""Self-Instruct (Wang et al., 2023): the teacher continues a numbered list of
-tasks, ``prompt_tasks`` of them sampled from the pool (at most 2 generated, the
-rest from the seed file, as in the paper), and its next line is a new task.
-The new instruction joins the pool only if it is unlike everything there, then
-the teacher answers it.
-
-Filters, in order, each a reject reason:
-
-- ``empty_instruction``, ``capped_instruction``: no line, or no end of line
-  before ``max_new_tokens``;
-- ``instruction_length``: fewer than 3 or more than 150 words (the paper's bounds);
-- ``unsupported_keyword``: asks for what a text model cannot do (image,
-  picture, graph, file, map, draw, plot, go to, video, audio, music, flowchart,
-  diagram: the paper's list);
-- ``bad_start``: starts with punctuation or a non-ASCII character;
-- ``similar_instruction``: ROUGE-L above ``max_similarity`` (0.7, the paper's
-  rule) against an instruction of the pool, seeds included;
-- ``empty_response``, ``capped_response``: the answer.
+"""Self-Instruct (Wang et al., 2023): new tasks written by a teacher that
+continues a numbered task list, kept if they pass the filters
+(``instruction_problem``, then ROUGE-L against the pool), then answered. The
+prompt and the filters, each a reject reason: docs/sources.md.
 
 ROUGE-L is the F-measure of the longest common subsequence of words. Its
 bound ``2 × common words / (len a + len b)`` skips most of the pool without

@@ -1,39 +1,20 @@
-"""tokenizer stage: the tokenizer every later stage and model uses.
+"""train_tokenizer stage: the tokenizer every later stage and model uses.
 
     python -m stages.train_tokenizer [--params params.yaml]
 
-Writes ``models/tokenizer/`` (``save_pretrained``: ``tokenizer.json``,
-``tokenizer_config.json``, ``chat_template.jinja``), which
-``AutoTokenizer.from_pretrained("models/tokenizer")`` loads offline, and
-``metrics/tokenizer.json``.
-
-By default it trains a byte-level BPE tokenizer with the ``tokenizers`` library:
-
-- **Training text**: ``tokenizer.train_records`` records drawn with
-  ``tokenizer.seed`` from the deduplicated pool ``data/dedup/train.parquet``
-  (every category), rendered as the tokenize stage renders them. Not the mix:
-  the tokenizer then stays the same across sample and mix experiments, whose
-  token counts stay comparable.
-- **Pre-tokenization**: GPT-2's split without its whitespace look-ahead
-  (``pretoken_pattern``), every digit its own pre-token (``tokenizer.split_digits``;
-  it helped arithmetic when measured earlier), then byte level, so any text
-  encodes with no unknown token. The pattern is RE2's as well as the tokenizer's,
-  which lets the tokenize stage pre-tokenize in Arrow and run BPE once per
-  distinct pre-token.
-- **Special tokens**: ``<|endoftext|>`` (id 0) ends every record in the packed
-  stream and pads the last sequence, so it is both eos and pad; ``<|im_start|>``
-  (1) and ``<|im_end|>`` (2) delimit ChatML turns. There is no bos token.
-- **Chat template**: ChatML, ``<|im_start|>{role}\\n{content}<|im_end|>\\n`` per
-  message, and ``<|im_start|>assistant\\n`` as the generation prompt.
-
-Or, with ``tokenizer.pretrained`` (a hub id in the local cache or a directory),
-that tokenizer is loaded offline and saved as is, given ChatML and its special
-tokens if it has no chat template, and ``<|endoftext|>`` if it has no eos token.
-
+``build_tokenizer`` trains a byte-level BPE with the ``tokenizers`` library on
+``tokenizer.train_records`` records of ``data/dedup/train.parquet``
+(``sample_pool``), rendered as the tokenize stage renders them, with
+``chat.pretoken_pattern`` and the ChatML special tokens; or, with
+``tokenizer.pretrained``, loads that tokenizer offline (``load_pretrained``) and
+gives it ChatML and an eos token if it lacks them. It writes
+``models/tokenizer/`` (``save_pretrained``) and ``metrics/tokenizer.json``.
 BPE training in ``tokenizers`` 0.23 gave byte-identical files on repeated runs
-and with 1 or 2 threads, so same params give the same files (tests check it).
+and with 1 or 2 threads (tests check it). The choices and the special tokens:
+docs/training.md.
 """
 
+import logging
 import time
 from pathlib import Path
 
@@ -49,6 +30,8 @@ from synthtrain.params import Params, StageError
 from synthtrain.records import BATCH_ROWS, CATEGORIES
 from synthtrain.tokens import TOKENIZER as MODEL
 from synthtrain.tokens.chat import CHATML_TEMPLATE, ENDOFTEXT, IM_END, IM_START, SPECIAL_TOKENS, pretoken_pattern, render_column
+
+log = logging.getLogger("train_tokenizer")
 
 
 POOL = Path("data/dedup/train.parquet")
@@ -114,13 +97,13 @@ def build_tokenizer(params: Params) -> dict:
     sample = sample_pool(POOL, config.train_records, config.seed)
     if config.pretrained:
         tokenizer = load_pretrained(config.pretrained)
-        print(f"tokenizer: loaded {config.pretrained} ({len(tokenizer):,} tokens)")
+        log.info(f"loaded {config.pretrained} ({len(tokenizer):,} tokens)")
     else:
         texts = render_column(sample).to_pylist()
         started = time.time()
         tokenizer = train_bpe(tqdm(texts, desc="train BPE", unit="record"), config.vocab_size, config.split_digits)
-        print(f"tokenizer: trained byte-level BPE with {len(tokenizer):,} tokens on {len(texts):,} records "
-              f"of {POOL} in {time.time() - started:.1f} s")
+        log.info(f"trained byte-level BPE with {len(tokenizer):,} tokens on {len(texts):,} records "
+                 f"of {POOL} in {time.time() - started:.1f} s")
     MODEL.mkdir(parents=True, exist_ok=True)
     for old in MODEL.iterdir():  # files of an earlier, different tokenizer must not linger
         old.unlink()

@@ -1,52 +1,12 @@
-"""tokenize stage: render, tokenize and pack the training mix and the held-out sets.
-
-    python -m stages.tokenize [--params params.yaml]
-
-Reads ``models/tokenizer/`` (the tokenizer stage), ``data/mix/train.parquet``
-and every ``data/heldout/<source>.parquet``, and writes
-
-- ``data/tokens/train/``: the mix as packed sequences (layout below);
-- ``data/tokens/heldout/<source>/``: each held-out set, packed the same way;
-- ``data/tokens/metadata.json``: vocabulary size, dtype, ``seq_len``, the
-  special token ids, and per set the sequences and the tokens and loss tokens
-  per category;
-- ``data/rejects/tokenize.parquet``: records that render to nothing, with the
-  reason, the file and the row;
-- ``metrics/tokenize.json``: records in / kept / rejected, tokens and loss
-  tokens per category, sequences and padding, per set.
-
-**Rendering.** A conversation is rendered through the chat template, exactly
-as ``tokenizer.apply_chat_template(messages, tokenize=False)`` renders it, and
-encoded without added special tokens, as ``apply_chat_template(tokenize=True)``
-does; a document is its text. With our ChatML template the rendering is done
-in Arrow for whole batches; with a pretrained tokenizer's own template, by that
-template, record by record.
-
-**Loss mask.** One byte per token: 1 where the token counts in the loss (the
-train stage predicts it), 0 where it is context only. Documents count every
-token. Conversations count every token too with ``tokenize.assistant_only:
-false``; with ``true`` (the default) only the tokens that overlap an assistant
-turn's content or the ``<|im_end|>`` that closes it, found from the encoding's
-character offsets (a token that straddles the border counts). With another
-template, an assistant turn is the text its message adds to the rendering of
-the conversation up to the generation prompt before it.
-
-**Stream.** Records are taken in file order (the mix may be a curriculum), each
-followed by ``<|endoftext|>`` (eos), which counts in the loss for documents
-and whenever all tokens count, not after an assistant-only conversation (its
-reply ends with ``<|im_end|>``). A record that renders to no token (``empty``)
-or, assistant-only, has no assistant turn (``no_assistant_turn``) is rejected.
-``count_tokens`` gives each record's share of the stream, so the mix stage can
-meet a token budget exactly.
-
-**Packing.** The stream is cut into sequences of ``tokenize.seq_len`` tokens;
-a record continues into the next sequence where one ends (no token is lost).
-The last sequence is filled with the pad token (``<|endoftext|>``) with mask 0.
-A directory holds shards ``tokens-00000.npy`` (dtype uint16 when the vocabulary
-fits, else uint32) and ``mask-00000.npy`` (uint8), each of shape
-``(sequences, seq_len)`` and read with ``np.load(path, mmap_mode="r")``, and
-``index.json`` naming the shards, their sequence counts and the dtype. A
-``seq_len`` longer than the model's context is caught by the train stage.
+"""The token API every stage after the tokenizer uses: ``load_tokenizer``,
+``render`` records (ChatML in Arrow for whole batches, or a pretrained
+tokenizer's own template record by record), ``encode`` them into token ids
+with loss masks (assistant turns found from the tokens' character offsets),
+and ``count_tokens``: each record's share of the packed stream, exactly as
+packing produces it, which the sample and mix stages count budgets with. A
+tokenizer trained here is pre-tokenized in Arrow with its own pattern and runs
+BPE once per distinct pre-token (``pretokenized_ids``); any other goes through
+``encode_batch``. Rendering, loss masks, rejects and packing: docs/training.md.
 """
 
 import itertools

@@ -1,6 +1,7 @@
 """Packing: the token stream of a Parquet file of records cut into ``seq_len``
 sequences, written as ``.npy`` shards with their loss masks (docs/training.md)."""
 
+import logging
 import json
 import time
 from collections import Counter
@@ -14,6 +15,8 @@ from transformers import PreTrainedTokenizerFast
 from synthtrain.params import Params, StageError, Tokenize
 from synthtrain.records import BATCH_ROWS, CATEGORIES, SCHEMA, TOKENIZE_REJECT_SCHEMA, ParquetSink
 from synthtrain.tokens.encoding import encode, load_tokenizer, token_dtype
+
+log = logging.getLogger("tokenize")
 
 MIX = Path("data/mix/train.parquet")
 HELDOUT = Path("data/heldout")
@@ -91,9 +94,9 @@ def tokenize_file(tokenizer: PreTrainedTokenizerFast, path: Path, directory: Pat
             progress.update(batch.num_rows)
     index = packer.close()
     seconds = time.time() - started
-    print(f"tokenize: {path}: {rows:,} records, {sum(tokens.values()):,} tokens in {seconds:.1f} s "
-          f"({sum(tokens.values()) / max(seconds, 1e-9):,.0f} tokens/s); rejected {sum(rejected.values()):,}; "
-          f"wrote {index['sequences']:,} sequences to {directory}/")
+    log.info(f"{path}: {rows:,} records, {sum(tokens.values()):,} tokens in {seconds:.1f} s "
+             f"({sum(tokens.values()) / max(seconds, 1e-9):,.0f} tokens/s); rejected {sum(rejected.values()):,}; "
+             f"wrote {index['sequences']:,} sequences to {directory}/")
     return {
         "in": rows,
         "kept": rows - sum(rejected.values()),

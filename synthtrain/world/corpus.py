@@ -1,15 +1,10 @@
-"""``kind: builtin``: the project's deterministic synthetic-data generator.
-
-It writes instruction chats, textbook-style knowledge passages and web pages
-about the fictional world in ``world.py``, and injects controlled flaws at the
-rates in ``sources.<name>.flaws``; each record's ground truth is in
-``meta.flaw`` (null when clean). Records are made in fixed chunks, each from its
-own seed, on all cores; chunks are written in order, so the output bytes do not
-depend on the number of processes.
+"""``kind: builtin``: the project's deterministic synthetic-data generator of
+instruction, knowledge and web records about the world of ``facts.py``, with
+controlled flaws at the rates in ``sources.<name>.flaws`` (ground truth in
+``meta.flaw``). Chunks are seeded one by one and generated in parallel
+(docs/sources.md).
 """
 
-import contextlib
-import multiprocessing
 import os
 import random
 from collections import Counter
@@ -19,6 +14,7 @@ from tqdm import tqdm
 
 from synthtrain.world import tasks
 from synthtrain.world.facts import Fact, World
+from synthtrain.parallel import parallel_map
 from synthtrain.params import BuiltinSource, Params
 from synthtrain.records import SCHEMA, content_of, dump_meta, record_id
 
@@ -58,7 +54,7 @@ SYNONYMS = {"is": "happens to be", "the": "that", "about": "roughly", "many": "n
 GIBBERISH_LETTERS = "abcdefghijklmnopqrstuvwxyz      .,"
 
 
-class Generator:
+class CorpusGenerator:
     def __init__(self, params: Params, source: str):
         self.world = World(params.world)
         self.source = source
@@ -358,18 +354,6 @@ def mojibake(messages, text):
     return [{"role": m["role"], "content": garble(m["content"]) if m["role"] == "assistant" else m["content"]} for m in messages], None
 
 
-_GENERATOR: Generator | None = None
-
-
-def _init_worker(params: Params, source: str) -> None:
-    global _GENERATOR
-    _GENERATOR = Generator(params, source)
-
-
-def _run_chunk(job: tuple[int, int]):
-    return _GENERATOR.chunk(*job)
-
-
 def generate(params: Params, source: str, sink, workers: int = 0) -> tuple[Counter, Counter]:
     """Write ``max_samples`` records to ``sink`` (a RecordWriter); returns the
     counts by category and by flaw."""
@@ -377,14 +361,9 @@ def generate(params: Params, source: str, sink, workers: int = 0) -> tuple[Count
     jobs = [(i, min(CHUNK, total - i * CHUNK)) for i in range((total + CHUNK - 1) // CHUNK)]
     workers = workers or os.cpu_count() or 1
     categories, flaws = Counter(), Counter()
-    with contextlib.ExitStack() as stack, tqdm(total=total, unit="rec", desc=f"builtin {source}", mininterval=1) as bar:
-        if workers == 1:
-            _init_worker(params, source)
-            results = map(_run_chunk, jobs)
-        else:
-            pool = stack.enter_context(multiprocessing.get_context("fork").Pool(workers, _init_worker, (params, source)))
-            results = pool.imap(_run_chunk, jobs)
-        for table, chunk_categories, chunk_flaws in results:
+    generator = CorpusGenerator(params, source)
+    with tqdm(total=total, unit="rec", desc=f"builtin {source}", mininterval=1) as bar:
+        for table, chunk_categories, chunk_flaws in parallel_map(lambda job: generator.chunk(*job), jobs, workers):
             sink.write_table(table)
             categories += chunk_categories
             flaws += chunk_flaws

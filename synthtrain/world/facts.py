@@ -1,16 +1,7 @@
-"""The built-in fictional world: made-up entities, their facts, and the ways a
-fact can be stated or asked about.
-
-Countries have a capital, population (millions), founding year, language and
-one neighbour; cities a country and a river; people a birth year, birthplace
-and profession; species a habitat, diet and lifespan; substances a colour,
-melting point and use.
-
-Everything is drawn from ``world.seed``, so the same params give the same world
-in every process. Facts are phrased in ``world.phrasings`` training phrasings;
-the question phrasings after those, and a set reserved for evaluation, are never
-used in training data, so held-out problems test recall rather than
-memorised strings.
+"""The built-in fictional world: made-up entities (countries, cities, people,
+species, substances) and their facts, drawn from ``world.seed``, and the
+training and evaluation phrasings of each fact and question
+(docs/sources.md).
 """
 
 import random

@@ -1,17 +1,10 @@
 """builtin_eval stage: ``python -m stages.builtin_eval [--params FILE]``.
 
-Writes the held-out evaluation problems of the built-in world to
-``data/raw/builtin_eval.parquet``: fact recall, arithmetic, word problems,
-string tasks and format following, ``builtin_eval.per_family`` of each. They use
-phrasings and templates that no training record uses, and carry their answer
-key in ``meta.answer`` (or ``meta.check`` for format tasks) and how to extract
-an answer from a generation in ``meta.extract``:
-
-- ``first_word``: the first word of the reply, stripped of punctuation;
-- ``final_answer``: the text after the last ``Final answer:``;
-- ``bullets`` / ``json``: the reply's bullet items or JSON object, checked against ``meta.check``.
-
-Each problem's reference solution is the assistant turn.
+Writes the built-in world's held-out evaluation problems, ``builtin_eval.per_family``
+of each family, to ``data/raw/builtin_eval.parquet``, in phrasings and templates
+that no training record uses. Each carries its reference solution as the
+assistant turn, its answer key in ``meta.answer`` or ``meta.check`` and its
+extraction rule in ``meta.extract`` (docs/evaluation.md).
 """
 
 import logging
