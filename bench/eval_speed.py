@@ -14,10 +14,18 @@ on the same prompts: one prompt at a time with ``model.generate`` (what
 Held-out scoring: ``synthtrain.evaluation.heldout.heldout_metrics`` on the first
 ``--records`` held-out records, in tokens per second.
 
+The eval stage uses transformers' default attention (SDPA) because, measured
+alone, it was the faster; a speed-up below 1 over eager attention here would
+say otherwise. A model that never ends a turn before ``max_new_tokens`` (as a
+barely trained default model does) is the slowest case for generation: a model
+that ends its turns cuts that time. The whole stage's own timings are in
+metrics/eval.json (``seconds_*``; section "The default pipeline").
+
     python bench/eval_speed.py [--model models/current] [--prompts 64] [--records 300]
 """
 
 import argparse
+import os
 import platform
 import sys
 import time
@@ -30,6 +38,7 @@ from transformers import AutoModelForCausalLM
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.machine import write_results  # noqa: E402
 from synthtrain.generation import Generator, load_model  # noqa: E402
 from synthtrain.evaluation.heldout import heldout_metrics  # noqa: E402
 from synthtrain.params import load_params  # noqa: E402
@@ -49,21 +58,27 @@ def main() -> None:
     print(f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads; {len(prompts)} prompts, "
           f"max_new_tokens {config.max_new_tokens}, batch {config.batch_size}")
 
-    def run(name: str, generator: Generator, batch_size: int | None = None) -> tuple[float, list[str]]:
+    figures = {}
+
+    def run(name: str, key: str, generator: Generator, batch_size: int | None = None) -> tuple[float, list[str]]:
         if batch_size is not None:
             generator.config = config.model_copy(update={"batch_size": batch_size})
         started = time.perf_counter()
         replies = [r.text for r in generator(prompts)]
         seconds = time.perf_counter() - started
         print(f"{name:<34} {seconds:7.1f} s  {len(prompts) / seconds:6.2f} prompts/s  {generator.new_tokens / seconds:7.0f} tokens/s")
+        figures.update({f"{key}_seconds": seconds, f"{key}_prompts_per_s": len(prompts) / seconds,
+                        f"{key}_generated_tokens_per_s": generator.new_tokens / seconds})
         return seconds, replies
 
-    ours, replies = run("ours: batched, SDPA attention", Generator(model, tokenizer, config, 0))
-    one_by_one, single = run("baseline: one prompt at a time", Generator(model, tokenizer, config, 0), batch_size=1)
+    ours, replies = run("ours: batched, SDPA attention", "ours", Generator(model, tokenizer, config, 0))
+    one_by_one, single = run("baseline: one prompt at a time", "one_at_a_time", Generator(model, tokenizer, config, 0), batch_size=1)
     eager = AutoModelForCausalLM.from_pretrained(args.model, local_files_only=True, attn_implementation="eager").eval()
-    batched_eager, eager_replies = run("baseline: batched, eager attention", Generator(eager, tokenizer, config, 0))
+    batched_eager, eager_replies = run("baseline: batched, eager attention", "batched_eager", Generator(eager, tokenizer, config, 0))
     print(f"speed-up: {one_by_one / ours:.2f}x over one at a time, {batched_eager / ours:.2f}x over eager attention; "
           f"same replies: {replies == single}, {replies == eager_replies}")
+    figures.update({"speedup_vs_one_at_a_time": one_by_one / ours, "speedup_vs_batched_eager": batched_eager / ours,
+                    "same_replies_as_one_at_a_time": replies == single, "same_replies_as_batched_eager": replies == eager_replies})
 
     heldout = sorted((REPO / "data/heldout").glob("*.parquet"))
     started = time.perf_counter()
@@ -71,6 +86,13 @@ def main() -> None:
                               params.tokenize.assistant_only)
     seconds = time.perf_counter() - started
     print(f"held-out scoring: {metrics['heldout_tokens']:,} tokens in {seconds:.1f} s, {metrics['heldout_tokens'] / seconds:,.0f} tokens/s")
+    figures.update({"heldout_tokens": metrics["heldout_tokens"], "heldout_seconds": seconds,
+                    "heldout_tokens_per_s": metrics["heldout_tokens"] / seconds})
+    write_results(
+        "eval_speed", figures,
+        settings={"model": os.path.relpath(args.model, REPO), "prompts": len(prompts), "heldout_records": args.records,
+                  "max_new_tokens": config.max_new_tokens, "batch_size": config.batch_size, "decoding": "greedy"},
+    )
 
 
 if __name__ == "__main__":

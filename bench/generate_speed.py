@@ -11,10 +11,22 @@ Baselines, in the same run on the same teacher: the same source with batch 1
 the CPU (the eval stage's Generator only uses bf16 on a GPU; this checks that
 choice on this machine).
 
+Batching gains less here than in the eval stage's greedy batches because a
+sampled batch runs until its longest turn ends: one reply that runs to the cap
+holds up all its neighbours. The Generator uses bf16 only on GPUs, and
+``make collapse`` runs in fp32; a ``bf16_autocast_speed_vs_fp32`` below 1
+confirms that choice for this CPU. The default ``models/current`` trains on
+assistant turns only (``tokenize.assistant_only``), so it writes poor user
+turns and many prompts are rejected (kept / read); that is why ``make
+collapse`` trains its generations with ``assistant_only: false``. On a GPU the
+script skips the bf16-on-CPU variant: ``python bench/generate_speed.py --model
+<teacher> --batch 64``.
+
     python bench/generate_speed.py [--model models/current] [--records 64] [--batch 32] [--max-new-tokens 96]
 """
 
 import argparse
+import os
 import platform
 import sys
 import tempfile
@@ -27,12 +39,14 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.machine import write_results  # noqa: E402
 from synthtrain.synthesis.generate import generate  # noqa: E402
 from synthtrain.params import GenerateSource  # noqa: E402
 from synthtrain.records import RecordWriter, RejectWriter  # noqa: E402
 
 
-def run(name: str, model: str, records: int, batch: int, max_new_tokens: int, bf16_cpu: bool = False) -> float:
+def run(name: str, model: str, records: int, batch: int, max_new_tokens: int, bf16_cpu: bool = False) -> dict:
+    """Prints one line and returns its figures: seconds, records/s, prompts/s, generated tokens/s, kept, read."""
     source = GenerateSource(kind="generate", teacher=model, method="magpie", n=records, shard_prompts=records,
                             sampling={"max_new_tokens": max_new_tokens, "batch_size": batch, "temperature": 1.0, "top_p": 1.0})
     with tempfile.TemporaryDirectory() as root:
@@ -52,7 +66,8 @@ def run(name: str, model: str, records: int, batch: int, max_new_tokens: int, bf
     rate = counts["kept"] / seconds
     print(f"{name:<40} {seconds:7.1f} s  {rate:6.2f} records/s  {counts['read'] / seconds:6.2f} prompts/s  "
           f"{counts['generation_tokens_per_s']:7.0f} generated tokens/s  (kept {counts['kept']} of {counts['read']})")
-    return rate
+    return {"seconds": seconds, "records_per_s": rate, "prompts_per_s": counts["read"] / seconds,
+            "generated_tokens_per_s": counts["generation_tokens_per_s"], "kept": counts["kept"], "read": counts["read"]}
 
 
 def main() -> None:
@@ -65,11 +80,23 @@ def main() -> None:
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
     print(f"{device}; teacher {args.model}; magpie, {args.records} records, max_new_tokens {args.max_new_tokens}")
     ours = run(f"ours (batch {args.batch}, KV cache)", args.model, args.records, args.batch, args.max_new_tokens)
-    single = run("baseline: one prompt at a time", args.model, max(8, args.records // 4), 1, args.max_new_tokens)
-    print(f"ours / one at a time: x{ours / single:.2f}")
+    single_records = max(8, args.records // 4)
+    single = run("baseline: one prompt at a time", args.model, single_records, 1, args.max_new_tokens)
+    print(f"ours / one at a time: x{ours['records_per_s'] / single['records_per_s']:.2f}")
+    figures = {f"ours_{key}": value for key, value in ours.items()}
+    figures.update({f"one_at_a_time_{key}": value for key, value in single.items()})
+    figures["speedup_vs_one_at_a_time"] = ours["records_per_s"] / single["records_per_s"]
     if not torch.cuda.is_available():
         bf16 = run(f"variant: batch {args.batch}, bf16 autocast on CPU", args.model, args.records, args.batch, args.max_new_tokens, True)
-        print(f"bf16 autocast / ours (fp32): x{bf16 / ours:.2f}")
+        print(f"bf16 autocast / ours (fp32): x{bf16['records_per_s'] / ours['records_per_s']:.2f}")
+        figures.update({f"bf16_autocast_{key}": value for key, value in bf16.items()})
+        figures["bf16_autocast_speed_vs_fp32"] = bf16["records_per_s"] / ours["records_per_s"]
+    write_results(
+        "generate_speed", figures,
+        settings={"model": os.path.relpath(args.model, REPO), "method": "magpie", "records": args.records,
+                  "one_at_a_time_records": single_records, "batch": args.batch, "max_new_tokens": args.max_new_tokens,
+                  "temperature": 1.0, "top_p": 1.0, "device": device},
+    )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Benchmark: the local loader's records/s on GPTeacher-Toolformer (7,673 records).
+"""Benchmark: the local loader's records/s on GPTeacher-Toolformer.
 
 Measured: ``kind: local`` end to end (read, detect format, normalise, validate,
 hash, write Parquet and metrics). Baseline, in the same run: ``json.load`` of the
@@ -10,6 +10,7 @@ same file and a loop over its rows, the floor any JSON loader pays.
 import argparse
 import json
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -18,6 +19,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.machine import write_results  # noqa: E402
 from synthtrain.sources.download import download  # noqa: E402
 from synthtrain.params import parse_params  # noqa: E402
 
@@ -51,6 +53,12 @@ def main() -> None:
     print(f"baseline (json.load + row loop): {count / base:,.0f} records/s")
     print(f"local loader (to Parquet):       {count / loader:,.0f} records/s")
     print(f"loader / baseline: {base / loader:.2f}x the speed ({loader / base:.1f}x the time)")
+    write_results(
+        "local_loader",
+        figures={"json_load_records_per_s": count / base, "loader_records_per_s": count / loader,
+                 "loader_speed_vs_json_load": base / loader, "loader_time_vs_json_load": loader / base},
+        settings={"file": os.path.relpath(args.file, REPO), "records": count, "repeats": args.repeats, "timing": "best of repeats"},
+    )
 
 
 if __name__ == "__main__":
