@@ -132,3 +132,10 @@ def test_the_readme_draws_the_current_dag():
     dvc = Path(sys.executable).parent / "dvc"
     drawn = subprocess.run([str(dvc), "dag", "--md"], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
     assert drawn in (REPO / "README.md").read_text()
+
+
+def test_the_benchmark_page_shows_the_committed_results():
+    """docs/benchmarks.md is generated from bench/results/*.json: a new result without `python -m bench.report` fails here."""
+    from bench.report import render_benchmarks
+
+    assert (REPO / "docs/benchmarks.md").read_text().startswith(render_benchmarks())
