@@ -9,7 +9,7 @@ PROFILE ?= cpu
 J ?= 2
 THREADS ?= $(shell python3 -c "import os; print(max(1, (os.cpu_count() or 1) // $(J)))")
 
-.PHONY: repro test bench venv exp1 exp2 exp3 exp4 experiments report collapse
+.PHONY: repro test fuzz bench venv exp1 exp2 exp3 exp4 experiments report collapse
 
 venv: $(VENV)/.installed
 
@@ -23,6 +23,12 @@ repro: venv
 
 test: venv
 	python -m pytest -q tests
+
+# The fuzz test of kind: local (tests/test_fuzz.py) with FUZZ_EXAMPLES cases per file
+# type instead of CI's 300; the statistics say what the cases reached.
+FUZZ_EXAMPLES ?= 5000
+fuzz: venv
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) python -m pytest -q tests/test_fuzz.py -p no:cacheprovider --hypothesis-show-statistics
 
 bench: venv
 	python bench/builtin_generator.py

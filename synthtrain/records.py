@@ -8,8 +8,16 @@ Records are written and read in batches (BATCH_ROWS), so a stage's memory does
 not grow with the number of records. Rejected input goes to a reject file with
 its own schema (reason, location, detail, raw input), so nothing is lost
 silently.
+
+Every output file is written under a temporary name next to its final one and
+renamed into place only when complete: inside ``output_transaction()`` (which
+``synthtrain.cli.run_stage`` enters around each stage) all of a stage's outputs
+are renamed together when the stage succeeds, so a failed or killed stage leaves
+the previous outputs as they were.
 """
 
+import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -103,6 +111,12 @@ class InvalidRecord(ValueError):
         self.reason = reason
 
 
+def shown(value: object) -> str:
+    """A value in a message: its repr when it is a scalar, else its type (a
+    nested list or object may be huge, or too deep to repr)."""
+    return repr(value) if isinstance(value, (str, int, float, bool, type(None))) else f"a {type(value).__name__}"
+
+
 def content_of(messages: list[dict] | None, text: str | None) -> str:
     """The text a record's id and length are computed from."""
     if messages is not None:
@@ -115,7 +129,30 @@ def record_id(messages: list[dict] | None = None, text: str | None = None) -> st
 
 
 def dump_meta(meta: dict) -> str:
-    return json.dumps(meta, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    # default=str: a Parquet input's dates, decimals or bytes in meta become their text instead of a TypeError.
+    return json.dumps(meta, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
+
+
+def invalid_utf8_field(value: object, name: str) -> str | None:
+    """The first field under ``value`` (called ``name``) holding text that is not
+    valid UTF-8 (a key or a string, at any depth), or None. Iterative, so that a
+    deeply nested value cannot exhaust the stack."""
+    stack = [(name, value)]
+    while stack:
+        name, value = stack.pop()
+        if isinstance(value, str):
+            if has_invalid_utf8(value):
+                return name
+        elif isinstance(value, dict):
+            for key, item in reversed(value.items()):
+                key = str(key)
+                label = f"{name}.{key}" if key.isidentifier() else f"{name}[{json.dumps(key)}]"
+                if has_invalid_utf8(key):
+                    return label
+                stack.append((label, item))
+        elif isinstance(value, (list, tuple)):
+            stack.extend((f"{name}[{i}]", item) for i, item in reversed(list(enumerate(value))))
+    return None
 
 
 def make_record(
@@ -137,7 +174,7 @@ def make_record(
             raise InvalidRecord("empty_messages", "messages is an empty list")
         for i, message in enumerate(messages):
             if message.get("role") not in ROLES:
-                raise InvalidRecord("bad_role", f"messages[{i}].role is {message.get('role')!r}, not one of {', '.join(ROLES)}")
+                raise InvalidRecord("bad_role", f"messages[{i}].role is {shown(message.get('role'))}, not one of {', '.join(ROLES)}")
             if not isinstance(message.get("content"), str):
                 raise InvalidRecord("bad_type", f"messages[{i}].content is {type(message.get('content')).__name__}, not a string")
             if not message["content"].strip():
@@ -151,8 +188,16 @@ def make_record(
         if not text.strip():
             raise InvalidRecord("empty_text", "text is empty")
     content = content_of(messages, text)
-    if has_invalid_utf8(content):
-        raise InvalidRecord("invalid_utf8", "the content is not valid UTF-8")
+    try:
+        meta_json = dump_meta(meta or {})
+    except (RecursionError, ValueError) as exc:  # nesting deeper than the stack allows; an integer of over 4,300 digits
+        raise InvalidRecord("bad_meta", f"meta cannot be stored as JSON ({'nested too deep' if isinstance(exc, RecursionError) else exc})") from None
+    # Every string goes to Parquet, which refuses text that is not UTF-8 (bytes
+    # decoded with surrogateescape, a "\ud800" escape) and would fail the whole
+    # batch: check all of it at once, and only on failure look for the field.
+    if has_invalid_utf8(content) or has_invalid_utf8(meta_json):
+        field = invalid_utf8_field({"messages": messages, "text": text, "meta": meta or {}}, "record")
+        raise InvalidRecord("invalid_utf8", f"{(field or 'record').removeprefix('record.')} is not valid UTF-8 (invalid bytes or a lone surrogate)")
     if max_chars is not None and len(content) > max_chars:
         raise InvalidRecord("too_long", f"{len(content):,} characters, over download.max_chars={max_chars:,}")
     return {
@@ -161,7 +206,7 @@ def make_record(
         "category": category,
         "messages": messages,
         "text": text,
-        "meta": dump_meta(meta or {}),
+        "meta": meta_json,
     }
 
 
@@ -181,17 +226,144 @@ def has_invalid_utf8(text: str) -> bool:
     return False
 
 
+# --- atomic outputs -------------------------------------------------------------
+# A file is written as "<name>.tmp-<pid>" in its final directory (so the rename
+# stays on one filesystem and is atomic) and renamed when complete. Inside a
+# transaction the renames wait until the stage has succeeded, so its outputs,
+# rejects and metrics change together or not at all: a failed stage cannot
+# leave an empty output and a partial rejects file next to the old metrics,
+# and a killed one leaves at most a temporary file, never a Parquet without a
+# footer under the name the next stage reads.
+
+def _stage_error(message: str) -> Exception:
+    from synthtrain.params import StageError  # imported here: params imports this module
+
+    return StageError(message)
+
+
+def _cannot_write(path: Path, exc: OSError) -> Exception:
+    reason = os.strerror(exc.errno) if exc.errno else str(exc).splitlines()[0]
+    return _stage_error(f"{path}: cannot write it in {path.parent} ({reason})")
+
+
+class _Transaction:
+    def __init__(self):
+        self.pid = os.getpid()
+        self.temporaries: list[Path] = []  # every file started, deleted if the stage fails
+        self.renames: dict[Path, Path] = {}  # final path -> its complete temporary, in the order finished
+
+
+_active: _Transaction | None = None
+
+
+def _transaction() -> _Transaction | None:
+    # A forked worker inherits the variable but not the duty to commit: its files rename at close.
+    return _active if _active is not None and _active.pid == os.getpid() else None
+
+
+@contextlib.contextmanager
+def output_transaction():
+    """Hold back the renames of every output finished inside the block until it
+    ends without an exception; on an exception (a StageError, Ctrl-C) delete the
+    temporaries instead. Nested use joins the outer transaction."""
+    global _active
+    if _transaction() is not None:
+        yield
+        return
+    transaction = _active = _Transaction()
+    try:
+        yield
+    except BaseException:
+        for temporary in transaction.temporaries:
+            temporary.unlink(missing_ok=True)
+        raise
+    finally:
+        _active = None
+    for final, temporary in transaction.renames.items():
+        try:
+            os.replace(temporary, final)
+        except OSError as exc:
+            for left in transaction.temporaries:
+                left.unlink(missing_ok=True)
+            raise _cannot_write(final, exc) from None
+    for unfinished in set(transaction.temporaries) - set(transaction.renames.values()):
+        unfinished.unlink(missing_ok=True)  # a writer never closed: incomplete, so not published
+
+
+def _start_output(final: Path) -> Path:
+    """The temporary to write ``final`` to; removes the ones a killed run of it left."""
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        for left in final.parent.glob(f"{glob.escape(final.name)}.tmp-*"):
+            pid = left.name.rpartition("-")[2]
+            if pid.isdigit() and not _running(int(pid)):
+                left.unlink(missing_ok=True)
+    except OSError as exc:
+        raise _cannot_write(final, exc) from None
+    temporary = final.with_name(f"{final.name}.tmp-{os.getpid()}")
+    if (transaction := _transaction()) is not None:
+        transaction.temporaries.append(temporary.absolute())
+    return temporary
+
+
+def _finish_output(final: Path, temporary: Path) -> None:
+    """Publish a complete temporary: now, or when the transaction ends."""
+    if (transaction := _transaction()) is not None:
+        transaction.renames[final.absolute()] = temporary.absolute()
+        return
+    try:
+        os.replace(temporary, final)
+    except OSError as exc:
+        temporary.unlink(missing_ok=True)
+        raise _cannot_write(final, exc) from None
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
+def current_path(path: str | os.PathLike) -> Path:
+    """Where ``path`` can be read now: within a transaction, a file this stage has
+    finished but not yet renamed is read from its temporary."""
+    transaction = _transaction()
+    return transaction.renames.get(Path(path).absolute(), Path(path)) if transaction else Path(path)
+
+
+def open_parquet(path: str | os.PathLike) -> pq.ParquetFile:
+    """A Parquet input, or a StageError naming the file when it is missing or
+    unreadable (empty, not Parquet, no footer after a killed write)."""
+    try:
+        return pq.ParquetFile(current_path(path))
+    except FileNotFoundError:
+        raise _stage_error(f"{path}: no such file") from None
+    except (pa.ArrowException, OSError, ValueError) as exc:  # ValueError: a damaged footer can hold names that are not UTF-8
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise _stage_error(f"{path}: not a readable Parquet file ({reason})") from None
+
+
 class ParquetSink:
     """Appends rows to one Parquet file in fixed-size row groups, so output
     bytes depend only on the rows, not on how callers batched them. The file is
-    written even when no row arrives, so DVC always finds the declared output."""
+    written even when no row arrives, so DVC always finds the declared output.
+    Rows go to a temporary file that close() renames to ``path`` (at the end of
+    the transaction, inside one); leaving the ``with`` block by an exception
+    deletes it."""
 
     def __init__(self, path: str | os.PathLike, schema: pa.Schema):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.schema = schema
         self._rows: list[dict] = []
-        self._writer = pq.ParquetWriter(self.path, schema, compression="zstd")
+        self._temporary = _start_output(self.path)
+        try:
+            self._writer = pq.ParquetWriter(self._temporary, schema, compression="zstd")
+        except OSError as exc:
+            raise _cannot_write(self.path, exc) from None
         self.count = 0
 
     def write(self, row: dict) -> None:
@@ -212,14 +384,29 @@ class ParquetSink:
             self._rows = []
 
     def close(self) -> None:
+        if self._writer is None:
+            return
         self._flush()
         self._writer.close()
+        self._writer = None
+        _finish_output(self.path, self._temporary)
+
+    def discard(self) -> None:
+        """Drop what was written; ``path`` keeps its previous content."""
+        if self._writer is not None:
+            with contextlib.suppress(Exception):  # the error that brought us here is the one to report
+                self._writer.close()
+            self._writer = None
+        self._temporary.unlink(missing_ok=True)
 
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
-        self.close()
+    def __exit__(self, exc_type, exc, traceback):
+        if exc_type is None:
+            self.close()
+        else:
+            self.discard()
 
 
 class RecordWriter(ParquetSink):
@@ -246,19 +433,29 @@ class RejectWriter(ParquetSink):
         """``raw`` is the input as read: a line of text, or a parsed row (stored as JSON)."""
         self.by_reason[reason] += 1
         if raw is not None and not isinstance(raw, str):
-            raw = json.dumps(raw, ensure_ascii=False, default=str)
-        raw = None if raw is None else raw.encode("utf-8", "backslashreplace").decode("utf-8")
+            try:
+                raw = json.dumps(raw, ensure_ascii=False, default=str)
+            except (RecursionError, ValueError):  # too deep for the stack: the reason and location still say what it was
+                raw = None
+        # Invalid UTF-8 is why some inputs are here; escape it so Parquet can store them.
+        location, detail, raw = (None if v is None else v.encode("utf-8", "backslashreplace").decode("utf-8") for v in (location, detail, raw))
         self.write({"source": self.source, "reason": reason, "location": location, "detail": detail, "raw": raw})
 
 
 def read_batches(path: str | os.PathLike, columns: list[str] | None = None, batch_rows: int = BATCH_ROWS) -> Iterator[list[dict]]:
     """Yield the records of a Parquet file as lists of dicts, one batch at a time."""
-    parquet = pq.ParquetFile(path)
+    parquet = open_parquet(path)
     for batch in parquet.iter_batches(batch_size=batch_rows, columns=columns):
         yield batch.to_pylist()
 
 
 def write_metrics(path: str | os.PathLike, metrics: dict) -> None:
+    """Write the metrics JSON atomically (with the stage's other outputs, inside a transaction)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    temporary = _start_output(path)
+    try:
+        temporary.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    except OSError as exc:
+        temporary.unlink(missing_ok=True)
+        raise _cannot_write(path, exc) from None
+    _finish_output(path, temporary)

@@ -17,13 +17,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from scipy import sparse
 from sklearn.cluster import MiniBatchKMeans
 from tqdm import tqdm
 
 from synthtrain.params import Params, Sample, StageError
-from synthtrain.records import CATEGORIES, SCHEMA, RecordWriter, meta_field
+from synthtrain.records import CATEGORIES, SCHEMA, RecordWriter, meta_field, open_parquet
 from synthtrain.text import content_column, word_hashes
 from synthtrain.tokens.encoding import count_tokens, load_tokenizer
 
@@ -101,7 +100,7 @@ def read_texts(rows: np.ndarray, pool: pa.Table) -> pa.Array:
     """Contents of the given pool rows, read from the scored file by row group."""
     wanted = pool.column("row").to_numpy()[rows]
     ordered = np.sort(wanted)
-    parquet = pq.ParquetFile(INPUT)
+    parquet = open_parquet(INPUT)
     parts, start = [], 0
     for group in range(parquet.num_row_groups):
         count = parquet.metadata.row_group(group).num_rows
@@ -120,7 +119,7 @@ def sample(params: Params, name: str) -> dict:
     size = config.sizes[name]
     if not INPUT.is_file():
         raise StageError(f"{INPUT} is missing: run the quality stage first (dvc repro quality)")
-    scored = pq.read_table(INPUT, columns=["category", "quality", "reject_reason"])
+    scored = open_parquet(INPUT).read(columns=["category", "quality", "reject_reason"])
     reason = scored.column("reject_reason")
     in_pool = pc.or_kleene(pc.is_null(reason), pc.equal(reason, "below_threshold")).to_numpy(zero_copy_only=False)
     pool = scored.append_column("row", pa.array(np.arange(scored.num_rows))).filter(pa.array(in_pool))
@@ -149,7 +148,7 @@ def sample(params: Params, name: str) -> dict:
 def write_sample(rows: np.ndarray, path: Path, params: Params) -> dict:
     """Copy the chosen rows (sorted) of the scored file to ``path``; returns the metrics."""
     tokenizer = load_tokenizer()
-    parquet = pq.ParquetFile(INPUT)
+    parquet = open_parquet(INPUT)
     by_category = {c: {"records": 0, "tokens": 0, "loss_tokens": 0, "quality": 0.0} for c in CATEGORIES}
     flawed = judged = 0
     start = 0

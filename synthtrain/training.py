@@ -10,6 +10,10 @@ is divided by the loss tokens of the global batch and DDP averages, so each
 process scales by N. ``choose_precision`` times bf16 against fp32 on a CPU,
 ``check_budget`` is the budget guard, and a checkpoint resumes only under the
 same model, data, params (``RESUMABLE_CHANGES`` excepted) and code (``CODE``).
+Nothing on disk changes before the guard has accepted the run, so a refused
+run leaves the previous outputs and checkpoint as they were; then
+``make_room`` moves another run's checkpoint aside (``aside_path``), never
+deleting it unless ``train.discard_checkpoint`` says so.
 The loop, precision, MFU, metrics, budget guard and checkpoints:
 docs/training.md.
 """
@@ -54,7 +58,7 @@ GPU_PEAK_TFLOPS = (
 )  # fmt: skip
 # Params that may change between a checkpoint and its resumption: they do not change the weights.
 RESUMABLE_CHANGES = {"launcher", "micro_batch", "gradient_checkpointing", "compile", "eval_every", "eval_sequences", "checkpoint_every",
-                     "price_per_hour", "budget_usd", "max_hours", "over_budget", "guard_steps", "peak_tflops"}  # fmt: skip
+                     "discard_checkpoint", "price_per_hour", "budget_usd", "max_hours", "over_budget", "guard_steps", "peak_tflops"}  # fmt: skip
 LAST_STEPS = 10  # the summary's train loss is the mean of the last steps' losses
 CODE = (Path(__file__), Path(__file__).with_name("model.py"))  # a checkpoint resumes only under the code that wrote it
 
@@ -311,31 +315,81 @@ def save_checkpoint(accelerator: Accelerator, model, optimizer, state: dict, tie
     accelerator.wait_for_everyone()
 
 
-def find_checkpoint(run: dict) -> tuple[dict | None, str]:
-    """The last checkpoint's state when it belongs to this run, else None and why not."""
-    shutil.rmtree(CHECKPOINTS / ".staging", ignore_errors=True)  # killed while writing: the last one is whole
-    if (CHECKPOINTS / ".previous").exists() and not (CHECKPOINTS / "last").exists():
-        (CHECKPOINTS / ".previous").rename(CHECKPOINTS / "last")  # killed between the two renames
-    state_file = CHECKPOINTS / "last/state.json"
-    if not state_file.is_file():
-        return None, "no checkpoint"
-    state = json.loads(state_file.read_text())
-    changed = [f"{section}.{key}" for section in run for key in sorted(set(run[section]) | set(state["run"].get(section, {})))
-               if run[section].get(key) != state["run"].get(section, {}).get(key)]  # fmt: skip
+@dataclasses.dataclass(frozen=True)
+class Found:
+    """What models/checkpoint holds, read without changing anything (a refused run touches nothing)."""
+
+    directory: Path | None  # last, or .previous when a kill came between save_checkpoint's renames; None: no checkpoint
+    state: dict | None  # its state.json when it belongs to this run, else None
+    step: int | None  # its step, None when unreadable
+    aside: Path | None  # another run's checkpoint: where it goes once the run is accepted (unless discard_checkpoint)
+    why: str
+
+
+def find_checkpoint(run: dict) -> Found:
+    """The checkpoint in models/checkpoint, and whether it belongs to this run. Reads only:
+    what a killed write left is tidied, and another run's checkpoint moved aside, by
+    ``make_room`` once the budget guard has accepted the run."""
+    directory = CHECKPOINTS / "last"
+    if not directory.is_dir() and (CHECKPOINTS / ".previous").is_dir():
+        directory = CHECKPOINTS / ".previous"  # killed between the two renames: the previous checkpoint is whole
+    if not directory.is_dir():
+        return Found(None, None, None, None, "no checkpoint")
+    try:
+        state = json.loads((directory / "state.json").read_text())
+        step, theirs = int(state["step"]), state["run"]
+        changed = [f"{section}.{key}" for section in run for key in sorted(set(run[section]) | set(theirs.get(section, {})))
+                   if run[section].get(key) != theirs.get(section, {}).get(key)]  # fmt: skip
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        reason = f"{type(error).__name__}: {error}"
+        return Found(directory, None, None, aside_path(None, None), f"the checkpoint in {directory} is unreadable ({reason})")
     if changed:
-        return None, f"the checkpoint at step {state['step']} is for another run (changed: {', '.join(changed)})"
-    return state, f"resuming from the checkpoint at step {state['step']}"
+        return Found(directory, None, step, aside_path(step, theirs),
+                     f"the checkpoint at step {step} is for another run (changed: {', '.join(changed)})")
+    return Found(directory, state, step, None, f"resuming from the checkpoint at step {step}")
 
 
-def load_checkpoint_weights(model, tied: bool) -> None:
-    missing, unexpected = model.load_state_dict(load_file(CHECKPOINTS / "last/model.safetensors"), strict=False)
+def aside_path(step: int | None, run: dict | None) -> Path:
+    """models/checkpoint-<step>-<8 hex digits of that run's fingerprint>: a sibling of
+    models/checkpoint, which DVC does not track, git and DVC ignore (.gitignore, .dvcignore)."""
+    if run is None:
+        name = f"checkpoint-unreadable-{time.strftime('%Y%m%d-%H%M%S')}"
+    else:
+        name = f"checkpoint-{step}-{hashlib.blake2b(json.dumps(run, sort_keys=True).encode(), digest_size=4).hexdigest()}"
+    path, copy = CHECKPOINTS.with_name(name), 1
+    while path.exists():
+        copy += 1
+        path = CHECKPOINTS.with_name(f"{name}-{copy}")
+    return path
+
+
+def make_room(found: Found, discard: bool) -> str | None:
+    """Once the run is accepted, before its first write: clear what a killed write left,
+    restore a checkpoint left as .previous, and move another run's checkpoint aside
+    (delete it with ``discard``). Returns what it did to another run's checkpoint."""
+    shutil.rmtree(CHECKPOINTS / ".staging", ignore_errors=True)  # killed while writing: the last one is whole
+    if (CHECKPOINTS / ".previous").is_dir() and not (CHECKPOINTS / "last").exists():
+        (CHECKPOINTS / ".previous").rename(CHECKPOINTS / "last")  # killed between the two renames
+    if found.directory is None or found.state is not None:
+        return None
+    which = f"the checkpoint at step {found.step}" if found.step is not None else "the unreadable checkpoint"
+    if discard:
+        shutil.rmtree(CHECKPOINTS)
+        return f"deleted {which} of the other run in {CHECKPOINTS}/ (train.discard_checkpoint: true)"
+    CHECKPOINTS.rename(found.aside)
+    return (f"moved {which} of the other run aside to {found.aside}/ (to resume that run, set its params back and make it "
+            f"{CHECKPOINTS} again; delete it when it is no longer needed)")
+
+
+def load_checkpoint_weights(model, tied: bool, directory: Path) -> None:
+    missing, unexpected = model.load_state_dict(load_file(directory / "model.safetensors"), strict=False)
     if unexpected or set(missing) - ({"lm_head.weight"} if tied else set()):
-        raise StageError(f"{CHECKPOINTS}/last does not fit the model (missing {missing}, unexpected {unexpected}); delete it and re-run")
+        raise StageError(f"{directory} does not fit the model (missing {missing}, unexpected {unexpected}); delete it and re-run")
 
 
-def load_checkpoint_optimizer_and_rng(accelerator: Accelerator, optimizer) -> None:
+def load_checkpoint_optimizer_and_rng(accelerator: Accelerator, optimizer, directory: Path) -> None:
     name = optimizer_file(accelerator) or "optimizer.safetensors"
-    path = CHECKPOINTS / "last" / name
+    path = directory / name
     with safe_open(path, "pt") as file:
         groups = json.loads(file.metadata()["param_groups"])
     state: dict[int, dict] = {}
@@ -343,7 +397,7 @@ def load_checkpoint_optimizer_and_rng(accelerator: Accelerator, optimizer) -> No
         index, field = key.split(".", 1)
         state.setdefault(int(index), {})[field] = value
     optimizer.load_state_dict({"state": state, "param_groups": groups})
-    rng = load_file(CHECKPOINTS / "last/rng.safetensors")
+    rng = load_file(directory / "rng.safetensors")
     torch.set_rng_state(rng["cpu"])
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state(rng["cuda"])
@@ -388,11 +442,18 @@ def train(params) -> dict:
         "train": {key: value for key, value in config.model_dump().items() if key not in RESUMABLE_CHANGES},
         "code": {f"synthtrain/{path.name}": hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest() for path in CODE},
     }
-    state, why = find_checkpoint(run) if accelerator.is_main_process else (None, "")
-    state, why = broadcast_object_list([state, why])
-    if state is None and (CHECKPOINTS / "last").exists() and accelerator.is_main_process:
-        shutil.rmtree(CHECKPOINTS / "last")
-    say(accelerator, why if state else f"{why}; starting from step 0")
+    # Nothing on disk changes until the budget guard has accepted the run (accept()): a refused run leaves
+    # models/checkpoint, models/current and metrics/train as they were.
+    found = broadcast_object_list([find_checkpoint(run) if accelerator.is_main_process else None])[0]
+    state = found.state
+    if state:
+        say(accelerator, found.why)
+    elif found.directory is None:
+        say(accelerator, f"{found.why}; starting from step 0")
+    else:
+        fate = "deleted (train.discard_checkpoint: true)" if config.discard_checkpoint else f"moved aside to {found.aside}/"
+        say(accelerator, f"{found.why}; starting from step 0; {found.directory} is kept until the budget guard accepts this run, "
+                         f"then {fate}")
 
     hardware = None
     if accelerator.is_main_process:  # a resumed run computes as it began, and on the same device keeps its peak
@@ -408,14 +469,14 @@ def train(params) -> dict:
     flops = flops_per_token(model_config, parameters, seq_len)
     tied = model_config.tie_word_embeddings
     if state:
-        load_checkpoint_weights(model, tied)
+        load_checkpoint_weights(model, tied, found.directory)
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
     optimizer = adamw(model, config, accelerator.device)
     model, optimizer = accelerator.prepare(model, optimizer)
     if state:
-        load_checkpoint_optimizer_and_rng(accelerator, optimizer)
+        load_checkpoint_optimizer_and_rng(accelerator, optimizer, found.directory)
     if config.compile:
         model = torch.compile(model)
 
@@ -428,23 +489,39 @@ def train(params) -> dict:
                      f"TFLOP/s each ({hardware['peak_source']}); {plan.steps:,} steps of {config.batch_tokens:,} tokens "
                      f"({plan.accumulation} x {config.micro_batch} sequences per process) over {data.sequences:,} sequences of {seq_len}")
 
-    live = None
-    if accelerator.is_main_process:
-        shutil.rmtree(LIVE, ignore_errors=True)
-        live = Live(str(LIVE), dvcyaml=None, save_dvc_exp=False, report=None)
-        for record in history:
-            log_step(live, record)
+    live = None  # dvclive's metrics/train, from the moment the run is accepted
+    kept = {"step": state["step"], "in": found.directory} if state else None  # this run's checkpoint on disk
+
+    def accept() -> None:
+        """The budget guard accepted the run, or it is too short to time: from here on the stage writes."""
+        nonlocal live
+        if accelerator.is_main_process:
+            if done := make_room(found, config.discard_checkpoint):
+                say(accelerator, done)
+            shutil.rmtree(LIVE, ignore_errors=True)
+            live = Live(str(LIVE), dvcyaml=None, save_dvc_exp=False, report=None)
+            for record in history:
+                log_step(live, record)
+        if kept:
+            kept["in"] = CHECKPOINTS / "last"  # make_room restored a .previous
+        accelerator.wait_for_everyone()
 
     def checkpoint() -> None:
+        nonlocal kept
         state = {"step": step, "next_sequence": step * plan.sequences_per_step, "run": run,
                  "hardware": hardware, "seconds": seconds, "history": history}
         save_checkpoint(accelerator, model, optimizer, state, tied)
+        kept = {"step": step, "in": CHECKPOINTS / "last"}
 
     stop = Stop()
     final = None  # the last held-out evaluation; the last step always has one
     guard_times: list[float] = []
     progress = tqdm(total=plan.steps, initial=step, desc="train", unit="step", disable=not accelerator.is_main_process, file=sys.stderr)
     session_start = time.perf_counter() - seconds["wall"]
+    # the guard times guard_steps steps after a warm-up one; a run with fewer steps left is accepted at once
+    accepted = plan.steps - step <= config.guard_steps
+    if accepted:
+        accept()
     try:
         while step < plan.steps:
             lr = learning_rate(step, plan.steps, config)
@@ -454,9 +531,7 @@ def train(params) -> dict:
             try:
                 loss, grad_norm = train_step(model, optimizer, accelerator, data, plan, step, config.micro_batch, bf16, config.grad_clip)
             except NonFiniteLoss as error:
-                kept = CHECKPOINTS / "last/state.json"
-                last = (f"the checkpoint of step {json.loads(kept.read_text())['step']} in {CHECKPOINTS}/last is kept"
-                        if kept.exists() else "no checkpoint was written yet")
+                last = f"the checkpoint of step {kept['step']} in {kept['in']} is kept" if kept else "no checkpoint of this run was written yet"
                 raise StageError(f"{error} at step {step + 1}: training stopped; {last}. Lower train.lr or raise train.warmup_steps "
                                  "(a changed param starts afresh)") from None
             elapsed = time.perf_counter() - started
@@ -474,12 +549,19 @@ def train(params) -> dict:
             progress.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens_per_s:,.0f}", refresh=False)
 
             guard_times.append(elapsed)
-            if len(guard_times) == config.guard_steps + 1:
-                check_budget(accelerator, config, plan, step, guard_times[1:], time.perf_counter() - session_start)
+            if not accepted and len(guard_times) == config.guard_steps + 1:
+                # every process decides on the main process's times, so that all refuse or none
+                times, so_far = broadcast_object_list([guard_times[1:], time.perf_counter() - session_start])
+                check_budget(accelerator, config, plan, step, times, so_far)
+                accept()
+                accepted = True
             seconds["wall"] = time.perf_counter() - session_start
             stopping = stop.agreed(accelerator)
-            if step % config.checkpoint_every == 0 or step == plan.steps or stopping:
+            if accepted and (step % config.checkpoint_every == 0 or step == plan.steps or stopping):
                 checkpoint()
+            if stopping and not accepted:
+                raise StageError(f"stopped by SIGTERM after step {step}, before the budget guard's estimate: nothing was written "
+                                 f"(models/checkpoint is as it was); re-run to start again")
             if stopping:
                 raise StageError(f"stopped by SIGTERM after step {step}; the checkpoint is in {CHECKPOINTS}/last: re-run to resume")
     except RuntimeError as error:

@@ -108,8 +108,11 @@ def check_format(path: str, format: str) -> None:
     if format not in FIELDS:
         raise StageError(f"{path}: unknown format '{format}'; supported formats: {supported_formats()}")
     for file in data_files(path):
-        with open(file, encoding="utf-8") as lines:
-            first = lines.readline()
+        try:
+            with open(file, encoding="utf-8") as lines:
+                first = lines.readline()
+        except (OSError, UnicodeDecodeError) as error:
+            raise StageError(f"{file}: cannot be read as a JSONL file of format {format} ({type(error).__name__}: {error})") from None
         try:
             record = json.loads(first)
         except json.JSONDecodeError:
@@ -121,6 +124,20 @@ def check_format(path: str, format: str) -> None:
         if missing:
             raise StageError(f"{file}: line 1 has no field '{missing[0]}' of format {format} (it has {', '.join(record)}); "
                              f"supported formats: {supported_formats()}")
+
+
+def check_benchmarks(benchmarks: dict[str, EvalBenchmark]) -> None:
+    """Before anything is scored: every required local benchmark has its files, and
+    their first lines have the fields of the format (an lm-eval task name is checked
+    when scoring, against lm-eval's task index)."""
+    for name, benchmark in benchmarks.items():
+        if benchmark.task is not None:
+            continue
+        if not data_files(benchmark.path):
+            if benchmark.required:
+                benchmark.files(f"eval.benchmarks.{name}")  # raises, naming the key and the fix
+            continue  # write_task_yamls warns that it is skipped
+        check_format(benchmark.path, benchmark.format)
 
 
 def file_limit(benchmark: EvalBenchmark) -> int | None:

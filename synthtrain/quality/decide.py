@@ -27,7 +27,7 @@ from synthtrain.params import Params, Quality, StageError
 from synthtrain.arrays import load_arrays
 from synthtrain.quality.enrich import FILE_SCORES, INPUT, REFERENCE_LM, SCORES, score_stage
 from synthtrain.quality.scorer import combine, components, judged, reject_reasons
-from synthtrain.records import BATCH_ROWS, QUALITY_SCORES, SCHEMA, SCORED_SCHEMA, ScoredWriter, meta_field, write_metrics
+from synthtrain.records import BATCH_ROWS, QUALITY_SCORES, SCHEMA, SCORED_SCHEMA, ScoredWriter, meta_field, open_parquet, write_metrics
 
 log = logging.getLogger("quality")
 
@@ -147,7 +147,7 @@ def scored_table(table: pa.Table, scores: pa.Table, quality: np.ndarray, reason:
 
 def file_means(params: Quality, calibration: dict[str, np.ndarray], root: Path) -> dict:
     """Per file under ``quality.files`` that was scored: mean quality, share kept, rejections and mean components."""
-    table = pq.read_table(root / FILE_SCORES)
+    table = open_parquet(root / FILE_SCORES).read()
     results = {}
     for name in sorted(set(table.column("file").to_pylist())):
         rows = table.filter(pc.equal(table.column("file"), name))
@@ -166,7 +166,7 @@ def decide_stage(params: Params, input_path: str | os.PathLike = INPUT, root: st
     for path in (Path(input_path), root / SCORES, root / REFERENCE_LM, root / FILE_SCORES):
         if not path.is_file():
             raise StageError(f"{path}: no such file (run the dedup and quality_score stages first)")
-    parquet, scores = pq.ParquetFile(input_path), pq.ParquetFile(root / SCORES)
+    parquet, scores = open_parquet(input_path), open_parquet(root / SCORES)
     if scores.metadata.num_rows != parquet.metadata.num_rows:
         raise StageError(f"{root / SCORES} has {scores.metadata.num_rows} rows for the {parquet.metadata.num_rows} of {input_path}; "
                          "rerun the quality_score stage")
@@ -197,7 +197,7 @@ def decide_stage(params: Params, input_path: str | os.PathLike = INPUT, root: st
     if tally.kept == 0:
         by_rules = rejected - tally.by_reason["below_threshold"]
         if tally.by_reason["below_threshold"]:
-            best = float(pc.max(pq.read_table(root / "data/quality/scored.parquet", columns=["quality"]).column(0)).as_py())
+            best = float(pc.max(open_parquet(root / "data/quality/scored.parquet").read(columns=["quality"]).column(0)).as_py())
             raise StageError(f"quality.threshold = {q.threshold} rejects all {tally.read} records ({by_rules} by hard rules, the rest "
                              f"below the threshold; the highest quality is {best:.3f}); lower it")
         raise StageError(f"every one of the {tally.read} records breaks a hard rule ({dict(sorted(tally.by_reason.items()))}); "

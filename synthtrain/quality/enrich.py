@@ -24,7 +24,7 @@ from synthtrain.parallel import parallel_map
 from synthtrain.params import LocalSource, Params, Quality, StageError
 from synthtrain.arrays import save_arrays
 from synthtrain.quality.scorer import Scorer, score_columns, sample_rows, train
-from synthtrain.records import FILE_SCORES_SCHEMA, QUALITY_SCORES, SCHEMA, InvalidRecord, ParquetSink, make_record, write_metrics
+from synthtrain.records import FILE_SCORES_SCHEMA, QUALITY_SCORES, SCHEMA, InvalidRecord, ParquetSink, make_record, open_parquet, write_metrics
 
 log = logging.getLogger("quality")
 
@@ -81,7 +81,7 @@ def score_stage(params: Params, input_path: str | os.PathLike = INPUT, root: str
     q, root = params.quality, Path(root)
     if not Path(input_path).is_file():
         raise StageError(f"{input_path}: no such file (run the dedup stage first)")
-    parquet = pq.ParquetFile(input_path)
+    parquet = open_parquet(input_path)
     if parquet.metadata.num_rows == 0:
         raise StageError(f"{input_path}: no records to score (the input is empty)")
     log.info("read %s: %d records in %d row groups", input_path, parquet.metadata.num_rows, parquet.num_row_groups)

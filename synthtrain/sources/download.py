@@ -22,8 +22,10 @@ from synthtrain.records import InvalidRecord, RecordWriter, RejectWriter, make_r
 log = logging.getLogger("download")
 
 
-def ingest(items, name: str, category: str, max_samples: int, max_chars: int, records: RecordWriter, rejects: RejectWriter) -> dict:
-    """Validate parsed rows into records until ``max_samples`` are kept."""
+def ingest(items, name: str, category: str, max_samples: int, max_chars: int, records: RecordWriter, rejects: RejectWriter,
+           origin: str) -> dict:
+    """Validate parsed rows into records until ``max_samples`` are kept; ``origin``
+    (the path or dataset read) is named when none is valid."""
     read = kept = 0
     with tqdm(total=max_samples, unit="rec", desc=f"download {name}", mininterval=1) as bar:
         for item in items:
@@ -42,7 +44,7 @@ def ingest(items, name: str, category: str, max_samples: int, max_chars: int, re
             if kept >= max_samples:
                 break
     if kept == 0:
-        raise StageError(f"source '{name}': no valid records (rejected {dict(rejects.by_reason)})")
+        raise StageError(f"source '{name}' ({origin}): no valid records (rejected {dict(rejects.by_reason)})")
     return {"read": read, "kept": kept, "by_category": {category: kept}}
 
 
@@ -62,9 +64,10 @@ def download(params: Params, name: str, root: str = ".") -> dict:
             counts = generate(source, name, params.download.max_chars, records, rejects, root)
         elif isinstance(source, HubSource):
             counts = ingest(hub.read(source, params.download.hub_timeout_s), name, hub.category_for(source), source.max_samples,
-                            params.download.max_chars, records, rejects)
+                            params.download.max_chars, records, rejects, source.name)
         else:
-            counts = ingest(local.read(source), name, source.category, source.max_samples, params.download.max_chars, records, rejects)
+            counts = ingest(local.read(source), name, source.category, source.max_samples, params.download.max_chars, records, rejects,
+                            source.path)
     metrics = {"source": name, "kind": source.kind, **counts, "rejected": sum(rejects.by_reason.values()),
                "rejected_by_reason": dict(sorted(rejects.by_reason.items()))}
     assert metrics["read"] == metrics["kept"] + metrics["rejected"], metrics

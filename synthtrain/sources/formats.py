@@ -9,7 +9,7 @@ The download stage counts both, so read = kept + rejected holds.
 
 from dataclasses import dataclass, field
 
-from synthtrain.records import InvalidRecord
+from synthtrain.records import InvalidRecord, shown
 
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "chatgpt": "assistant"}
 
@@ -60,8 +60,8 @@ def sharegpt(row: dict, key: str = "conversations") -> dict:
         if not isinstance(turn, dict):
             raise InvalidRecord("bad_type", f"{key}[{i}] is {type(turn).__name__}, expected an object")
         speaker = turn.get("from")
-        if speaker not in SHAREGPT_ROLES:
-            raise InvalidRecord("bad_role", f"{key}[{i}].from is {speaker!r}, expected one of {', '.join(SHAREGPT_ROLES)}")
+        if not isinstance(speaker, str) or speaker not in SHAREGPT_ROLES:  # a list or an object is not hashable
+            raise InvalidRecord("bad_role", f"{key}[{i}].from is {shown(speaker)}, expected one of {', '.join(SHAREGPT_ROLES)}")
         messages.append({"role": SHAREGPT_ROLES[speaker], "content": require(turn, "value")})
     return {"messages": messages}
 

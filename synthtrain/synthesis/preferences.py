@@ -14,14 +14,13 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
 from synthtrain.generation import Generator, load_model
 from synthtrain.evaluation.judges import judge_probabilities
 from synthtrain.params import GenerateSource, Params
-from synthtrain.records import RejectWriter, write_metrics
+from synthtrain.records import RejectWriter, open_parquet, write_metrics
 
 log = logging.getLogger("preferences")
 JUDGES = Path("models/judges")
@@ -52,7 +51,7 @@ def teacher_yes_probability(generator: Generator, instructions: list[str], respo
 
 def pairs_for(name: str, source: GenerateSource, rejects: RejectWriter, root: Path) -> dict:
     config = source.preferences
-    table = pq.read_table(root / f"data/raw/{name}.parquet", columns=["id", "messages"])
+    table = open_parquet(root / f"data/raw/{name}.parquet").read(columns=["id", "messages"])
     rows = table.to_pylist()[: config.max_prompts]
     prompts = [[m for m in row["messages"] if m["role"] != "assistant"][:1] for row in rows]
     instructions = [prompt[0]["content"] for prompt in prompts]

@@ -21,13 +21,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from tqdm import tqdm
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from synthtrain.params import Params, StageError
-from synthtrain.records import BATCH_ROWS, CATEGORIES
+from synthtrain.records import BATCH_ROWS, CATEGORIES, open_parquet
 from synthtrain.tokens import TOKENIZER as MODEL
 from synthtrain.tokens.chat import CHATML_TEMPLATE, ENDOFTEXT, IM_END, IM_START, SPECIAL_TOKENS, pretoken_pattern, render_column
 
@@ -41,7 +40,7 @@ def sample_pool(path: Path, records: int, seed: int) -> pa.Table:
     """A fixed sample of `records` rows (all of them if the pool is smaller), in file order."""
     if not path.is_file():
         raise StageError(f"{path} is missing: run `dvc repro dedup` first")
-    pool = pq.ParquetFile(path)
+    pool = open_parquet(path)
     total = pool.metadata.num_rows
     chosen = np.sort(np.random.default_rng(seed).choice(total, min(records, total), replace=False))
     table = pool.read(columns=["category", "messages", "text"])

@@ -13,7 +13,7 @@ from tqdm import tqdm
 from transformers import PreTrainedTokenizerFast
 
 from synthtrain.params import Params, StageError, Tokenize
-from synthtrain.records import BATCH_ROWS, CATEGORIES, SCHEMA, TOKENIZE_REJECT_SCHEMA, ParquetSink
+from synthtrain.records import BATCH_ROWS, CATEGORIES, SCHEMA, TOKENIZE_REJECT_SCHEMA, ParquetSink, open_parquet
 from synthtrain.tokens.encoding import encode, load_tokenizer, token_dtype
 
 log = logging.getLogger("tokenize")
@@ -74,7 +74,7 @@ class Packer:
 def tokenize_file(tokenizer: PreTrainedTokenizerFast, path: Path, directory: Path, config: Tokenize, rejects: ParquetSink) -> dict:
     """Tokenize and pack one Parquet file of records into `directory`; returns its counts."""
     packer = Packer(directory, config.seq_len, config.sequences_per_shard, token_dtype(tokenizer), tokenizer.pad_token_id)
-    rows = pq.ParquetFile(path).metadata.num_rows
+    rows = open_parquet(path).metadata.num_rows
     tokens, loss_tokens, rejected = Counter(), Counter(), Counter()
     row, started = 0, time.time()
     with tqdm(total=rows, desc=f"tokenize {path}", unit="record") as progress:

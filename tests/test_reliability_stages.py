@@ -1,0 +1,293 @@
+"""Issue 17, the params, train and eval parts: strict types in params (booleans are
+not numbers, numbers are not booleans), a source written as a string, a refused
+training run that leaves every file as it was, another run's checkpoint moved
+aside (or deleted on request) instead of deleted, and an eval stage that checks
+all of its inputs before it scores anything."""
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+import yaml
+from transformers import GenerationConfig
+
+from conftest import SHARED_DATA, stage
+from synthtrain.evaluation import suite
+from synthtrain.model import build_model, llama_config
+from synthtrain.params import ParamsError, StageError, load_params, parse_params
+from synthtrain.sources.download import download
+from synthtrain.tokens.encoding import load_tokenizer
+from synthtrain.training import CHECKPOINTS, find_checkpoint, make_room
+from test_train import PARAMS as TRAIN_PARAMS
+from test_train import TRAIN, tokens, workdir  # noqa: F401  (tokens: the module's token shards fixture)
+
+BUILTIN = {"kind": "builtin", "max_samples": 10}
+
+
+def error_of(raw: dict) -> str:
+    with pytest.raises(ParamsError) as info:
+        parse_params(raw)
+    return str(info.value)
+
+
+# --- params: strict types ----------------------------------------------------------------
+@pytest.mark.parametrize("section, key, value", [
+    ("sources.builtin", "max_samples", True), ("sources.builtin", "seed", False), ("world", "qa_fraction", True),
+    ("train", "lr", True), ("train", "tokens", True), ("mix", "tokens", False), ("train", "peak_tflops", True),
+])  # fmt: skip
+def test_a_boolean_is_not_a_number(section, key, value):
+    raw = {"sources": {"builtin": dict(BUILTIN)}}
+    target = raw["sources"]["builtin"] if section == "sources.builtin" else raw.setdefault(section, {})
+    target[key] = value
+    message = error_of(raw)
+    assert f"{section}.{key} = {value!r}: a boolean is not a number" in message and "yes/no" in message
+
+
+def test_booleans_inside_lists_and_maps_are_refused_too():
+    assert "sample.sizes.10K = True: a boolean is not a number" in error_of(
+        {"sources": {"builtin": BUILTIN}, "sample": {"sizes": {"10K": True}}})
+    generate = {"kind": "generate", "teacher": "t", "method": "magpie", "n": 1, "preferences": {"temperatures": [0.5, True]}}
+    assert "sources.gen.preferences.temperatures.1 = True: a boolean is not a number" in error_of({"sources": {"gen": generate}})
+
+
+def test_yaml_yes_is_a_boolean_so_it_is_refused_as_a_number(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("sources:\n  builtin:\n    kind: builtin\n    max_samples: yes\n")
+    with pytest.raises(ParamsError, match=r"sources\.builtin\.max_samples = True: a boolean is not a number"):
+        load_params(path)
+
+
+@pytest.mark.parametrize("value", [1, 0, "true", "yes"])
+def test_a_number_or_a_string_is_not_a_boolean(value):
+    message = error_of({"sources": {"builtin": BUILTIN}, "train": {"over_budget": value}})
+    assert f"train.over_budget = {value!r}: write true or false" in message
+
+
+def test_valid_params_keep_working(tmp_path):
+    """Floats take YAML integers and the exponent floats PyYAML reads as strings;
+    booleans take YAML 1.1's yes/no and on/off (documented in params.py)."""
+    path = tmp_path / "params.yaml"
+    path.write_text("sources:\n  builtin: {kind: builtin, max_samples: 1000}\n"
+                    "train: {lr: 3e-4, max_hours: 2, budget_usd: 1, over_budget: yes, compile: off, tokens: null}\n"
+                    "mix: {tokens: 2_000_000}\n")  # fmt: skip
+    train = load_params(path).train
+    assert train.lr == 3e-4 and train.max_hours == 2.0 and isinstance(train.max_hours, float) and train.budget_usd == 1.0
+    assert train.over_budget is True and train.compile is False and train.tokens is None
+    assert load_params(path).mix.tokens == 2_000_000
+
+
+def test_a_boolean_for_a_string_says_to_quote_it():
+    hub = {"kind": "hub", "name": "some/dataset", "config": False, "max_samples": 1}
+    message = error_of({"sources": {"web": hub}})
+    assert "sources.web.config = False" in message and "yes/no and on/off as booleans: quote the value" in message
+
+
+def test_the_repo_params_files_are_valid_and_default_to_keeping_checkpoints():
+    for name in ("params.yaml", "params-gpu.yaml"):
+        assert load_params(Path(__file__).parent.parent / name).train.discard_checkpoint is False
+
+
+# --- params: a source that is not a mapping ------------------------------------------------
+@pytest.mark.parametrize("value, said", [
+    ("builtin", "got the string 'builtin'; write for example `builtin: {kind: builtin}`"),
+    ("web", "got the string 'web'"), (None, "got no value"), (5, "got the number 5"), (["kind", "builtin"], "got a list of 2 item(s)"),
+])  # fmt: skip
+def test_a_source_that_is_not_a_mapping_says_what_is_expected(value, said):
+    message = error_of({"sources": {"builtin": value}})
+    assert message == ("params.yaml: sources.builtin: expected a mapping with a kind (one of builtin, hub, local, generate) "
+                       f"and its settings, {said}")
+
+
+# --- train: a refused run destroys nothing ---------------------------------------------------
+def write_train_params(root: Path, **train) -> None:
+    (root / "params.yaml").write_text(yaml.safe_dump({**TRAIN_PARAMS, "train": {**TRAIN, **train}}))
+
+
+def snapshot(root: Path, *directories: str) -> dict[str, bytes]:
+    return {str(path.relative_to(root)): path.read_bytes() for directory in directories
+            for path in sorted((root / directory).rglob("*")) if path.is_file()}  # fmt: skip
+
+
+OUTPUTS = ("models/checkpoint", "models/current", "metrics/train")
+
+
+@pytest.fixture(scope="module")
+def four_steps(tokens, tmp_path_factory) -> Path:  # noqa: F811
+    """A workdir after a 4-step run: its checkpoint (step 4), model and metrics."""
+    root = workdir(tokens, tmp_path_factory.mktemp("four_steps"), tokens=1024 * 4)
+    stage(root, "stages.train")
+    return root
+
+
+def copy_of(four_steps: Path, shards: Path, path: Path, **train) -> Path:
+    """A workdir holding a copy of the 4-step run's outputs, with train params changed by `train`."""
+    root = workdir(shards, path, **train)
+    for directory in OUTPUTS:
+        shutil.copytree(four_steps / directory, root / directory)
+    return root
+
+
+def asides(root: Path) -> list[str]:
+    return sorted(path.name for path in (root / "models").glob("checkpoint-*"))
+
+
+def test_a_refused_run_leaves_the_checkpoint_and_the_outputs_as_they_were(four_steps, tokens, tmp_path):  # noqa: F811
+    root = copy_of(four_steps, tokens, tmp_path, tokens=1024 * 24, max_hours=1e-6, guard_steps=2)
+    before = snapshot(root, *OUTPUTS)
+    result = stage(root, "stages.train", check=False)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 1 and len(errors) == 1 and "over train.max_hours" in errors[0], result.stderr
+    assert "Traceback" not in result.stderr
+    assert "the checkpoint at step 4 is for another run (changed: train.tokens)" in result.stderr
+    assert "is kept until the budget guard accepts this run, then moved aside to models/checkpoint-4-" in result.stderr
+    assert snapshot(root, *OUTPUTS) == before and asides(root) == []  # same files, same bytes, nothing moved
+
+
+def test_an_accepted_run_moves_the_other_runs_checkpoint_aside_and_names_it(four_steps, tokens, tmp_path):  # noqa: F811
+    root = copy_of(four_steps, tokens, tmp_path, tokens=1024 * 8, guard_steps=2)
+    before = snapshot(root, "models/checkpoint")
+    result = stage(root, "stages.train")
+    moved = re.search(r"moved the checkpoint at step 4 of the other run aside to (models/checkpoint-4-[0-9a-f]{8})/", result.stderr)
+    assert moved, result.stderr
+    assert f"then moved aside to {moved[1]}/" in result.stderr  # announced before, under the same name
+    assert asides(root) == [Path(moved[1]).name]
+    assert snapshot(root, moved[1]) == {name.replace("models/checkpoint", moved[1], 1): data for name, data in before.items()}
+    assert json.loads((root / "models/checkpoint/last/state.json").read_text())["step"] == 8
+
+    write_train_params(root, tokens=1024 * 6, guard_steps=2, discard_checkpoint=True)
+    result = stage(root, "stages.train")
+    assert "deleted the checkpoint at step 8 of the other run in models/checkpoint/ (train.discard_checkpoint: true)" in result.stderr
+    assert asides(root) == [Path(moved[1]).name]  # nothing new moved aside
+    assert json.loads((root / "models/checkpoint/last/state.json").read_text())["step"] == 6
+
+
+def test_finding_a_checkpoint_changes_nothing_and_make_room_tidies_after(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name, content in ((".previous", {"step": 3, "run": {"train": {"seed": 1}}}), (".staging", {"step": 9})):
+        (CHECKPOINTS / name).mkdir(parents=True)
+        (CHECKPOINTS / name / "state.json").write_text(json.dumps(content))
+    before = snapshot(tmp_path, "models")
+    found = find_checkpoint({"train": {"seed": 0}})
+    assert found.directory == CHECKPOINTS / ".previous" and found.state is None and found.step == 3
+    assert "is for another run (changed: train.seed)" in found.why and snapshot(tmp_path, "models") == before
+    assert make_room(found, discard=False) == (f"moved the checkpoint at step 3 of the other run aside to {found.aside}/ (to resume "
+                                               "that run, set its params back and make it models/checkpoint again; "
+                                               "delete it when it is no longer needed)")  # fmt: skip
+    assert sorted(p.name for p in found.aside.iterdir()) == ["last"] and not CHECKPOINTS.exists()  # .previous restored, .staging gone
+
+    (CHECKPOINTS / "last").mkdir(parents=True)
+    (CHECKPOINTS / "last/state.json").write_text("{not json")
+    found = find_checkpoint({"train": {"seed": 0}})
+    assert found.state is None and "is unreadable (JSONDecodeError" in found.why and found.aside.name.startswith("checkpoint-unreadable-")
+    assert make_room(found, discard=True).startswith("deleted the unreadable checkpoint") and not CHECKPOINTS.exists()
+    assert len(asides(tmp_path)) == 1
+
+
+# --- eval: every input checked before anything is scored ----------------------------------------
+VOCAB = 1024
+EVAL_PARAMS = {"sources": {"builtin": {"kind": "builtin"}}, "builtin_eval": {"per_family": 2},
+               "tokenizer": {"vocab_size": VOCAB, "train_records": 500}, "tokenize": {"seq_len": 64},
+               "eval": {"heldout_records": 50, "tasks_per_family": 2, "references": 4, "behaviour_per_suite": 1,
+                        "generation": {"max_new_tokens": 4}, "judges": {"encoder": "hashing", "train_pairs": 100}}}
+EVAL_INPUTS = ("data/heldout", "data/raw/builtin_eval.parquet", "models/current", "models/judges")
+
+
+@pytest.fixture(scope="module")
+def eval_inputs(tmp_path_factory) -> Path:
+    """Everything the eval stage reads: held-out records, built-in problems, judges and an untrained 1M model."""
+    root = tmp_path_factory.mktemp("eval_inputs")
+    download(parse_params({"sources": {"builtin": {"kind": "builtin", "max_samples": 1000}}}), "builtin", root)
+    pool = pq.read_table(root / "data/raw/builtin.parquet")
+    for path, rows in (("data/dedup/train.parquet", pool.slice(0, 800)), ("data/heldout/builtin.parquet", pool.slice(800))):
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(rows, root / path)
+    (root / "params.yaml").write_text(yaml.safe_dump(EVAL_PARAMS))
+    for module in ("stages.builtin_eval", "stages.train_tokenizer", "stages.judges"):
+        stage(root, module)
+    tokenizer = load_tokenizer(root / "models/tokenizer")
+    torch.manual_seed(0)
+    model = build_model(llama_config("1M", len(tokenizer), 64, tokenizer.eos_token_id, tokenizer.pad_token_id))
+    model.save_pretrained(root / "models/current")
+    tokenizer.save_pretrained(root / "models/current")
+    GenerationConfig(eos_token_id=[tokenizer.eos_token_id], pad_token_id=tokenizer.pad_token_id).save_pretrained(root / "models/current")
+    return root
+
+
+def eval_workdir(inputs: Path, path: Path, without: tuple[str, ...] = (), **eval_keys) -> Path:
+    """A workdir linking the inputs (but those in `without`) with eval keys changed."""
+    for name in EVAL_INPUTS:
+        if name not in without:
+            (path / name).parent.mkdir(parents=True, exist_ok=True)
+            (path / name).symlink_to(inputs / name)
+    (path / "params.yaml").write_text(yaml.safe_dump({**EVAL_PARAMS, "eval": {**EVAL_PARAMS["eval"], **eval_keys}}))
+    return path
+
+
+def good_benchmark() -> dict:
+    return {"path": str(SHARED_DATA / "eval/icl/winogrande.jsonl"), "format": "winogrande", "limit": 4}
+
+
+def test_a_missing_required_benchmark_fails_before_anything_is_scored(eval_inputs, tmp_path):
+    root = eval_workdir(eval_inputs, tmp_path, benchmarks={"winogrande": good_benchmark(),
+                                                           "arc": {"path": "bench/arc.jsonl", "format": "multiple_choice"}})
+    result = stage(root, "stages.eval", check=False)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert errors == ["error: eval.benchmarks.arc.path: bench/arc.jsonl is missing; put the file there, correct the path, "
+                      "or set required: false to skip it"]
+    assert not (root / "data/eval").exists() and not (root / "metrics").exists() and not (root / "plots").exists()
+
+
+def broken_heldout(root: Path) -> None:
+    (root / "data/heldout").mkdir(parents=True)
+    (root / "data/heldout/builtin.parquet").write_bytes(b"not a parquet file")
+
+
+def wrong_fields(root: Path) -> dict:
+    (root / "bench.jsonl").write_text('{"question": "?", "answer": 1}\n')
+    return {"bench": {"path": "bench.jsonl", "format": "multiple_choice"}}
+
+
+@pytest.mark.parametrize("case, without, expected", [
+    ("benchmark", (), r"^eval\.benchmarks\.arc\.path: bench/arc\.jsonl is missing"),
+    ("fields", (), r"bench\.jsonl: line 1 has no field 'query' of format multiple_choice"),
+    ("directory", (), r"a_directory: cannot be read as a JSONL file of format hellaswag \(IsADirectoryError"),
+    ("judges", ("models/judges",), r"^models/judges: no trained judges .*run `dvc repro judges`"),
+    ("problems", ("data/raw/builtin_eval.parquet",), r"^data/raw/builtin_eval\.parquet is missing: run `dvc repro builtin_eval`"),
+    ("heldout", ("data/heldout",), r"^data/heldout/ is missing: run `dvc repro dedup`"),
+    ("garbage", ("data/heldout",), r"^data/heldout/builtin\.parquet cannot be read as Parquet .*run `dvc repro dedup`"),
+    ("model", ("models/current",), r"^models/current holds no model"),
+])  # fmt: skip
+def test_each_input_is_checked_before_scoring(eval_inputs, tmp_path, monkeypatch, case, without, expected):
+    root = eval_workdir(eval_inputs, tmp_path, without)
+    benchmarks = {"arc": {"path": "bench/arc.jsonl", "format": "multiple_choice"}} if case == "benchmark" else {}
+    if case == "fields":
+        benchmarks = wrong_fields(root)
+    if case == "directory":
+        (root / "a_directory").mkdir()
+        benchmarks = {"dir": {"path": "a_directory", "format": "hellaswag"}}
+    if case == "garbage":
+        broken_heldout(root)
+    params = parse_params({**EVAL_PARAMS, "eval": {**EVAL_PARAMS["eval"], "benchmarks": benchmarks}})
+    monkeypatch.chdir(root)
+
+    def scoring(*args, **kwargs):
+        raise AssertionError("scoring started before every input was checked")
+
+    for name in ("heldout_metrics", "Generator", "task_problems"):
+        monkeypatch.setattr(suite, name, scoring)
+    with pytest.raises(StageError) as info:
+        suite.evaluate(params, suite.MODEL)
+    assert re.search(expected, str(info.value)), str(info.value)
+
+
+def test_an_optional_missing_benchmark_does_not_stop_the_checks(eval_inputs, tmp_path, monkeypatch):
+    root = eval_workdir(eval_inputs, tmp_path)
+    params = parse_params({**EVAL_PARAMS, "eval": {**EVAL_PARAMS["eval"], "benchmarks": {
+        "arc": {"path": "bench/arc.jsonl", "format": "multiple_choice", "required": False}, "winogrande": good_benchmark()}}})
+    monkeypatch.chdir(root)
+    assert suite.check_inputs(params) == [Path("data/heldout/builtin.parquet")]
