@@ -29,7 +29,7 @@ from synthtrain.sources.formats import Parsed
 from synthtrain.sources.local import read as read_local
 from synthtrain.parallel import parallel_map
 from synthtrain.params import LocalSource, NearDuplicates, Params, StageError
-from synthtrain.records import DEDUP_REJECT_SCHEMA, ParquetSink, RecordWriter, content_of, meta_field, open_parquet
+from synthtrain.records import DEDUP_REJECT_SCHEMA, ParquetSink, RecordWriter, content_of, meta_field, open_parquet, output_directory
 from synthtrain.text import content_column, mix64, ngram_hashes, word_hashes
 
 log = logging.getLogger("dedup")
@@ -598,12 +598,12 @@ def contamination_table(texts: dict[str, tuple | None], decontaminate) -> tuple[
 
 
 def write_outputs(inputs: Inputs, train, heldout, exact_duplicate, near_duplicate, decontaminated, contaminated_by, cluster_id, duplicate_of, ids) -> dict:
-    """One sequential pass in input order: train, held-out and reject files."""
-    HELDOUT.mkdir(parents=True, exist_ok=True)
-    for stale in HELDOUT.glob("*.parquet"):
-        stale.unlink()
+    """One sequential pass in input order: train, held-out and reject files. data/heldout is
+    written whole and replaces the old one when the stage succeeds, so the file of a source
+    that is gone goes then, and a failed stage leaves every old file in place."""
     counts = {}
-    with RecordWriter(TRAIN) as train_writer, ParquetSink(REJECTS, DEDUP_REJECT_SCHEMA) as reject_writer:
+    with (output_directory(HELDOUT) as heldout_dir, RecordWriter(TRAIN) as train_writer,
+          ParquetSink(REJECTS, DEDUP_REJECT_SCHEMA) as reject_writer):
         heldout_writers = {}
         for job in tqdm(inputs.jobs, desc="write", unit="job"):
             source = inputs.sources[job[0]]
@@ -611,7 +611,7 @@ def write_outputs(inputs: Inputs, train, heldout, exact_duplicate, near_duplicat
             rows = np.arange(job[2], job[2] + table.num_rows)
             train_writer.write_table(table.filter(train[rows]))
             if source not in heldout_writers:
-                heldout_writers[source] = RecordWriter(HELDOUT / f"{source}.parquet")
+                heldout_writers[source] = RecordWriter(heldout_dir / f"{source}.parquet")
             heldout_writers[source].write_table(table.filter(heldout[rows]))
             rejected = rows[exact_duplicate[rows] | near_duplicate[rows] | decontaminated[rows]]
             if len(rejected):

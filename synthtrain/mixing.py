@@ -83,7 +83,6 @@ def mix(params: Params) -> dict:
     if not len(order):
         raise StageError(f"mix: no record fits mix.tokens = {requested:,}; raise it")
 
-    OUTPUT.parent.mkdir(parents=True, exist_ok=True)
     with RecordWriter(OUTPUT) as writer:
         for start in range(0, len(order), BATCH_ROWS):
             writer.write_table(pool.take(order[start : start + BATCH_ROWS]).select(SCHEMA.names))

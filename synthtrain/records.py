@@ -10,7 +10,10 @@ its own schema (reason, location, detail, raw input), so nothing is lost
 silently.
 
 Every output file is written under a temporary name next to its final one and
-renamed into place only when complete: inside ``output_transaction()`` (which
+renamed into place only when complete (``ParquetSink``, ``write_metrics``,
+``output_file``, ``write_output_text``); an output directory (token shards, a
+saved model) is written whole into a temporary directory and swapped for the
+old one (``output_directory``). Inside ``output_transaction()`` (which
 ``synthtrain.cli.run_stage`` enters around each stage) all of a stage's outputs
 are renamed together when the stage succeeds, so a failed or killed stage leaves
 the previous outputs as they were.
@@ -21,9 +24,11 @@ import glob
 import hashlib
 import json
 import os
+import shutil
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -234,6 +239,12 @@ def has_invalid_utf8(text: str) -> bool:
 # leave an empty output and a partial rejects file next to the old metrics,
 # and a killed one leaves at most a temporary file, never a Parquet without a
 # footer under the name the next stage reads.
+# A directory is written the same way, as a "<name>.tmp-<pid>" directory, and
+# swapped in by two renames: the old one to "<name>.old-<pid>", the new one into
+# place; then the old one is deleted. A run killed between the two renames
+# leaves no "<name>" but a whole "<name>.old-<pid>": the next start of that
+# output puts it back. Directories a transaction creates for its outputs are
+# removed again, when empty, if it fails.
 
 def _stage_error(message: str) -> Exception:
     from synthtrain.params import StageError  # imported here: params imports this module
@@ -249,8 +260,9 @@ def _cannot_write(path: Path, exc: OSError) -> Exception:
 class _Transaction:
     def __init__(self):
         self.pid = os.getpid()
-        self.temporaries: list[Path] = []  # every file started, deleted if the stage fails
+        self.temporaries: list[Path] = []  # every file or directory started, deleted if the stage fails
         self.renames: dict[Path, Path] = {}  # final path -> its complete temporary, in the order finished
+        self.created: list[Path] = []  # directories made to hold outputs, outermost first: removed when empty if the stage fails
 
 
 _active: _Transaction | None = None
@@ -259,6 +271,31 @@ _active: _Transaction | None = None
 def _transaction() -> _Transaction | None:
     # A forked worker inherits the variable but not the duty to commit: its files rename at close.
     return _active if _active is not None and _active.pid == os.getpid() else None
+
+
+def _remove(path: Path) -> None:
+    """Delete a file, a link or a whole directory, if it is there."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _publish(final: Path, temporary: Path) -> None:
+    """Put a complete temporary in place of ``final``: a file by one rename, a directory by a swap."""
+    if not temporary.is_dir():
+        os.replace(temporary, final)
+        return
+    old = final.with_name(f"{final.name}.old-{os.getpid()}")
+    if os.path.lexists(final):
+        os.rename(final, old)  # os.replace cannot put a directory over a non-empty one
+    try:
+        os.rename(temporary, final)
+    except OSError:
+        if os.path.lexists(old):
+            os.rename(old, final)
+        raise
+    _remove(old)
 
 
 @contextlib.contextmanager
@@ -275,33 +312,53 @@ def output_transaction():
         yield
     except BaseException:
         for temporary in transaction.temporaries:
-            temporary.unlink(missing_ok=True)
+            _remove(temporary)
+        for directory in reversed(transaction.created):
+            with contextlib.suppress(OSError):
+                directory.rmdir()  # only when empty: it may hold files from before, or another process's
         raise
     finally:
         _active = None
+    # Files written inside an output directory finished before it, so they are renamed before it is swapped in.
     for final, temporary in transaction.renames.items():
         try:
-            os.replace(temporary, final)
+            _publish(final, temporary)
         except OSError as exc:
             for left in transaction.temporaries:
-                left.unlink(missing_ok=True)
+                _remove(left)
             raise _cannot_write(final, exc) from None
     for unfinished in set(transaction.temporaries) - set(transaction.renames.values()):
-        unfinished.unlink(missing_ok=True)  # a writer never closed: incomplete, so not published
+        _remove(unfinished)  # a writer never closed: incomplete, so not published
+
+
+def _dead(path: Path) -> bool:
+    """Whether a "<name>.tmp-<pid>" or "<name>.old-<pid>" belongs to a process that is gone."""
+    pid = path.name.rpartition("-")[2]
+    return pid.isdigit() and not _running(int(pid))
 
 
 def _start_output(final: Path) -> Path:
-    """The temporary to write ``final`` to; removes the ones a killed run of it left."""
+    """The temporary to write ``final`` to; removes the ones a killed run of it left
+    and puts back a directory a killed swap left aside."""
+    transaction = _transaction()
     try:
+        missing = [parent for parent in final.absolute().parents if not os.path.lexists(parent)]
         final.parent.mkdir(parents=True, exist_ok=True)
+        if transaction is not None:
+            transaction.created += reversed(missing)
+        for old in final.parent.glob(f"{glob.escape(final.name)}.old-*"):
+            if _dead(old):
+                if os.path.lexists(final):
+                    _remove(old)
+                else:
+                    old.rename(final)  # killed between the two renames of a swap: the old directory is whole
         for left in final.parent.glob(f"{glob.escape(final.name)}.tmp-*"):
-            pid = left.name.rpartition("-")[2]
-            if pid.isdigit() and not _running(int(pid)):
-                left.unlink(missing_ok=True)
+            if _dead(left):
+                _remove(left)
     except OSError as exc:
         raise _cannot_write(final, exc) from None
     temporary = final.with_name(f"{final.name}.tmp-{os.getpid()}")
-    if (transaction := _transaction()) is not None:
+    if transaction is not None:
         transaction.temporaries.append(temporary.absolute())
     return temporary
 
@@ -309,13 +366,22 @@ def _start_output(final: Path) -> Path:
 def _finish_output(final: Path, temporary: Path) -> None:
     """Publish a complete temporary: now, or when the transaction ends."""
     if (transaction := _transaction()) is not None:
+        transaction.renames.pop(final.absolute(), None)  # written again: renamed after what was finished before it
         transaction.renames[final.absolute()] = temporary.absolute()
         return
     try:
-        os.replace(temporary, final)
+        _publish(final, temporary)
     except OSError as exc:
-        temporary.unlink(missing_ok=True)
+        _remove(temporary)
         raise _cannot_write(final, exc) from None
+
+
+def _discard_output(temporary: Path) -> None:
+    """Drop an unfinished temporary (and a finished one of the same output this transaction would publish)."""
+    _remove(temporary)
+    if (transaction := _transaction()) is not None:
+        absolute = temporary.absolute()
+        transaction.renames = {final: done for final, done in transaction.renames.items() if done != absolute}
 
 
 def _running(pid: int) -> bool:
@@ -330,9 +396,73 @@ def _running(pid: int) -> bool:
 
 def current_path(path: str | os.PathLike) -> Path:
     """Where ``path`` can be read now: within a transaction, a file this stage has
-    finished but not yet renamed is read from its temporary."""
+    finished but not yet renamed, or a file in such a directory, is read from its
+    temporary."""
     transaction = _transaction()
-    return transaction.renames.get(Path(path).absolute(), Path(path)) if transaction else Path(path)
+    if transaction is None:
+        return Path(path)
+    absolute = Path(path).absolute()
+    for final in (absolute, *absolute.parents):
+        if final in transaction.renames:
+            return current_path(transaction.renames[final] / absolute.relative_to(final))  # a file of the directory may be pending too
+    return Path(path)
+
+
+@contextlib.contextmanager
+def output_file(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
+    """An open file (text in UTF-8, or binary with mode "wb") to write ``path``:
+    its temporary, published when the block ends without an exception (at the end
+    of the transaction, inside one) and deleted when it ends by one."""
+    final = Path(path)
+    temporary = _start_output(final)
+    try:
+        handle = open(temporary, mode, encoding=None if "b" in mode else "utf-8")
+    except OSError as exc:
+        raise _cannot_write(final, exc) from None
+    try:
+        yield handle
+    except BaseException:
+        with contextlib.suppress(OSError):
+            handle.close()
+        _discard_output(temporary)
+        raise
+    try:
+        handle.close()  # flushes: a full disk shows here
+    except OSError as exc:
+        _discard_output(temporary)
+        raise _cannot_write(final, exc) from None
+    _finish_output(final, temporary)
+
+
+def write_output_text(path: str | os.PathLike, text: str) -> None:
+    """Write a text output (CSV, JSON, JSONL) atomically, with the stage's other outputs."""
+    with output_file(path) as handle:
+        try:
+            handle.write(text)
+        except OSError as exc:
+            raise _cannot_write(Path(path), exc) from None
+
+
+@contextlib.contextmanager
+def output_directory(path: str | os.PathLike) -> Iterator[Path]:
+    """A new, empty directory to write all of directory ``path`` into. When the
+    block ends without an exception it replaces ``path`` whole (at the end of the
+    transaction, inside one): ``path`` then holds exactly what the block wrote, no
+    file of the old content. When the block ends by an exception it is deleted and
+    ``path`` stays as it was. Files inside need no temporary names of their own."""
+    final = Path(path)
+    temporary = _start_output(final)
+    try:
+        _remove(temporary)  # an earlier write of the same directory in this transaction: replaced
+        temporary.mkdir()
+    except OSError as exc:
+        raise _cannot_write(final, exc) from None
+    try:
+        yield temporary
+    except BaseException:
+        _discard_output(temporary)
+        raise
+    _finish_output(final, temporary)
 
 
 def open_parquet(path: str | os.PathLike) -> pq.ParquetFile:
@@ -397,7 +527,7 @@ class ParquetSink:
             with contextlib.suppress(Exception):  # the error that brought us here is the one to report
                 self._writer.close()
             self._writer = None
-        self._temporary.unlink(missing_ok=True)
+        _discard_output(self._temporary)
 
     def __enter__(self):
         return self
@@ -451,11 +581,4 @@ def read_batches(path: str | os.PathLike, columns: list[str] | None = None, batc
 
 def write_metrics(path: str | os.PathLike, metrics: dict) -> None:
     """Write the metrics JSON atomically (with the stage's other outputs, inside a transaction)."""
-    path = Path(path)
-    temporary = _start_output(path)
-    try:
-        temporary.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-    except OSError as exc:
-        temporary.unlink(missing_ok=True)
-        raise _cannot_write(path, exc) from None
-    _finish_output(path, temporary)
+    write_output_text(path, json.dumps(metrics, indent=2, sort_keys=True) + "\n")

@@ -4,7 +4,9 @@
     accelerate launch --multi_gpu --num_processes N -m stages.train     # DDP (FSDP: docs/training.md)
 
 ``train`` reads ``data/tokens/`` and ``models/tokenizer/`` and writes
-``models/current/``, ``models/checkpoint/`` and dvclive's ``metrics/train/``.
+``models/current/`` (whole, when the stage succeeds: records.output_directory),
+``models/checkpoint/`` and dvclive's ``metrics/train/`` (as training goes, so
+it can be watched).
 ``layout`` splits each step over processes and micro-batches; the summed loss
 is divided by the loss tokens of the global batch and DDP averages, so each
 process scales by N. ``choose_precision`` times bf16 against fp32 on a CPU,
@@ -42,6 +44,7 @@ from transformers import GenerationConfig
 
 from synthtrain.model import PRESETS, build_model, flops_per_token, llama_config, parameter_count
 from synthtrain.params import StageError, Train
+from synthtrain.records import output_directory
 from synthtrain.tokens.encoding import load_tokenizer
 
 TOKENS = Path("data/tokens")
@@ -621,11 +624,12 @@ def summarise(config: Train, plan: Layout, history: list[dict], seconds: dict, h
 
 
 def save_model(model, weights: dict, tokenizer, metadata: dict) -> None:
-    """models/current: save_pretrained weights and config, the tokenizer and a generation config that stops at a turn's end."""
-    shutil.rmtree(OUTPUT, ignore_errors=True)
+    """models/current: save_pretrained weights and config, the tokenizer and a generation config that stops at a turn's end.
+    Written whole into a temporary directory that replaces the old model when the stage succeeds."""
     model.config.use_cache = True  # off for training; generation wants its KV cache
-    model.save_pretrained(OUTPUT, state_dict=weights)
-    tokenizer.save_pretrained(OUTPUT)
     end_of_turn = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    GenerationConfig(eos_token_id=[metadata["eos_id"], end_of_turn], pad_token_id=metadata["pad_id"],
-                     max_new_tokens=256).save_pretrained(OUTPUT)  # fmt: skip
+    with output_directory(OUTPUT) as directory:
+        model.save_pretrained(directory, state_dict=weights)
+        tokenizer.save_pretrained(directory)
+        GenerationConfig(eos_token_id=[metadata["eos_id"], end_of_turn], pad_token_id=metadata["pad_id"],
+                         max_new_tokens=256).save_pretrained(directory)  # fmt: skip

@@ -1,12 +1,15 @@
 """Issue 17, the params, train and eval parts: strict types in params (booleans are
 not numbers, numbers are not booleans), a source written as a string, a refused
 training run that leaves every file as it was, another run's checkpoint moved
-aside (or deleted on request) instead of deleted, and an eval stage that checks
-all of its inputs before it scores anything."""
+aside (or deleted on request) instead of deleted, an eval stage that checks
+all of its inputs before it scores anything, and the outputs written whole or
+not at all: output directories (token shards, held-out files, a model) swapped
+in when the stage succeeds, text outputs (the eval plots) renamed with them."""
 
 import json
 import re
 import shutil
+import subprocess
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -16,11 +19,15 @@ import yaml
 from transformers import GenerationConfig
 
 from conftest import SHARED_DATA, stage
+from synthtrain.dedup import dedup
 from synthtrain.evaluation import suite
 from synthtrain.model import build_model, llama_config
 from synthtrain.params import ParamsError, StageError, load_params, parse_params
+from synthtrain.records import (RecordWriter, current_path, make_record, open_parquet, output_directory, output_transaction,
+                                write_output_text)
 from synthtrain.sources.download import download
 from synthtrain.tokens.encoding import load_tokenizer
+from synthtrain.tokens.packing import tokenize
 from synthtrain.training import CHECKPOINTS, find_checkpoint, make_room
 from test_train import PARAMS as TRAIN_PARAMS
 from test_train import TRAIN, tokens, workdir  # noqa: F401  (tokens: the module's token shards fixture)
@@ -291,3 +298,166 @@ def test_an_optional_missing_benchmark_does_not_stop_the_checks(eval_inputs, tmp
         "arc": {"path": "bench/arc.jsonl", "format": "multiple_choice", "required": False}, "winogrande": good_benchmark()}}})
     monkeypatch.chdir(root)
     assert suite.check_inputs(params) == [Path("data/heldout/builtin.parquet")]
+
+
+# --- atomic outputs: directories, text files, and the stages that write them ----------------------
+def temporaries(root: Path) -> list[Path]:
+    """What a write leaves besides its outputs: "<name>.tmp-<pid>" files and directories, "<name>.old-<pid>" directories."""
+    return sorted(path for pattern in ("*.tmp-*", "*.old-*") for path in root.rglob(pattern))
+
+
+def dead_pid() -> int:
+    process = subprocess.Popen(["true"])
+    process.wait()
+    return process.pid
+
+
+def test_an_output_directory_replaces_the_whole_directory_or_nothing(tmp_path):
+    target = tmp_path / "out/tokens"
+    (target / "heldout").mkdir(parents=True)
+    (target / "old.npy").write_bytes(b"old")
+    (target / "heldout/gone.npy").write_bytes(b"a source that is no more")
+    before = snapshot(tmp_path, "out")
+
+    with pytest.raises(RuntimeError), output_transaction():  # the stage fails after writing the directory and a file
+        with output_directory(target) as new:
+            (new / "new.npy").write_bytes(b"new")
+        write_output_text(tmp_path / "out/plot.csv", "x,y\n")
+        raise RuntimeError("the stage fails after writing")
+    assert snapshot(tmp_path, "out") == before and not temporaries(tmp_path)
+
+    with pytest.raises(RuntimeError), output_directory(target) as new:  # no transaction: fails inside the block
+        (new / "new.npy").write_bytes(b"new")
+        raise RuntimeError("the writer fails")
+    assert snapshot(tmp_path, "out") == before and not temporaries(tmp_path)
+
+    with output_transaction():
+        with output_directory(target) as new:
+            (new / "new.npy").write_bytes(b"new")
+            with RecordWriter(new / "sub/records.parquet") as writer:  # a file with a temporary of its own, inside
+                writer.write(make_record("s", "web", text="kept"))
+        assert snapshot(tmp_path, "out/tokens") == before  # held back until the stage succeeds
+        assert current_path(target / "new.npy").read_bytes() == b"new"  # but the stage reads what it wrote
+        assert open_parquet(target / "sub/records.parquet").read().num_rows == 1
+    assert sorted(str(p.relative_to(target)) for p in target.rglob("*") if p.is_file()) == ["new.npy", "sub/records.parquet"]
+    assert not temporaries(tmp_path)
+
+
+def test_an_output_directory_tidies_what_a_killed_write_left(tmp_path):
+    target = tmp_path / "models/tokenizer"
+    target.mkdir(parents=True)
+    (target / "tokenizer.json").write_text("old")
+    pid = dead_pid()
+    # killed between the swap's two renames: the old directory is aside, the new one not in place
+    target.rename(tmp_path / f"models/tokenizer.old-{pid}")
+    (tmp_path / f"models/tokenizer.tmp-{pid}").mkdir()
+    (tmp_path / f"models/tokenizer.tmp-{pid}/tokenizer.json").write_text("half")
+    with pytest.raises(RuntimeError), output_directory(target):
+        raise RuntimeError("this run fails too")
+    assert (target / "tokenizer.json").read_text() == "old" and not temporaries(tmp_path)
+    with output_directory(target) as new:
+        (new / "tokenizer.json").write_text("new")
+    assert [p.name for p in target.iterdir()] == ["tokenizer.json"] and (target / "tokenizer.json").read_text() == "new"
+    assert not temporaries(tmp_path)
+
+
+def test_a_failed_stage_removes_the_directories_it_made_for_its_outputs(tmp_path):
+    (tmp_path / "data/kept").mkdir(parents=True)
+    with pytest.raises(RuntimeError), output_transaction():
+        write_output_text(tmp_path / "data/raw/new/a.csv", "x\n")
+        write_output_text(tmp_path / "data/kept/b.csv", "y\n")
+        with output_directory(tmp_path / "models/current"):
+            pass
+        raise RuntimeError("the stage fails")
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == ["data", "data/kept"]
+
+
+def test_a_failed_tokenize_keeps_the_previous_token_shards(tokens, tmp_path, monkeypatch):  # noqa: F811
+    for name in ("models/tokenizer", "data/mix", "data/heldout", "data/tokens"):
+        shutil.copytree(tokens / name, tmp_path / name)
+    (tmp_path / "data/heldout/zzz.parquet").write_bytes(b"not Parquet")  # read last, after the other shards are written
+    before = snapshot(tmp_path, "data/tokens")
+    params = parse_params({**TRAIN_PARAMS, "tokenize": {"seq_len": 32}})  # other shards than those on disk
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(StageError, match="zzz.parquet: not a readable Parquet file"), output_transaction():
+        tokenize(params)
+    assert snapshot(tmp_path, "data/tokens") == before and not temporaries(tmp_path)
+
+    (tmp_path / "data/heldout/zzz.parquet").unlink()
+    (tmp_path / "data/tokens/heldout/gone").mkdir()
+    (tmp_path / "data/tokens/heldout/gone/index.json").write_text("{}")  # the shards of a source that is no more
+    with output_transaction():
+        tokenize(params)
+        assert (tmp_path / "data/tokens/heldout/gone").exists()  # replaced only when the stage succeeds
+    assert sorted(p.name for p in (tmp_path / "data/tokens/heldout").iterdir()) == ["builtin"]
+    assert json.loads((tmp_path / "data/tokens/metadata.json").read_text())["seq_len"] == 32
+    assert json.loads((tmp_path / "data/tokens/train/index.json").read_text())["seq_len"] == 32
+    assert not temporaries(tmp_path)
+
+
+def test_eval_plots_change_only_when_the_stage_succeeds(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    suite.write_plots({"tasks_arithmetic_accuracy": 0.5, "heldout_builtin_web_bpb": 2.0})
+    before = snapshot(tmp_path, "plots")
+    with pytest.raises(RuntimeError), output_transaction():
+        suite.write_plots({"tasks_arithmetic_accuracy": 0.75, "heldout_builtin_web_bpb": 1.5})
+        raise RuntimeError("the stage fails after writing its plots")
+    assert snapshot(tmp_path, "plots") == before and not temporaries(tmp_path)
+    with output_transaction():
+        suite.write_plots({"tasks_arithmetic_accuracy": 0.75, "heldout_builtin_web_bpb": 1.5})
+    assert (tmp_path / "plots/eval/tasks.csv").read_text() == "family,accuracy\narithmetic,0.75\n"
+    assert (tmp_path / "plots/eval/heldout.csv").read_text() == "set,bpb\nbuiltin_web,1.5\n"
+
+
+def dedup_inputs(root: Path) -> None:
+    """Two sources of distinct documents in data/raw."""
+    for source in ("a", "b"):
+        with RecordWriter(root / f"data/raw/{source}.parquet") as writer:
+            for i in range(30):
+                words = [f"{source}{i}word{k}" for k in range(40)]
+                writer.write(make_record(source, "knowledge", text=" ".join(words)))
+
+
+def dedup_params(*sources: str):
+    return parse_params({"sources": {name: {"kind": "local", "path": f"{name}.jsonl", "category": "knowledge", "max_samples": 100}
+                                     for name in sources},
+                         "dedup": {"heldout": {"fraction": 0.2, "max_per_source": 3}, "workers": 1}})
+
+
+def test_a_failed_dedup_keeps_every_held_out_file(tmp_path, monkeypatch):
+    dedup_inputs(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    with output_transaction():
+        dedup(dedup_params("a", "b"))
+    assert sorted(p.name for p in (tmp_path / "data/heldout").iterdir()) == ["a.parquet", "b.parquet"]
+    before = snapshot(tmp_path, "data/heldout", "data/dedup")
+    with pytest.raises(RuntimeError), output_transaction():  # source b is dropped, then the stage fails
+        dedup(dedup_params("a"))
+        raise RuntimeError("the stage fails after dedup")
+    assert snapshot(tmp_path, "data/heldout", "data/dedup") == before and not temporaries(tmp_path)
+    with output_transaction():
+        dedup(dedup_params("a"))
+    assert sorted(p.name for p in (tmp_path / "data/heldout").iterdir()) == ["a.parquet"]  # b's file goes when the stage succeeds
+    assert (tmp_path / "data/heldout/a.parquet").read_bytes() == before["data/heldout/a.parquet"]
+    assert not temporaries(tmp_path)
+
+
+def test_eval_samples_change_only_when_the_stage_succeeds(eval_inputs, tmp_path, monkeypatch):
+    quick = {"heldout_records": 0, "tasks_per_family": 1, "references": 2, "generation": {"max_new_tokens": 2}}  # two runs of a few s
+    root = eval_workdir(eval_inputs, tmp_path, **quick)
+    (root / "data/eval/tasks").mkdir(parents=True)
+    (root / "data/eval/samples.jsonl").write_text('{"suite": "old"}\n')
+    (root / "data/eval/tasks/dropped.yaml").write_text("task: synth_dropped\n")  # of a benchmark no longer asked for
+    before = snapshot(root, "data/eval")
+    params = load_params(root / "params.yaml")
+    monkeypatch.chdir(root)
+    with pytest.raises(RuntimeError), output_transaction():
+        suite.evaluate(params, suite.MODEL)
+        raise RuntimeError("the stage fails after evaluating")
+    assert snapshot(root, "data/eval") == before and not (root / "plots").exists() and not temporaries(root)
+    with output_transaction():
+        suite.evaluate(params, suite.MODEL)
+    assert sorted(p.name for p in (root / "data/eval").iterdir()) == ["samples.jsonl"]
+    assert all(json.loads(line)["suite"] != "old" for line in (root / "data/eval/samples.jsonl").read_text().splitlines())
+    assert sorted(p.name for p in (root / "plots/eval").iterdir()) == ["benchmarks.csv", "heldout.csv", "tasks.csv"]
+    assert not temporaries(root)

@@ -27,7 +27,7 @@ from synthtrain.generation import Generator, load_model
 from synthtrain.evaluation.heldout import first_records, heldout_metrics
 from synthtrain.evaluation.answers import task_accuracy
 from synthtrain.params import Params, StageError
-from synthtrain.records import CATEGORIES, open_parquet
+from synthtrain.records import CATEGORIES, open_parquet, output_directory, write_output_text
 
 log = logging.getLogger("eval")
 MODEL = Path("models/current")
@@ -106,16 +106,15 @@ def timed(name: str, seconds: dict, function, *args):
 
 
 def write_plots(metrics: dict) -> None:
-    """CSV tables for the plots declared in dvc.yaml."""
-    PLOTS.mkdir(parents=True, exist_ok=True)
+    """CSV tables for the plots declared in dvc.yaml (renamed into place with the stage's other outputs)."""
     families = sorted(k.removeprefix("tasks_").removesuffix("_accuracy") for k in metrics if k.startswith("tasks_") and k.endswith("_accuracy") and k != "tasks_accuracy")
     rows = [f"{family},{metrics[f'tasks_{family}_accuracy']}" for family in families]
-    (PLOTS / "tasks.csv").write_text("family,accuracy\n" + "".join(f"{row}\n" for row in rows))
+    write_output_text(PLOTS / "tasks.csv", "family,accuracy\n" + "".join(f"{row}\n" for row in rows))
     sets = sorted(k.removeprefix("heldout_").removesuffix("_bpb") for k in metrics  # <source>_<category>
                   if k.startswith("heldout_") and any(k.endswith(f"_{category}_bpb") for category in CATEGORIES))
-    (PLOTS / "heldout.csv").write_text("set,bpb\n" + "".join(f"{s},{metrics[f'heldout_{s}_bpb']}\n" for s in sets))
+    write_output_text(PLOTS / "heldout.csv", "set,bpb\n" + "".join(f"{s},{metrics[f'heldout_{s}_bpb']}\n" for s in sets))
     names = sorted(k.removesuffix("_chance") for k in metrics if k.endswith("_chance"))
-    (PLOTS / "benchmarks.csv").write_text("benchmark,score,chance\n" + "".join(
+    write_output_text(PLOTS / "benchmarks.csv", "benchmark,score,chance\n" + "".join(
         f"{name},{metrics.get(f'{name}_acc_norm', metrics.get(f'{name}_acc'))},{metrics[f'{name}_chance']}\n"
         for name in names if f"{name}_acc" in metrics))
 
@@ -161,15 +160,16 @@ def evaluate(params: Params, model_dir: Path) -> dict:
     samples += suite_samples
     metrics.update(generate.speed())
 
-    if config.benchmarks:
-        metrics.update(timed("benchmarks", seconds, benchmarks.run_benchmarks, model, tokenizer, config.benchmarks, OUT / "tasks",
-                             config.batch_size, config.seed))
-    metrics.update(seconds)
-    metrics["seconds"] = round(sum(seconds.values()), 1)
-
-    OUT.mkdir(parents=True, exist_ok=True)
-    with open(OUT / "samples.jsonl", "w") as out:
-        out.writelines(json.dumps(sample, ensure_ascii=False, sort_keys=True) + "\n" for sample in samples)
+    # data/eval (the benchmarks' lm-eval task YAMLs and samples.jsonl) is written whole and
+    # replaces the old one when the stage succeeds: no task file of a dropped benchmark stays
+    with output_directory(OUT) as out:
+        if config.benchmarks:
+            metrics.update(timed("benchmarks", seconds, benchmarks.run_benchmarks, model, tokenizer, config.benchmarks, out / "tasks",
+                                 config.batch_size, config.seed))
+        metrics.update(seconds)
+        metrics["seconds"] = round(sum(seconds.values()), 1)
+        with open(out / "samples.jsonl", "w", encoding="utf-8") as handle:
+            handle.writelines(json.dumps(sample, ensure_ascii=False, sort_keys=True) + "\n" for sample in samples)
     write_plots(metrics)
     shown = {key: metrics.get(key, "-") if not isinstance(metrics.get(key), float) else round(metrics[key], 3)
              for key in ("heldout_loss", "heldout_bpb", "tasks_accuracy", "rougeL", "judge_relevance_score")}

@@ -27,7 +27,7 @@ from synthtrain.params import Params, Quality, StageError
 from synthtrain.arrays import load_arrays
 from synthtrain.quality.enrich import FILE_SCORES, INPUT, REFERENCE_LM, SCORES, score_stage
 from synthtrain.quality.scorer import combine, components, judged, reject_reasons
-from synthtrain.records import BATCH_ROWS, QUALITY_SCORES, SCHEMA, SCORED_SCHEMA, ScoredWriter, meta_field, open_parquet, write_metrics
+from synthtrain.records import BATCH_ROWS, QUALITY_SCORES, SCHEMA, SCORED_SCHEMA, ScoredWriter, meta_field, open_parquet, write_metrics, write_output_text
 
 log = logging.getLogger("quality")
 
@@ -108,11 +108,10 @@ class Tally:
         return accuracy
 
     def write_histogram(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         lines = ["group,quality,records"]
         for group, counts in sorted(self.histogram.items()):
             lines += [f"{group},{(i + 0.5) / HISTOGRAM_BINS:.3f},{count}" for i, count in enumerate(counts)]
-        path.write_text("\n".join(lines) + "\n")
+        write_output_text(path, "\n".join(lines) + "\n")
 
 
 def decide(params: Quality, calibration: dict[str, np.ndarray], category: np.ndarray, scores: dict[str, np.ndarray]):

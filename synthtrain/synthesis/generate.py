@@ -70,7 +70,9 @@ def method_for(source: GenerateSource, generator: Generator, seeds: list[str]):
 
 
 def write_shard(path: Path, candidates: list[Candidate]) -> None:
-    """Written to a temporary name and renamed, so a shard on disk is always whole."""
+    """Written to a temporary name and renamed, so a shard on disk is always whole. Renamed
+    at once, not with the stage's outputs (records.output_transaction): a shard is the
+    state an interrupted or failed run resumes from, so it must outlive the stage."""
     table = pa.table({"reason": [c.reason for c in candidates], "detail": [c.detail for c in candidates],
                       "candidate": [json.dumps({"messages": c.messages, "meta": c.meta}, ensure_ascii=False) for c in candidates]},
                      schema=SHARD_SCHEMA)  # fmt: skip

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from synthtrain.generation import Generator, load_model
 from synthtrain.evaluation.judges import judge_probabilities
 from synthtrain.params import GenerateSource, Params
-from synthtrain.records import RejectWriter, open_parquet, write_metrics
+from synthtrain.records import RejectWriter, open_parquet, output_directory, write_metrics
 
 log = logging.getLogger("preferences")
 JUDGES = Path("models/judges")
@@ -49,7 +49,8 @@ def teacher_yes_probability(generator: Generator, instructions: list[str], respo
     return np.concatenate(probabilities) if probabilities else np.zeros(0)
 
 
-def pairs_for(name: str, source: GenerateSource, rejects: RejectWriter, root: Path) -> dict:
+def pairs_for(name: str, source: GenerateSource, rejects: RejectWriter, root: Path, output: Path) -> dict:
+    """Write ``output/<name>.jsonl``; returns the source's counts."""
     config = source.preferences
     table = open_parquet(root / f"data/raw/{name}.parquet").read(columns=["id", "messages"])
     rows = table.to_pylist()[: config.max_prompts]
@@ -70,7 +71,7 @@ def pairs_for(name: str, source: GenerateSource, rejects: RejectWriter, root: Pa
         scores = (scores * len(judged) + teacher_yes_probability(generator, flat_instructions, flat_responses)) / (len(judged) + 1)
     scores = scores.reshape(len(instructions), len(config.temperatures))
     pairs, chosen_temperatures, margins = 0, {str(t): 0 for t in config.temperatures}, []
-    with open(root / OUTPUT / f"{name}.jsonl", "w") as out:
+    with open(output / f"{name}.jsonl", "w", encoding="utf-8") as out:
         for p, (row, prompt) in enumerate(zip(tqdm(rows, desc=f"{name}: pairs", unit="prompt", mininterval=1), prompts)):
             usable = [t for t in range(len(config.temperatures)) if responses[t][p].strip()]
             detail = {"prompt": prompt, "responses": [responses[t][p] for t in range(len(config.temperatures))],
@@ -96,15 +97,14 @@ def pairs_for(name: str, source: GenerateSource, rejects: RejectWriter, root: Pa
 
 def preferences(params: Params, root: str | Path = ".") -> dict:
     root = Path(root)
-    (root / OUTPUT).mkdir(parents=True, exist_ok=True)
-    for stale in (root / OUTPUT).glob("*.jsonl"):  # a source that no longer asks for pairs leaves none behind
-        stale.unlink()
     metrics = {"sources": {}}
-    with RejectWriter(root / REJECTS, "preferences") as rejects:
+    # data/preferences is written whole, and replaces the old one when the stage succeeds:
+    # a source that no longer asks for pairs leaves no file behind
+    with output_directory(root / OUTPUT) as output, RejectWriter(root / REJECTS, "preferences") as rejects:
         for name, source in params.sources.items():
             if isinstance(source, GenerateSource) and source.preferences is not None:
                 before = sum(rejects.by_reason.values())
-                counts = pairs_for(name, source, rejects, root)
+                counts = pairs_for(name, source, rejects, root, output)
                 counts["rejected"] = sum(rejects.by_reason.values()) - before
                 assert counts["prompts"] == counts["pairs"] + counts["rejected"], counts
                 metrics["sources"][name] = counts

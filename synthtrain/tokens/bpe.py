@@ -8,7 +8,8 @@
 ``chat.pretoken_pattern`` and the ChatML special tokens; or, with
 ``tokenizer.pretrained``, loads that tokenizer offline (``load_pretrained``) and
 gives it ChatML and an eos token if it lacks them. It writes
-``models/tokenizer/`` (``save_pretrained``) and ``metrics/tokenizer.json``.
+``models/tokenizer/`` (``save_pretrained``, into a temporary directory that
+replaces the old one when the stage succeeds) and ``metrics/tokenizer.json``.
 BPE training in ``tokenizers`` 0.23 gave byte-identical files on repeated runs
 and with 1 or 2 threads (tests check it). The choices and the special tokens:
 docs/training.md.
@@ -26,7 +27,7 @@ from tqdm import tqdm
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from synthtrain.params import Params, StageError
-from synthtrain.records import BATCH_ROWS, CATEGORIES, open_parquet
+from synthtrain.records import BATCH_ROWS, CATEGORIES, open_parquet, output_directory
 from synthtrain.tokens import TOKENIZER as MODEL
 from synthtrain.tokens.chat import CHATML_TEMPLATE, ENDOFTEXT, IM_END, IM_START, SPECIAL_TOKENS, pretoken_pattern, render_column
 
@@ -103,10 +104,8 @@ def build_tokenizer(params: Params) -> dict:
         tokenizer = train_bpe(tqdm(texts, desc="train BPE", unit="record"), config.vocab_size, config.split_digits)
         log.info(f"trained byte-level BPE with {len(tokenizer):,} tokens on {len(texts):,} records "
                  f"of {POOL} in {time.time() - started:.1f} s")
-    MODEL.mkdir(parents=True, exist_ok=True)
-    for old in MODEL.iterdir():  # files of an earlier, different tokenizer must not linger
-        old.unlink()
-    tokenizer.save_pretrained(MODEL)
+    with output_directory(MODEL) as directory:  # written whole: no file of an earlier, different tokenizer lingers
+        tokenizer.save_pretrained(directory)
     return {
         "source": config.pretrained or "trained",
         "vocab_size": len(tokenizer),

@@ -1,5 +1,8 @@
 """Packing: the token stream of a Parquet file of records cut into ``seq_len``
-sequences, written as ``.npy`` shards with their loss masks (docs/training.md)."""
+sequences, written as ``.npy`` shards with their loss masks (docs/training.md).
+``data/tokens`` is written whole into a temporary directory and replaces the old
+one when the stage succeeds (records.output_directory): a failed or killed run
+leaves the previous shards, and no shard of an earlier, larger run lingers."""
 
 import logging
 import json
@@ -13,7 +16,7 @@ from tqdm import tqdm
 from transformers import PreTrainedTokenizerFast
 
 from synthtrain.params import Params, StageError, Tokenize
-from synthtrain.records import BATCH_ROWS, CATEGORIES, SCHEMA, TOKENIZE_REJECT_SCHEMA, ParquetSink, open_parquet
+from synthtrain.records import BATCH_ROWS, CATEGORIES, SCHEMA, TOKENIZE_REJECT_SCHEMA, ParquetSink, open_parquet, output_directory
 from synthtrain.tokens.encoding import encode, load_tokenizer, token_dtype
 
 log = logging.getLogger("tokenize")
@@ -115,10 +118,16 @@ def tokenize(params: Params) -> dict:
     if not MIX.is_file():
         raise StageError(f"{MIX} is missing: run `dvc repro mix` first")
     heldout = sorted(HELDOUT.glob("*.parquet"))
-    with ParquetSink(REJECTS, TOKENIZE_REJECT_SCHEMA) as rejects:
-        metrics = {"train": tokenize_file(tokenizer, MIX, TOKENS / "train", config, rejects),
-                   "heldout": {path.stem: tokenize_file(tokenizer, path, TOKENS / "heldout" / path.stem, config, rejects)
+    with output_directory(TOKENS) as tokens, ParquetSink(REJECTS, TOKENIZE_REJECT_SCHEMA) as rejects:
+        metrics = {"train": tokenize_file(tokenizer, MIX, tokens / "train", config, rejects),
+                   "heldout": {path.stem: tokenize_file(tokenizer, path, tokens / "heldout" / path.stem, config, rejects)
                                for path in heldout}}
+        write_metadata(tokenizer, config, metrics, tokens / "metadata.json")
+    return metrics
+
+
+def write_metadata(tokenizer: PreTrainedTokenizerFast, config: Tokenize, metrics: dict, path: Path) -> None:
+    """metadata.json: what the train stage checks the token shards against."""
     metadata = {
         "vocab_size": len(tokenizer),
         "dtype": token_dtype(tokenizer).name,
@@ -129,5 +138,4 @@ def tokenize(params: Params) -> dict:
         "train": {key: metrics["train"][key] for key in ("sequences", "tokens", "loss_tokens")},
         "heldout": {name: {key: m[key] for key in ("sequences", "tokens", "loss_tokens")} for name, m in metrics["heldout"].items()},
     }
-    (TOKENS / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
-    return metrics
+    path.write_text(json.dumps(metadata, indent=2) + "\n")
