@@ -14,6 +14,7 @@ the outputs: docs/quality.md.
 import logging
 import json
 import functools
+import itertools
 import os
 import tempfile
 from collections import Counter
@@ -385,7 +386,8 @@ def candidate_sets(state: dict, job):
 def contamination(state: dict, job):
     """Pass 2: which training records of the job contain which contamination
     entries. Returns the job's record count per entry, and the (global row,
-    entry) matches of entries that are not already common within the job."""
+    entry) matches, less those of held-out-only entries already common within
+    the job (``max_matches`` exempts nothing else)."""
     _, _, first, count = job
     rows = np.flatnonzero(state["train"][first : first + count])
     words, offsets = cached_words(state, job, rows)
@@ -400,8 +402,8 @@ def contamination(state: dict, job):
         matches.append(np.stack([first + rows[owner[hit]], entries[at[hit]]], axis=1))
     matches = np.unique(np.concatenate(matches), axis=0) if matches else np.empty((0, 2), np.int64)
     entries, records = np.unique(matches[:, 1], return_counts=True)
-    rare = entries[records <= state["max_matches"]]
-    return entries, records, matches[np.isin(matches[:, 1], rare)]
+    kept = entries[(records <= state["max_matches"]) | ~state["capped"][entries]]
+    return entries, records, matches[np.isin(matches[:, 1], kept)]
 
 
 # --- the stage ---------------------------------------------------------------------
@@ -458,18 +460,22 @@ def dedup(params: Params) -> dict:
     words_by_benchmark = {"heldout": concatenate_words([wanted_words(state, job)[1] for job in inputs.jobs]), **words_by_benchmark}
     benchmarks = list(words_by_benchmark)
     table, entry_benchmarks, coverage = contamination_table(words_by_benchmark, config.decontaminate)
+    # Only an n-gram of held-out records alone may be common phrasing (a template
+    # sentence of the built-in world); one that a benchmark or a built-in
+    # problem has is a leak however many records repeat it.
+    capped = entry_benchmarks == 1 << benchmarks.index("heldout")
     bitmap = np.zeros(int(BITMAP_MASK) + 1, dtype=bool)
     for hashes, _ in table.values():
         bitmap[hashes & BITMAP_MASK] = True
     state.update(contamination=table, contamination_bitmap=bitmap, train=survivor & ~heldout,
-                  max_matches=config.decontaminate.max_matches)
+                  max_matches=config.decontaminate.max_matches, capped=capped)
     records_per_entry = np.zeros(len(entry_benchmarks), dtype=np.int64)
-    rare_matches = []
+    found = []
     for entries, records, matches in each_job(contamination, state, inputs.jobs, workers, "decontaminate"):
         records_per_entry[entries] += records
-        rare_matches.append(matches)
-    leaks = np.concatenate(rare_matches) if rare_matches else np.empty((0, 2), np.int64)
-    leaks = leaks[records_per_entry[leaks[:, 1]] <= config.decontaminate.max_matches]
+        found.append(matches)
+    leaks = np.concatenate(found) if found else np.empty((0, 2), np.int64)
+    leaks = leaks[(records_per_entry[leaks[:, 1]] <= config.decontaminate.max_matches) | ~capped[leaks[:, 1]]]
     decontaminated = np.zeros(inputs.count, dtype=bool)
     decontaminated[leaks[:, 0]] = True
     contaminated_by: dict[int, set[str]] = {}  # row -> benchmark names
@@ -523,13 +529,22 @@ def concatenate_words(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.nd
     return words, np.concatenate([[0]] + [o[1:] + k for (_, o), k in zip(parts, shift)]).astype(np.int64)
 
 
+def scored_prompts(problems: pa.Table) -> list[str]:
+    """What the eval shows a model of each built-in problem: its user turns. The
+    reference solution is never scored (answers are checked against meta), and
+    it is written in the training phrasings, so matching it would remove
+    training records for sharing the world's ordinary sentences."""
+    return ["\n".join(turn["content"] for turn in messages if turn["role"] == "user")
+            for messages in problems.column("messages").to_pylist()]
+
+
 def benchmark_words(params: Params) -> dict:
     """The words of the texts training must not overlap, besides the held-out
     records: built-in evaluation problems and the benchmark files in params,
     by benchmark name (None for a benchmark file that is absent)."""
     words = {}
     if BUILTIN_EVAL.is_file():
-        words["builtin_eval"] = word_hashes(content_column(open_parquet(BUILTIN_EVAL).read(columns=["messages", "text"])))
+        words["builtin_eval"] = word_hashes(pa.array(scored_prompts(open_parquet(BUILTIN_EVAL).read(columns=["messages"]))))
     for name, benchmark in params.dedup.decontaminate.benchmarks.items():
         key = f"dedup.decontaminate.benchmarks.{name}"
         files = benchmark.files(key)
@@ -542,7 +557,10 @@ def benchmark_words(params: Params) -> dict:
 
 
 def read_benchmark(path: Path, fields: list[str], key: str) -> list[str]:
-    """The text of each JSONL line: the listed fields, lists joined with spaces."""
+    """The texts each JSONL line is scored by: the listed fields in order, one
+    text per element of a list field (a query with each of its choices, each
+    context option with the continuation), every combination where there are
+    several."""
     texts = []
     with path.open(encoding="utf-8") as lines:
         for number, line in enumerate(lines, 1):
@@ -552,13 +570,13 @@ def read_benchmark(path: Path, fields: list[str], key: str) -> list[str]:
                 item = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise StageError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
-            parts = []
+            alternatives = []
             for field in fields:
                 if not isinstance(item, dict) or field not in item:
                     raise StageError(f"{path}:{number}: no field '{field}' (from {key}.fields)")
                 value = item[field]
-                parts.extend(map(str, value) if isinstance(value, list) else [str(value)])
-            texts.append(" ".join(parts))
+                alternatives.append(list(map(str, value)) if isinstance(value, list) else [str(value)])
+            texts.extend(" ".join(parts) for parts in itertools.product(*alternatives))
     return texts
 
 

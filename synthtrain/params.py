@@ -256,14 +256,16 @@ class InputFile(Section):
 class Benchmark(InputFile):
     """A benchmark whose texts training must not overlap (dedup.decontaminate)."""
 
-    path: str = Field(min_length=1, description="a JSONL file")
-    fields: list[str] = Field(min_length=1, description="fields whose text is checked; list values are joined")
+    path: str = Field(min_length=1, description="a JSONL file or a glob")
+    fields: list[str] = Field(min_length=1, description="the fields of each text the benchmark scores, in order; a list "
+                              "field gives one text per element (a query with each choice), several every combination")
 
 
 class Decontaminate(Section):
     ngram: Int = Field(13, ge=4, le=64, description="words per n-gram (13 as in GPT-3)")
-    min_ngram: Int = Field(8, ge=4, le=64, description="shorter texts down to this many words are matched whole")
-    max_matches: Int = Field(10, ge=1, description="an n-gram in more training records is common phrasing, not leakage")
+    min_ngram: Int = Field(4, ge=4, le=64, description="shorter texts down to this many words are matched whole")
+    max_matches: Int = Field(10, ge=1, description="a held-out record's n-gram in more training records is common phrasing, "
+                             "not leakage; benchmark and built-in eval n-grams are removed however often they occur")
     benchmarks: dict[str, Benchmark] = {}
 
     @model_validator(mode="after")

@@ -6,7 +6,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from conftest import SHARED_DATA, stage
+from conftest import REPO, SHARED_DATA, stage
 from synthtrain.dedup import (MinHasher, collision_probability, edited_copy, jaccard, near_duplicate_roots, optimal_bands,
                           real_text_accuracy, shingle_sets, union_find)
 from synthtrain.sources.download import download
@@ -121,7 +121,7 @@ def workdir(tmp_path):
     write_source(tmp_path / "data/raw/builtin_eval.parquet",
                  [make_record("builtin_eval", "instruction", messages=[{"role": "user", "content": "Name it."}, {"role": "assistant", "content": "No."}])])
     (tmp_path / "bench.jsonl").write_text(json.dumps({"q": BENCHMARK_QUESTION + "?"}) + "\n"
-                                          + json.dumps({"q": ["ten green bottles hanging", "on the wall said the old song"]}) + "\n"
+                                          + json.dumps({"q": "ten green bottles hanging on the wall said the old song"}) + "\n"
                                           + json.dumps({"q": "too short"}) + "\n")
     return tmp_path
 
@@ -186,29 +186,74 @@ def test_heldout_is_stable_when_other_params_or_sources_change_and_output_is_det
     assert len(rows(workdir / "data/heldout/c.parquet")) == 2
 
 
-def test_a_held_out_record_removes_training_records_that_share_its_ngrams(workdir):
+def test_a_held_out_record_removes_training_records_that_share_its_ngrams_unless_they_are_common(workdir):
     params_file(workdir, heldout={"fraction": 1.0, "max_per_source": 1})
     stage(workdir, "stages.dedup")
     heldout = rows(workdir / "data/heldout/a.parquet")[0]
     # add a training record quoting 13 words of the held-out record: it must go
     quote = " ".join(heldout["text"].split()[:13])
-    write_source(workdir / "data/raw/c.parquet", [doc("Quoted: " + quote, "c")] + [doc(essay(900 + i), "c") for i in range(50)])
+    essays = [doc(essay(900 + i), "c") for i in range(50)]
+    write_source(workdir / "data/raw/c.parquet", [doc("Quoted: " + quote, "c")] + essays)
     params_file(workdir, heldout={"fraction": 1.0, "max_per_source": 1}, sources=("a", "b", "c"))
     stage(workdir, "stages.dedup")
     metrics = json.loads((workdir / "metrics/dedup.json").read_text())
     assert metrics["by_source"]["c"]["decontaminated"] == 1 and metrics["decontamination"]["heldout"]["records_removed"] == 1
+    # quoted by more than max_matches training records, a held-out record's n-gram is common phrasing
+    write_source(workdir / "data/raw/c.parquet", [doc(f"Quoted {k}: {quote}", "c") for k in range(4)] + essays)
+    params_file(workdir, heldout={"fraction": 1.0, "max_per_source": 1}, sources=("a", "b", "c"), decontaminate={"max_matches": 3})
+    stage(workdir, "stages.dedup")
+    metrics = json.loads((workdir / "metrics/dedup.json").read_text())
+    assert metrics["by_source"]["c"]["decontaminated"] == 0 and metrics["decontamination"]["heldout"]["records_removed"] == 0
 
 
-def test_common_ngrams_are_not_leakage(workdir):
-    # the benchmark question inside more than max_matches training records is common phrasing
-    write_source(workdir / "data/raw/c.parquet", [doc(f"{essay(700 + i, 30)} {BENCHMARK_QUESTION}", "c") for i in range(3)])
-    no_heldout = {"fraction": 0.0, "max_per_source": 0}
-    params_file(workdir, no_heldout, sources=("a", "b", "c"), decontaminate={"max_matches": 3, "benchmarks": {"quiz": {"path": "bench.jsonl", "fields": ["q"]}}})
+def test_a_benchmark_question_repeated_in_50_training_records_is_removed(workdir):
+    # max_matches exempts held-out n-grams only: a benchmark leak stays a leak however often it is repeated
+    write_source(workdir / "data/raw/c.parquet", [doc(f"{essay(700 + i, 30)} {BENCHMARK_QUESTION}", "c") for i in range(50)])
+    params_file(workdir, {"fraction": 0.0, "max_per_source": 0}, sources=("a", "b", "c"),
+                decontaminate={"max_matches": 3, "benchmarks": {"quiz": {"path": "bench.jsonl", "fields": ["q"]}}})
     stage(workdir, "stages.dedup")
-    assert json.loads((workdir / "metrics/dedup.json").read_text())["decontamination"]["quiz"]["records_removed"] == 1  # only the whole-text match
-    params_file(workdir, no_heldout, sources=("a", "b", "c"), decontaminate={"max_matches": 4, "benchmarks": {"quiz": {"path": "bench.jsonl", "fields": ["q"]}}})
+    metrics = json.loads((workdir / "metrics/dedup.json").read_text())
+    assert metrics["by_source"]["c"] == {"in": 50, "kept": 0, "heldout": 0, "exact_duplicates": 0, "near_duplicates": 0, "decontaminated": 50}
+    assert metrics["decontamination"]["quiz"]["records_removed"] == 52  # and a[42] and b[32] of the fixture
+
+
+SHIPPED = yaml.safe_load((REPO / "params.yaml").read_text())["dedup"]["decontaminate"]
+
+
+def test_the_shipped_benchmarks_check_every_field_they_score(workdir):
+    """params.yaml's hellaswag, piqa and BLiMP entries, on made-up items in
+    their formats: each context with each ending, each query with each choice
+    (a short one matched whole) and BLiMP's good and bad sentences are checked;
+    a fragment of an item that is never scored alone is not a leak."""
+    (workdir / "hellaswag.jsonl").write_text(json.dumps({
+        "ind": 0, "activity_label": "Cooking soup", "ctx": "A woman is standing in a kitchen next to a large pot of soup. she",
+        "endings": ["stirs the soup slowly with a long wooden spoon and then tastes a little from the spoon.", "drops the pot.",
+                    "picks up a phone and starts to talk about the weather.", "walks away."], "label": 0}) + "\n")
+    (workdir / "piqa.jsonl").write_text(json.dumps({"query": "Question: Open a jar.\n", "choices": ["Tap the lid.", "Lick the lid."], "gold": 0}) + "\n")
+    (workdir / "blimp").mkdir()
+    (workdir / "blimp/agreement.jsonl").write_text(json.dumps({"sentence_good": "The cats near the door were sleeping.",
+                                                               "sentence_bad": "The cats near the door was sleeping."}) + "\n")
+    (workdir / "blimp/islands.jsonl").write_text(json.dumps({"sentence_good": "What did Nora fix after reading the manual?",
+                                                             "sentence_bad": "What did Nora fix the manual after reading?"}) + "\n")
+    files = {"hellaswag": "hellaswag.jsonl", "piqa": "piqa.jsonl", "blimp_good": "blimp/*.jsonl", "blimp_bad": "blimp/*.jsonl"}
+    decontaminate = {**SHIPPED, "benchmarks": {name: {**SHIPPED["benchmarks"][name], "path": path} for name, path in files.items()}}
+    leaks = {
+        "hellaswag": ["Recipe blog. She stirs the soup slowly with a long wooden spoon and then tastes a little. Yum.",  # an ending alone
+                      "Caption: next to a large pot of soup. She picks up a phone and starts to talk, then hangs up."],  # a context with its third ending
+        "piqa": ["Forum. Question: open a jar? Tap the lid! Worked for me."],  # query + choice: 7 words, matched whole
+        "blimp_bad": ["Grammar drill: the cats near the door was sleeping. Correct it."],
+        "blimp_good": ["She asked what did Nora fix after reading the manual, and nobody knew."],
+    }
+    clean = ["He drops the pot. Then he walks away.", "Forum. Question: open a jar? I gave up.", "The cats near the door purred."]
+    c = [doc(text, "c") for texts in leaks.values() for text in texts] + [doc(text, "c") for text in clean]
+    write_source(workdir / "data/raw/c.parquet", c + [doc(essay(800 + i), "c") for i in range(10)])
+    params_file(workdir, {"fraction": 0.0, "max_per_source": 0}, sources=("a", "b", "c"), decontaminate=decontaminate)
     stage(workdir, "stages.dedup")
-    assert json.loads((workdir / "metrics/dedup.json").read_text())["decontamination"]["quiz"]["records_removed"] == 5
+    rejects = {r["text"]: r["detail"] for r in rows(workdir / "data/rejects/dedup.parquet") if r["reason"] == "decontaminated"}
+    assert rejects == {text: name for name, texts in leaks.items() for text in texts}
+    coverage = json.loads((workdir / "metrics/dedup.json").read_text())["decontamination"]
+    assert coverage["hellaswag"]["texts"] == 4 and coverage["piqa"] == {"texts": 2, "checked": 2, "too_short": 0, "records_removed": 1}
+    assert coverage["blimp_good"]["texts"] == coverage["blimp_bad"]["texts"] == 2
 
 
 def test_bad_input_gives_one_clear_line(workdir):

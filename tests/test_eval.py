@@ -6,6 +6,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -15,6 +16,7 @@ from transformers import GenerationConfig
 
 from conftest import SHARED_DATA, stage
 from synthtrain.sources.download import download
+from synthtrain.world.corpus import CorpusGenerator
 from synthtrain.world.facts import World
 from synthtrain.evaluation.behaviour import run_suites
 from synthtrain.generation import Reply
@@ -22,6 +24,7 @@ from synthtrain.evaluation.heldout import packed
 from synthtrain.evaluation.answers import extracted, is_correct, task_accuracy
 from synthtrain.model import build_model, llama_config
 from synthtrain.params import parse_params
+from synthtrain.text import content_column, fold_column, ngram_hashes, word_hashes
 from synthtrain.tokens.encoding import load_tokenizer
 
 VOCAB = 1024
@@ -103,6 +106,40 @@ def test_dir_passes_when_the_answer_moves_with_the_number_and_refusals_are_count
     assert metrics["behaviour_mft_stops"] == 0 and metrics["behaviour_mft_one_word"] == 0
     assert {s["suite"] for s in samples} == {"mft_one_word", "mft_bullets", "mft_json", "inv_paraphrase", "inv_names",
                                              "dir_add", "dir_subtract", "refusal"}
+
+
+def test_no_behaviour_prompt_shares_a_13_gram_with_a_training_rendering():
+    """Every behaviour prompt of three seeds against 10,000 records of the
+    training generator, in a world that trains on all its phrasings. Numbers
+    read 0 and the world's names and words x on both sides, so a template
+    matches whatever it was filled with; a prompt shorter than 13 words is
+    matched whole, as dedup matches a short benchmark text."""
+    params = parse_params({"sources": {"builtin": {"kind": "builtin"}}, "world": {"phrasings": 8}})
+    generator = CorpusGenerator(params, "builtin")
+    world = generator.world
+    names = set(world.words) | {w for e in world.entities for text in (e.name, *e.facts.values()) for w in text.lower().split()}
+
+    def template_words(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        folded = fold_column(pa.array(texts, pa.string())).to_pylist()
+        return word_hashes(pa.array([" ".join("0" if w.isdigit() else "x" if w in names else w for w in text.split()) for text in folded]))
+
+    training = template_words([text for index in range(2) for text in content_column(generator.chunk(index, 5000)[0]).to_pylist()])
+    prompts = []
+
+    def record(batch: list[str]) -> list[Reply]:
+        prompts.extend(batch)
+        return [Reply("", stopped=True) for _ in batch]
+
+    for seed in range(3):
+        run_suites(record, world, per_suite=300, seed=seed)
+    words, offsets = template_words(prompts)
+    grams, owner = ngram_hashes(words, offsets, 13)
+    lengths = np.minimum(np.diff(offsets), 13)[owner]
+    shared = set()
+    for length in np.unique(lengths):
+        of_length = lengths == length
+        shared |= set(owner[of_length][np.isin(grams[of_length], ngram_hashes(*training, int(length), short=False)[0])].tolist())
+    assert len(prompts) > 3000 and not shared, sorted({prompts[i] for i in shared})[:5]
 
 
 # --- the stage on a random model -----------------------------------------------------

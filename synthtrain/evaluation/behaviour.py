@@ -2,6 +2,10 @@
 suites of generated test cases over the built-in world (MFT, INV, DIR and the
 refusal rate on harmless requests), each with a pass rate. What each suite
 checks: docs/evaluation.md.
+
+The prompts use only the held-out templates of ``world.tasks`` and the held-out
+question phrasings (``heldout=True``, ``EVAL_QUESTIONS``), which no training
+record uses: a suite measures a behaviour, not the recall of a training prompt.
 """
 
 import random
@@ -9,7 +13,7 @@ import re
 from collections.abc import Callable
 
 from synthtrain.world import tasks
-from synthtrain.world.facts import PHRASES, World
+from synthtrain.world.facts import EVAL_QUESTIONS, World
 from synthtrain.generation import Reply
 from synthtrain.evaluation.answers import bullets, final_answer, first_word, is_one_word, json_object
 from synthtrain.quality.heuristics import REFUSAL
@@ -37,14 +41,15 @@ def mft_cases(rng: random.Random, world: World, n: int) -> list[tuple[str, str, 
     cases = []
     for _ in range(n):
         fact = rng.choice(world.facts)
-        cases.append(("one_word", f"{fact.question(rng, world.phrasings)} {rng.choice(tasks.ONE_WORD[False])}", is_one_word))
+        question = tasks.fact_question(rng, fact, world.phrasings, heldout=True)
+        cases.append(("one_word", f"{question} {rng.choice(tasks.ONE_WORD[True])}", is_one_word))
     for _ in range(n):
         entity = rng.choice(world.entities)
-        cases.append(("bullets", rng.choice(tasks.BULLETS[False]).format(n=3, e=entity.name), lambda r: len(bullets(r)) == 3))
+        cases.append(("bullets", rng.choice(tasks.BULLETS[True]).format(n=3, e=entity.name), lambda r: len(bullets(r)) == 3))
     for _ in range(n):
         entity = rng.choice(world.entities)
         keys = ["name", *rng.sample(sorted(entity.facts), min(2, len(entity.facts)))]
-        prompt = rng.choice(tasks.JSON_ASKS[False]).format(keys=", ".join(keys), e=entity.name)
+        prompt = rng.choice(tasks.JSON_ASKS[True]).format(keys=", ".join(keys), e=entity.name)
         cases.append(("json", prompt, lambda r, keys=keys: (obj := json_object(r)) is not None and sorted(obj) == sorted(keys)))
     return cases
 
@@ -54,13 +59,13 @@ def inv_cases(rng: random.Random, world: World, n: int) -> list[tuple[str, list[
     cases = []
     for _ in range(n):
         fact = rng.choice(world.facts)
-        first, second = rng.sample(PHRASES[fact.attribute][1][: max(2, world.phrasings)], 2)
-        ask = rng.choice(tasks.ONE_WORD[False])
+        first, second = rng.sample(EVAL_QUESTIONS[fact.attribute], 2)
+        ask = rng.choice(tasks.ONE_WORD[True])
         cases.append(("paraphrase", [f"{q.format(e=fact.entity.name)} {ask}" for q in (first, second)], fact.value, first_word))
     people = [e.name for e in world.by_kind["person"]]
     cities = [e.name for e in world.by_kind["city"]]
     for _ in range(n):
-        prompt, _, answer = tasks.word_problem(rng, world, level=1)
+        prompt, _, answer = tasks.word_problem(rng, world, level=1, heldout=True)
         variant = prompt
         for names in (people, cities):  # swap every person and city named for another one
             for name in [name for name in names if name in prompt]:
@@ -74,7 +79,7 @@ def dir_cases(rng: random.Random, n: int) -> list[tuple[str, list[str], int]]:
     cases = []
     for i in range(n):
         a, b, d = rng.randint(100, 999), rng.randint(10, 99), rng.randint(1, 9)
-        ask = rng.choice(tasks.ARITHMETIC_ASKS[False])
+        ask = rng.choice(tasks.ARITHMETIC_ASKS[True])
         if i % 2 == 0:
             cases.append(("add", [ask.format(expr=f"{a} + {b}"), ask.format(expr=f"{a} + {b + d}")], d))
         else:
