@@ -522,6 +522,32 @@ class Train(Section):
 
 
 BENCHMARK_FORMATS = ("blimp", "multiple_choice", "winogrande", "hellaswag", "lambada")  # synthtrain/evaluation/benchmarks.py
+TABLE_SUFFIXES = (".csv", ".tsv", ".parquet", ".json", ".jsonl")  # tables a benchmark's columns read
+HEADERLESS_SUFFIXES = (".csv", ".tsv")
+
+
+COLUMN = "a column's name, or its index from 0 in a CSV or TSV file with header: false"
+
+
+def _column(value):
+    if (isinstance(value, str) and value) or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+        return value
+    raise PydanticCustomError("column", f"write {COLUMN}")
+
+
+def _columns(value):
+    for i, column in enumerate(value if isinstance(value, list) else [value]):
+        try:
+            _column(column)
+        except PydanticCustomError:
+            where = f"item {i} ({column!r})" if isinstance(value, list) else "it"
+            raise PydanticCustomError("column", f"{where} is not a column; write {COLUMN}, or a list of them") from None
+    return value
+
+
+# Checked before pydantic's unions, for one message instead of one per union member.
+Column = Annotated[int | str, BeforeValidator(_column)]
+Columns = Annotated[int | str | list[int | str], BeforeValidator(_columns)]
 
 
 class EvalGeneration(Section):
@@ -543,22 +569,77 @@ class EvalJudges(Section):
     regularisation: Float = Field(1.0, gt=0.0, description="LogisticRegression's C (inverse strength)")
 
 
+class BenchmarkColumns(Section):
+    """The columns of a table that make a multiple-choice item: names, or indices
+    from 0 in a CSV or TSV file without a header row (header: false)."""
+
+    query: Column = Field(description="the question, scored before each choice")
+    choices: Columns = Field(description="the answers' columns in order, or one column holding a list of answers")
+    gold: Column | None = Field(None, description="the column of the right answer: a letter (A: the first choice) or an index from 0")
+    gold_choice: Int | None = Field(None, ge=0, description="instead of gold: the right answer is this choice (0: the first) in every row")
+
+    @model_validator(mode="after")
+    def _one_gold(self):
+        if (self.gold is None) == (self.gold_choice is None):
+            raise ValueError("give gold (the column of the right answer) or gold_choice (its index among choices, the same in every row)")
+        if isinstance(self.choices, list) and len(self.choices) < 2:
+            raise ValueError(f"choices names {len(self.choices)} column(s); name at least two, or one column holding a list of answers")
+        if self.gold_choice is not None and isinstance(self.choices, list) and self.gold_choice >= len(self.choices):
+            raise ValueError(f"gold_choice {self.gold_choice} is not one of the {len(self.choices)} choices (0 to {len(self.choices) - 1})")
+        return self
+
+    def named(self) -> dict[str, Column]:
+        """Every column this mapping reads, by its key (columns.choices[1] for the second of a list)."""
+        if isinstance(self.choices, list):
+            choices = {f"choices[{i}]": column for i, column in enumerate(self.choices)}
+        else:
+            choices = {"choices": self.choices}
+        return {"query": self.query, **choices, **({"gold": self.gold} if self.gold is not None else {})}
+
+
 class EvalBenchmark(InputFile):
     """A benchmark run through lm-evaluation-harness: a local JSONL file in one of
-    BENCHMARK_FORMATS, or an lm-eval task name (its data comes from the hub)."""
+    BENCHMARK_FORMATS, a table (TABLE_SUFFIXES) read by columns, a folder of the
+    user's lm-eval task YAMLs with the task to run, or an lm-eval task name (its
+    data comes from the hub)."""
 
-    path: str | None = Field(None, min_length=1, description="a local JSONL file or a glob")
-    format: Literal[BENCHMARK_FORMATS] | None = Field(None, description="the local file's layout")
-    task: str | None = Field(None, min_length=1, description="an lm-eval task name (needs the hub), instead of path and format")
-    limit: Int | None = Field(200, ge=1, description="items scored: the first N, shared evenly by the files of a glob; null: all")
+    path: str | None = Field(None, min_length=1, description="a local file or a glob; with task, a folder of lm-eval task YAMLs")
+    format: Literal[BENCHMARK_FORMATS] | None = Field(None, description="the JSONL file's layout")
+    columns: BenchmarkColumns | None = Field(None, description="instead of format: a CSV, TSV, Parquet, JSON or JSONL table's multiple-choice columns")
+    header: Bool = Field(True, description="false: a CSV or TSV file without a header row, whose columns are indices from 0")
+    task: str | None = Field(None, min_length=1, description="an lm-eval task or group: of the folder path, or lm-eval's own (needs the hub)")
+    limit: Int | None = Field(200, ge=1, description="items scored: a seeded random subset (eval.seed), shared evenly by the files "
+                              "of a glob or the tasks of a group; null: all")
 
     @model_validator(mode="after")
     def _one_kind(self):
-        if (self.task is None) == (self.path is None):
-            raise ValueError("give either path (with format) for a local file, or task for an lm-eval task name")
-        if self.path is not None and self.format is None:
-            raise ValueError(f"path {self.path} needs a format; supported formats: {', '.join(BENCHMARK_FORMATS)}")
+        if self.path is None:
+            if self.task is None or self.format is not None or self.columns is not None:
+                raise ValueError("give path with format (a JSONL file), with columns (a table) or with task (a folder of lm-eval "
+                                 "task YAMLs), or task alone for one of lm-eval's own tasks")
+            return self
+        kinds = [key for key in ("format", "columns", "task") if getattr(self, key) is not None]
+        if len(kinds) != 1:
+            has = f"; it has {' and '.join(kinds)}" if kinds else ""
+            raise ValueError(f"path {self.path} needs exactly one of format (a JSONL file in one of {', '.join(BENCHMARK_FORMATS)}), "
+                             f"columns (a table) and task (a folder of lm-eval task YAMLs){has}")
+        suffix = Path(self.path).suffix.lower()
+        if self.columns is not None and suffix not in TABLE_SUFFIXES:
+            raise ValueError(f"path {self.path}: columns read a table ending in {', '.join(TABLE_SUFFIXES)}")
+        if not self.header and (self.columns is None or suffix not in HEADERLESS_SUFFIXES):
+            raise ValueError(f"path {self.path}: header: false is for a {' or '.join(HEADERLESS_SUFFIXES)} file read by columns")
+        if self.columns is not None:
+            self._columns_fit_the_header()
         return self
+
+    def _columns_fit_the_header(self):
+        for key, column in self.columns.named().items():
+            if self.header and isinstance(column, int):
+                raise ValueError(f"columns.{key} = {column}: a column index needs header: false (a CSV or TSV file without a "
+                                 "header row); name the column instead")
+            if not self.header and isinstance(column, str):
+                raise ValueError(f"columns.{key} = {column!r}: a file without a header row has no column names; give the "
+                                 "column's index from 0")
 
 
 class Eval(Section):

@@ -29,7 +29,10 @@ from synthtrain.tokens.encoding import load_tokenizer
 
 VOCAB = 1024
 BENCHMARKS = {"hellaswag": {"path": str(SHARED_DATA / "eval/hellaswag-val.jsonl"), "format": "hellaswag", "limit": 150},
-              "winogrande": {"path": str(SHARED_DATA / "eval/icl/winogrande.jsonl"), "format": "winogrande", "limit": 150}}
+              "winogrande": {"path": str(SHARED_DATA / "eval/icl/winogrande.jsonl"), "format": "winogrande", "limit": 150},
+              # the user's own, written by own_benchmarks: an MMLU-style CSV and a folder of lm-eval task YAMLs
+              "mmlu": {"path": "bench/mmlu.csv", "header": False, "columns": {"query": 0, "choices": [1, 2, 3, 4], "gold": 5}, "limit": 4},
+              "own": {"path": "bench/tasks", "task": "own_qa"}}
 PARAMS = {"sources": {"builtin": {"kind": "builtin"}}, "builtin_eval": {"per_family": 6},
           "tokenizer": {"vocab_size": VOCAB, "train_records": 2000}, "tokenize": {"seq_len": 128},
           "eval": {"heldout_records": 300, "tasks_per_family": 6, "references": 12, "behaviour_per_suite": 4,
@@ -143,6 +146,19 @@ def test_no_behaviour_prompt_shares_a_13_gram_with_a_training_rendering():
 
 
 # --- the stage on a random model -----------------------------------------------------
+def own_benchmarks(root: Path) -> None:
+    """A headerless MMLU-style CSV (question, A, B, C, D, answer letter) and a folder with
+    one lm-eval task YAML reading a local JSONL file by a path relative to the stage."""
+    (root / "bench/tasks").mkdir(parents=True)
+    (root / "bench/mmlu.csv").write_text("".join(f"Question {i}?,a{i},b{i},c{i},d{i},{'ABCD'[i % 4]}\n" for i in range(6)))
+    (root / "bench/own.jsonl").write_text("".join(json.dumps({"question": f"Is {i} even?", "options": ["yes", "no"], "answer": i % 2}) + "\n"
+                                                  for i in range(5)))
+    (root / "bench/tasks/own_qa.yaml").write_text(yaml.safe_dump({
+        "task": "own_qa", "dataset_path": "json", "dataset_kwargs": {"data_files": {"test": "bench/own.jsonl"}}, "test_split": "test",
+        "output_type": "multiple_choice", "doc_to_text": "Q: {{question}}\nA:", "doc_to_choice": "options", "doc_to_target": "answer",
+        "metric_list": [{"metric": "acc"}]}))
+
+
 @pytest.fixture(scope="module")
 def random_model(tmp_path_factory) -> Path:
     """A workdir with held-out records, built-in problems, a tokenizer, judges and an untrained 1M model."""
@@ -164,7 +180,8 @@ def random_model(tmp_path_factory) -> Path:
     tokenizer.save_pretrained(root / "models/current")
     GenerationConfig(eos_token_id=[tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")],
                      pad_token_id=tokenizer.pad_token_id).save_pretrained(root / "models/current")  # fmt: skip
-    stage(root, "stages.eval")
+    own_benchmarks(root)
+    stage(root, "stages.eval", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
     return root
 
 
@@ -196,7 +213,17 @@ def test_the_stage_writes_flat_metrics_samples_and_plots_and_reports_empty_sets(
     assert (random_model / "plots/eval/heldout.csv").read_text().splitlines() == [
         "set,bpb", *(f"builtin_{c},{metrics[f'heldout_builtin_{c}_bpb']}" for c in ("instruction", "knowledge", "web"))]
     assert "hellaswag," in (random_model / "plots/eval/benchmarks.csv").read_text()
-    assert sorted(p.name for p in (random_model / "data/eval/tasks").glob("*.yaml")) == ["hellaswag.yaml", "winogrande.yaml"]
+    assert sorted(p.name for p in (random_model / "data/eval/tasks").glob("*.yaml")) == ["hellaswag.yaml", "mmlu.yaml", "winogrande.yaml"]
+
+
+def test_a_headerless_csv_and_a_folder_of_lm_eval_yamls_run_offline_through_the_stage(random_model):
+    metrics = json.loads((random_model / "metrics/eval.json").read_text())
+    assert metrics["mmlu_items"] == 4 and metrics["mmlu_chance"] == 0.25 and metrics["mmlu_limit"] == 4
+    assert metrics["own_items"] == 5 and metrics["own_chance"] == 0.5 and 0 <= metrics["own_acc"] <= 1
+    golds = [json.loads(line)["gold"] for line in (random_model / "data/eval/tasks/mmlu/mmlu.jsonl").read_text().splitlines()]
+    assert golds == [0, 1, 2, 3, 0, 1]  # the letters, as indices
+    drawn = json.loads((random_model / "data/eval/tasks/samples.json").read_text())
+    assert len(drawn["synth_mmlu"]) == 4 and len(drawn["synth_hellaswag"]) == 150 and "own_qa" not in drawn  # own: all 5
 
 
 def test_a_missing_model_fails_with_the_path_and_the_fix(random_model):
