@@ -21,6 +21,20 @@ def stage(workdir: Path, *args: str, check: bool = True, **env_vars: str) -> sub
     return result
 
 
+def run_quality(root: Path) -> Path:
+    """The quality_score and quality stages, in this process, on root's
+    data/dedup/train.parquet, with scorers trained on small samples so that
+    they take a second or two: data/quality/scored.parquet, which the judges
+    stage trains on."""
+    from synthtrain.params import parse_params
+    from synthtrain.quality.decide import quality_stage
+
+    params = parse_params({"sources": {"builtin": {"kind": "builtin"}}, "quality": {
+        "workers": 1, "classifier": {"train_records": 500}, "reference_lm": {"train_records": 1000, "calibration_records": 100}}})
+    quality_stage(params, root / "data/dedup/train.parquet", root)
+    return root / "data/quality/scored.parquet"
+
+
 @pytest.fixture
 def write_params(tmp_path):
     """Write a params file with the given sources (and other sections) into tmp_path."""

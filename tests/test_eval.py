@@ -3,6 +3,7 @@ on stub models, and the whole stage on a randomly initialised model, whose
 scores must sit at chance and whose perplexity must be near the vocabulary size."""
 
 import json
+import math
 import re
 from pathlib import Path
 
@@ -14,17 +15,20 @@ import torch
 import yaml
 from transformers import GenerationConfig
 
-from conftest import SHARED_DATA, stage
+from conftest import SHARED_DATA, run_quality, stage
 from synthtrain.sources.download import download
 from synthtrain.world.corpus import CorpusGenerator
 from synthtrain.world.facts import World
 from synthtrain.evaluation.behaviour import run_suites
 from synthtrain.generation import Reply
-from synthtrain.evaluation.heldout import packed
+from synthtrain.evaluation.heldout import heldout_metrics, packed
 from synthtrain.evaluation.answers import extracted, is_correct, task_accuracy
 from synthtrain.model import build_model, llama_config
 from synthtrain.params import parse_params
+from synthtrain.records import RecordWriter, make_record
 from synthtrain.text import content_column, fold_column, ngram_hashes, word_hashes
+from synthtrain.tokens.bpe import train_bpe
+from synthtrain.tokens.chat import IM_END
 from synthtrain.tokens.encoding import load_tokenizer
 
 VOCAB = 1024
@@ -75,6 +79,41 @@ def test_extraction_and_accuracy_per_family():
 def test_packed_rows_predict_every_token_once():
     tokens, loss = packed(pa.array(range(10), pa.uint16()).to_numpy(), pa.array([1] * 10, pa.uint8()).to_numpy(), 4, 0)
     assert tokens.tolist() == [[0, 1, 2, 3], [3, 4, 5, 6], [6, 7, 8, 9]] and int(loss[:, 1:].sum()) == 9
+
+
+def test_bits_per_byte_of_a_hand_made_record_equals_the_hand_count(tmp_path):
+    """Bits per byte sums the loss of each reply's tokens and of the <|im_end|>
+    that ends it, and divides by the replies' UTF-8 bytes alone: no role
+    header, no end marker, no user turn; so it is the same whether the loss
+    mask trains on the assistant turns only or on every token."""
+    tokenizer = train_bpe((SHARED_DATA / "human/wiki-sample.txt").read_text().splitlines()[:500], 400, split_digits=True)
+    torch.manual_seed(0)
+    model = build_model(llama_config("1M", len(tokenizer), 128, tokenizer.eos_token_id, tokenizer.pad_token_id)).eval()
+    replies = ["It is 4.", "Café: 3 €, naïve."]  # bytes, not characters: é and € are 2 and 3
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2 + 2?"},
+                {"role": "assistant", "content": replies[0]}, {"role": "user", "content": "And the price?"},
+                {"role": "assistant", "content": replies[1]}]
+    with RecordWriter(tmp_path / "hand.parquet") as writer:
+        writer.write(make_record("hand", "instruction", messages=messages))
+
+    # By hand: one forward pass over the rendering and its eos; losses[i] is the loss of token i + 1.
+    ids = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=False) + [tokenizer.eos_token_id]
+    with torch.no_grad():
+        losses = torch.nn.functional.cross_entropy(model(torch.tensor([ids])).logits[0, :-1], torch.tensor(ids[1:]), reduction="none")
+    nats = 0.0
+    for turn, reply in ((2, replies[0]), (4, replies[1])):
+        # the reply starts a pre-token, so its tokens are its own, after those of the generation prompt before it
+        start = len(tokenizer.apply_chat_template(messages[:turn], tokenize=True, add_generation_prompt=True, return_dict=False))
+        reply_ids = tokenizer(reply, add_special_tokens=False)["input_ids"] + [tokenizer.convert_tokens_to_ids(IM_END)]
+        assert ids[start: start + len(reply_ids)] == reply_ids
+        nats += float(losses[start - 1: start - 1 + len(reply_ids)].sum())
+    by_hand = nats / math.log(2) / sum(len(reply.encode()) for reply in replies)
+
+    for assistant_only in (True, False):
+        metrics = heldout_metrics(model, tokenizer, [tmp_path / "hand.parquet"], 10, 128, 4, assistant_only)
+        assert metrics["heldout_hand_instruction_bpb"] == pytest.approx(by_hand, abs=6e-5), assistant_only
+        assert metrics["heldout_hand_instruction_tokens"] == (len(ids) - 1 if not assistant_only else
+                                                               sum(len(tokenizer(r, add_special_tokens=False)["input_ids"]) + 1 for r in replies))
 
 
 # --- behavioural suites --------------------------------------------------------------
@@ -169,6 +208,7 @@ def random_model(tmp_path_factory) -> Path:
                        ("data/heldout/empty.parquet", pool.slice(0, 0))):  # fmt: skip
         (root / path).parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(rows, root / path)
+    run_quality(root)
     (root / "params.yaml").write_text(yaml.safe_dump(PARAMS))
     stage(root, "stages.builtin_eval")
     stage(root, "stages.train_tokenizer")
@@ -204,6 +244,7 @@ def test_the_stage_writes_flat_metrics_samples_and_plots_and_reports_empty_sets(
     metrics = json.loads((random_model / "metrics/eval.json").read_text())
     assert all(isinstance(v, (int, float)) and v == v for v in metrics.values())  # flat numbers, never NaN
     assert metrics["heldout_empty_records"] == 0 and not any(k.startswith("heldout_empty_") and k != "heldout_empty_records" for k in metrics)
+    assert 0 <= metrics["reply_empty_rate"] <= 1
     for key in ("rougeL", "bleu", "chrf", "diversity_distinct_2", "judge_relevance_score", "judge_coherence_score",
                 "behaviour_inv_pass_rate", "generation_items_per_s", "loglikelihood_items_per_s", "seconds"):
         assert key in metrics, key

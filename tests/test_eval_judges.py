@@ -1,49 +1,60 @@
 """The judges stage on built-in records: held-out accuracy above a floor with
-both encoders, scores that tell real responses from mismatched and corrupted
-ones, byte-identical files from the same seed, the pair sampler, the
-corruptions, and errors that say the fix."""
+both encoders, scores that tell real responses from mismatched, corrupted and
+empty ones, byte-identical files from the same seed, training pairs that do not
+depend on the generator's ground truth, the pair sampler, the corruptions, and
+errors that say the fix."""
 
 import json
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from conftest import stage
+from conftest import run_quality, stage
 from synthtrain.sources.download import download
 from synthtrain.evaluation import judges
 from synthtrain.evaluation.textmetrics import is_repetition_loop
 from synthtrain.params import ParamsError, StageError, load_params, parse_params
-from synthtrain.records import RecordWriter, make_record
+from synthtrain.records import SCHEMA, RecordWriter, make_record
 
 RECORDS = 6000      # built-in records; about one in four is a clean single-turn instruction pair
 HELDOUT = 1500      # of them go to data/heldout (over 350 pairs)
 TRAIN_PAIRS = 400
 # Held-out accuracy floors (data/heldout, 400 pairs), with margin below what this
-# fixture's judges reached with seeds 0, 1 and 2: minilm relevance 0.956-0.966,
-# coherence 0.855-0.878; hashing relevance 0.75-0.82, coherence 0.75-0.78. On the
-# pipeline's data (2,000 pairs) minilm reaches 0.96 and 0.91, hashing 0.86 and 0.84.
+# fixture's judges reached with seeds 0, 1 and 2 (trained on the pairs the quality
+# stage kept): minilm relevance 0.938-0.960, coherence 0.871-0.906; hashing
+# relevance 0.761-0.800, coherence 0.759-0.772.
 FLOORS = {"minilm": {"relevance": 0.9, "coherence": 0.8}, "hashing": {"relevance": 0.7, "coherence": 0.7}}
-TEST_SPLIT_SLACK = 0.1  # the accuracy on the 20% test split (80 pairs) is noisier: hashing coherence 0.64-0.82
+TEST_SPLIT_SLACK = 0.1  # the accuracy on the 20% test split (80 pairs) is noisier: hashing relevance 0.675-0.719
+
+
+INPUTS = ("data/dedup/train.parquet", "data/quality/scored.parquet", "data/heldout/builtin.parquet")
 
 
 @pytest.fixture(scope="module")
-def pool(tmp_path_factory) -> Path:
+def upstream(tmp_path_factory) -> Path:
+    """Built-in records split into data/dedup/train.parquet and data/heldout, and the quality stage's decisions on the first."""
     root = tmp_path_factory.mktemp("builtin")
     download(parse_params({"sources": {"builtin": {"kind": "builtin", "max_samples": RECORDS}}, "download": {"workers": 1}}), "builtin", root)
-    return root / "data/raw/builtin.parquet"
-
-
-def workdir(root: Path, pool: Path, **judge_params) -> Path:
-    """A directory with data/dedup/train.parquet, data/heldout/builtin.parquet and params.yaml."""
-    records = pq.read_table(pool)
+    records = pq.read_table(root / "data/raw/builtin.parquet")
     for path, rows in (("data/dedup/train.parquet", records.slice(0, RECORDS - HELDOUT)),
                        ("data/heldout/builtin.parquet", records.slice(RECORDS - HELDOUT))):  # fmt: skip
         (root / path).parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(rows, root / path)
+    run_quality(root)
+    return root
+
+
+def workdir(root: Path, upstream: Path, **judge_params) -> Path:
+    """A directory with the files of INPUTS and params.yaml."""
+    for path in INPUTS:
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(upstream / path, root / path)
     params = {"sources": {"builtin": {"kind": "builtin"}}, "eval": {"judges": {"train_pairs": TRAIN_PAIRS, **judge_params}}}
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     return root
@@ -54,14 +65,14 @@ def build(root: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def trained(pool, tmp_path_factory) -> dict[str, tuple[Path, dict]]:
+def trained(upstream, tmp_path_factory) -> dict[str, tuple[Path, dict]]:
     """Judges of both encoders: encoder -> (workdir, metrics)."""
-    roots = {encoder: workdir(tmp_path_factory.mktemp(encoder), pool, encoder=encoder) for encoder in FLOORS}
+    roots = {encoder: workdir(tmp_path_factory.mktemp(encoder), upstream, encoder=encoder) for encoder in FLOORS}
     return {encoder: (root, build(root)) for encoder, root in roots.items()}
 
 
 def heldout_pairs(root: Path) -> list[judges.Pair]:
-    pairs, _ = judges.sample_pairs([root / "data/heldout/builtin.parquet"], 200, seed=1)
+    pairs, _ = judges.sample_pairs([root / "data/heldout/builtin.parquet"], 200, 1, judges.CLEAN)
     return pairs
 
 
@@ -98,25 +109,70 @@ def test_coherence_scores_real_responses_above_loops_and_shuffled_words(trained)
     assert coherence["real"] > 0.7 and coherence["loop"] < 0.3 and coherence["shuffled"] < 0.3, coherence
 
 
+@pytest.mark.parametrize("encoder", FLOORS)
+def test_an_empty_reply_scores_0_in_each_judge(trained, encoder):
+    """Whitespace and chat markup have none of the flaws the judges learnt to
+    see, but they answer nothing."""
+    root, _ = trained[encoder]
+    pairs = heldout_pairs(root)[:5]
+    instructions = [p.instruction for p in pairs]
+    empty = ["", " \n\t", "<|im_end|>", "<|im_start|>assistant\n<|im_end|>\n", "assistant\n"]
+    probabilities = judges.judge_probabilities(root / judges.OUTPUT, instructions * 2, empty + [p.response for p in pairs])
+    assert set(probabilities) == set(judges.JUDGES)
+    for name, p in probabilities.items():
+        assert (p[:5] == 0).all() and (p[5:] > 0).all(), (name, p)
+    assert judges.score(root / judges.OUTPUT, instructions, empty) == {"relevance_score": 0.0, "coherence_score": 0.0}
+
+
 def test_no_responses_score_nothing(trained):
     root, _ = trained["hashing"]
     assert judges.score(root / judges.OUTPUT, [], []) == {}
     assert {name: len(p) for name, p in judges.judge_probabilities(root / judges.OUTPUT, [], []).items()} == {"relevance": 0, "coherence": 0}
 
 
-def test_the_same_seed_writes_the_same_files_and_another_seed_other_ones(trained, pool, tmp_path):
+def test_the_same_seed_writes_the_same_files_and_another_seed_other_ones(trained, upstream, tmp_path):
     first, _ = trained["hashing"]
-    again = workdir(tmp_path / "again", pool, encoder="hashing")
+    again = workdir(tmp_path / "again", upstream, encoder="hashing")
     stage(again, "stages.judges")  # as DVC runs it
     files = sorted(p.name for p in (first / judges.OUTPUT).iterdir())
     assert files == ["coherence.npz", "judges.json", "relevance.npz"]
     assert all((first / judges.OUTPUT / f).read_bytes() == (again / judges.OUTPUT / f).read_bytes() for f in files)
 
-    other = workdir(tmp_path / "other", pool, encoder="hashing")
+    other = workdir(tmp_path / "other", upstream, encoder="hashing")
     params = yaml.safe_load((other / "params.yaml").read_text())
     (other / "params.yaml").write_text(yaml.safe_dump({**params, "eval": {**params["eval"], "seed": 1}}))
     build(other)
     assert (first / judges.OUTPUT / "relevance.npz").read_bytes() != (other / judges.OUTPUT / "relevance.npz").read_bytes()
+
+
+def without_flaws(path: Path) -> None:
+    """Rewrite a records file with meta.flaw taken out of every record's meta."""
+    table = pq.read_table(path)
+    metas = [json.dumps({k: v for k, v in json.loads(m).items() if k != "flaw"}, sort_keys=True, separators=(",", ":"))
+             for m in table.column("meta").to_pylist()]
+    index = table.schema.get_field_index("meta")
+    pq.write_table(table.set_column(index, table.schema.field(index), pa.array(metas, pa.string())), path)
+
+
+def test_the_training_pairs_do_not_depend_on_the_ground_truth(trained, upstream, tmp_path):
+    """meta.flaw only scores the judges: without it in any training input, the
+    same judges are trained, from the pairs the quality stage kept."""
+    first, _ = trained["hashing"]
+    blind = workdir(tmp_path, upstream, encoder="hashing")
+    for path in ("data/dedup/train.parquet", "data/quality/scored.parquet"):
+        without_flaws(blind / path)
+    assert '"flaw"' not in "".join(pq.read_table(blind / judges.INPUT, columns=["meta"]).column(0).to_pylist())
+    build(blind)
+    for name in ("relevance.npz", "coherence.npz", "judges.json"):
+        assert (blind / judges.OUTPUT / name).read_bytes() == (first / judges.OUTPUT / name).read_bytes(), name
+
+    pairs, read = judges.sample_pairs([blind / judges.INPUT], TRAIN_PAIRS, 0, judges.KEPT_BY_QUALITY)
+    assert pairs == judges.sample_pairs([first / judges.INPUT], TRAIN_PAIRS, 0, judges.KEPT_BY_QUALITY)[0]
+    scored = pq.read_table(first / judges.INPUT, columns=["category", "messages", "reject_reason"]).to_pylist()
+    kept = {judges.single_turn(r["messages"]) for r in scored if r["category"] == "instruction" and r["reject_reason"] is None}
+    rejected = {judges.single_turn(r["messages"]) for r in scored if r["category"] == "instruction" and r["reject_reason"]}
+    assert all((p.instruction, p.response) in kept and p.flaw is None for p in pairs)
+    assert rejected - kept and read["selected"] == len([r for r in scored if r["category"] == "instruction" and r["reject_reason"] is None])
 
 
 def test_the_judges_files_hold_no_pickle(trained):
@@ -144,21 +200,29 @@ def write(path: Path, records: list[dict]) -> Path:
     return path
 
 
-def test_the_sample_holds_clean_single_turn_instruction_pairs_whatever_the_order(tmp_path):
+def test_the_sample_holds_the_selected_single_turn_instruction_pairs_whatever_the_order(tmp_path):
     clean = [conversation(f"What is {i} + 1?", f"It is {i + 1}.", system="Be brief." if i % 2 else None, flaw=None) for i in range(30)]
     others = [conversation("Say hi.", "I cannot help with that.", flaw="refusal"),
               make_record("test", "instruction", messages=[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."},
                                                            {"role": "user", "content": "Bye"}, {"role": "assistant", "content": "Bye."}]),
               make_record("test", "knowledge", text="The river Dune flows north."),
               make_record("test", "web", messages=[{"role": "user", "content": "Where?"}, {"role": "assistant", "content": "Here."}])]
-    forward, _ = judges.sample_pairs([write(tmp_path / "a.parquet", clean + others)], 10, seed=0)
-    backward, read = judges.sample_pairs([write(tmp_path / "b.parquet", (clean + others)[::-1])], 10, seed=0)
+    forward, _ = judges.sample_pairs([write(tmp_path / "a.parquet", clean + others)], 10, 0, judges.CLEAN)
+    backward, read = judges.sample_pairs([write(tmp_path / "b.parquet", (clean + others)[::-1])], 10, 0, judges.CLEAN)
     assert forward == backward and len(forward) == 10
     assert all(p.flaw is None and p.response == f"It is {int(p.instruction.split()[2]) + 1}." for p in forward)
-    assert read == {"records": 34, "instruction": 32, "flawed": 1}
-    assert judges.sample_pairs([tmp_path / "a.parquet"], 10, seed=1)[0] != forward  # another seed, another sample
-    flawed, _ = judges.sample_pairs([tmp_path / "a.parquet"], 10, seed=0, flawed=True)
+    assert read == {"records": 34, "instruction": 32, "selected": 31}  # the multi-turn conversation is selected, but no pair
+    assert judges.sample_pairs([tmp_path / "a.parquet"], 10, 1, judges.CLEAN)[0] != forward  # another seed, another sample
+    flawed, _ = judges.sample_pairs([tmp_path / "a.parquet"], 10, 0, judges.FLAWED)
     assert flawed == [judges.Pair("Say hi.", "I cannot help with that.", "refusal")]
+
+    # The quality stage's decisions, in a file without meta: the refusal rejected, the rest kept.
+    table = pa.Table.from_pylist(clean + others, schema=SCHEMA).drop_columns(["meta"])
+    pq.write_table(table.append_column("reject_reason", pa.array([None] * 30 + ["refusal", None, None, None], pa.string())),
+                   tmp_path / "scored.parquet")
+    kept, read = judges.sample_pairs([tmp_path / "scored.parquet"], 40, 0, judges.KEPT_BY_QUALITY)
+    assert sorted(p.response for p in kept) == sorted(r["messages"][-1]["content"] for r in clean)
+    assert read == {"records": 34, "instruction": 32, "selected": 31}
 
 
 TEXT = "Add the ones: 3 + 4 = 7.\nAdd the tens: 2 + 5 = 7.\nWrite them side by side.\nFinal answer: 77"
@@ -180,12 +244,15 @@ def test_corruptions_break_the_text_as_documented_and_keep_its_layout():
 
 def test_a_missing_or_too_small_training_file_names_the_file_and_what_is_missing(tmp_path):
     params = parse_params({"sources": {"builtin": {"kind": "builtin"}}})
-    with pytest.raises(StageError, match=r"data/dedup/train.parquet: no such file \(run the dedup stage first\)"):
+    with pytest.raises(StageError, match=r"data/quality/scored.parquet: no such file \(run the quality stage first\)"):
         judges.train_judges(params, tmp_path)
-    write(tmp_path / "data/dedup/train.parquet", [conversation(f"Q{i}?", f"A{i}.") for i in range(5)]
-          + [make_record("test", "web", text="A page.")])
-    with pytest.raises(StageError, match=r"train.parquet: 5 usable \(instruction, response\) pairs, the judges need at least 20: "
-                                         r"single-turn .* the file has 6 records, 5 of category instruction, 0 of them flawed"):
+    records = [conversation(f"Q{i}?", f"A{i}.") for i in range(8)] + [make_record("test", "web", text="A page.")]
+    table = pa.Table.from_pylist(records, schema=SCHEMA).append_column("reject_reason", pa.array([None] * 5 + ["refusal"] * 4))
+    (tmp_path / "data/quality").mkdir(parents=True)
+    pq.write_table(table, tmp_path / judges.INPUT)
+    with pytest.raises(StageError, match=r"scored.parquet: 5 usable \(instruction, response\) pairs, the judges need at least 20: "
+                                         r"single-turn .* kept by the quality stage; the file has 9 records, 8 of category "
+                                         r"instruction, 5 of them kept by the quality stage"):
         judges.train_judges(params, tmp_path)
 
 

@@ -1,10 +1,11 @@
 """Generation metrics on hand-made texts: reference metrics at their extremes,
-exact distinct-n, self-BLEU and compression of constant and varied sets, and
-the repetition-loop rule."""
+exact distinct-n, self-BLEU and compression of constant and varied sets, the
+repetition-loop rule, and empty replies, which score worst in every metric."""
 
 import pytest
 
-from synthtrain.evaluation.textmetrics import distinct_n, diversity, gzip_ratio, is_repetition_loop, reference_metrics, self_bleu
+from synthtrain.evaluation.textmetrics import (distinct_n, diversity, gzip_ratio, is_empty_reply, is_repetition_loop,
+                                               reference_metrics, self_bleu)
 
 PARAGRAPH = ("The river Dune rises in the northern hills and flows south for about two hundred kilometres. "
              "Its valley is farmed on both banks, and the old town of Brovale grew up where a bridge crosses it.\n"
@@ -77,3 +78,34 @@ def test_ordinary_text_is_not_a_loop(text):
 
 def test_repetition_rate_is_the_share_of_looping_generations():
     assert diversity([PARAGRAPH, "the cat sat. " * 4, VARIED[0], "no " * 20])["repetition_rate"] == 0.5
+
+
+EMPTY = ["", "  \n\t", "<|im_end|>", "<|im_start|>assistant\n<|im_end|>\n", "<|endoftext|><|endoftext|>", "assistant\n",
+         "<|start_header_id|>assistant<|end_header_id|>\n\n<|eot_id|>", "</s>", "...", "!?\n-"]
+
+
+@pytest.mark.parametrize("reply", EMPTY)
+def test_whitespace_markup_and_punctuation_alone_are_empty_replies(reply):
+    assert is_empty_reply(reply)
+
+
+@pytest.mark.parametrize("reply", ["42", "Dune.", "é", "<|im_start|>assistant\nDune<|im_end|>", "assistant: Dune", "The assistant\nhelps."])
+def test_a_letter_or_a_digit_outside_markup_makes_a_reply(reply):
+    assert not is_empty_reply(reply)
+
+
+def test_empty_replies_score_worst_in_every_generation_metric():
+    assert reference_metrics(EMPTY, VARIED[:2] * 5) == {
+        "rougeL": 0.0, "bleu": 0.0, "chrf": 0.0, "response_words": 0.0,
+        "reference_words": pytest.approx(sum(len(t.split()) for t in VARIED[:2]) / 2), "reply_empty_rate": 1.0}
+    assert diversity(EMPTY) == {"distinct_1": 0.0, "distinct_2": 0.0, "self_bleu": 100.0, "compression_ratio": 0.0, "repetition_rate": 1.0}
+    # Half of the replies empty: every metric worse than for the replies with words alone.
+    alone, padded = diversity(VARIED), diversity(VARIED + EMPTY[: len(VARIED)])
+    assert padded["distinct_1"] == pytest.approx(alone["distinct_1"] / 2) and padded["distinct_2"] == pytest.approx(alone["distinct_2"] / 2)
+    assert padded["compression_ratio"] == pytest.approx(alone["compression_ratio"] / 2)
+    assert padded["self_bleu"] == pytest.approx((alone["self_bleu"] + 100) / 2) and padded["repetition_rate"] == 0.5
+
+
+def test_reply_empty_rate_is_the_share_of_empty_predictions():
+    metrics = reference_metrics(["<|im_end|>", VARIED[0], " ", VARIED[1]], VARIED[:4])
+    assert metrics["reply_empty_rate"] == 0.5 and metrics["response_words"] == pytest.approx((9 + 5) / 4)  # "<|im_end|>" is no words

@@ -18,7 +18,7 @@ import torch
 import yaml
 from transformers import GenerationConfig
 
-from conftest import SHARED_DATA, stage
+from conftest import SHARED_DATA, run_quality, stage
 from synthtrain.dedup import dedup
 from synthtrain.evaluation import suite
 from synthtrain.model import build_model, llama_config
@@ -212,6 +212,7 @@ def eval_inputs(tmp_path_factory) -> Path:
     for path, rows in (("data/dedup/train.parquet", pool.slice(0, 800)), ("data/heldout/builtin.parquet", pool.slice(800))):
         (root / path).parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(rows, root / path)
+    run_quality(root)
     (root / "params.yaml").write_text(yaml.safe_dump(EVAL_PARAMS))
     for module in ("stages.builtin_eval", "stages.train_tokenizer", "stages.judges"):
         stage(root, module)

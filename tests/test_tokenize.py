@@ -11,7 +11,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from conftest import stage
 from synthtrain.sources.download import download
-from synthtrain.params import ParamsError, parse_params
+from synthtrain.params import ParamsError, StageError, parse_params
 from synthtrain.records import SCHEMA, make_record
 from synthtrain.tokens.encoding import backend_ids, count_tokens, encode, load_tokenizer, own_pattern, pretokenized_ids, render
 from synthtrain.tokens.chat import CHATML_TEMPLATE, ENDOFTEXT, IM_END
@@ -233,11 +233,13 @@ def test_pretrained_tokenizer_without_template_gets_chatml(workdir, tmp_path):
     assert json.loads((tmp_path / "metrics/tokenizer.json").read_text())["source"] == str(tmp_path / "plain")
 
 
+ZEPHYR = ("{% for m in messages %}{{ '<|' + m['role'] + '|>\n' + m['content'] + eos_token + '\n' }}{% endfor %}"
+          "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}")
+
+
 def test_another_chat_template_is_rendered_by_it(workdir):
-    zephyr = ("{% for m in messages %}{{ '<|' + m['role'] + '|>\n' + m['content'] + eos_token + '\n' }}{% endfor %}"
-              "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}")
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_file(str(workdir / "models/tokenizer/tokenizer.json")),
-                                        eos_token=ENDOFTEXT, chat_template=zephyr)
+                                        eos_token=ENDOFTEXT, chat_template=ZEPHYR)
     rows = EDGE
     for (tokens, mask), row in zip(records_of(encode(tokenizer, table(rows), True), len(rows)), rows):
         if row["messages"] is None:
@@ -245,6 +247,35 @@ def test_another_chat_template_is_rendered_by_it(workdir):
         assert tokens.tolist() == tokenizer.apply_chat_template(row["messages"], tokenize=True, return_dict=False) + [tokenizer.eos_token_id]
         replies = [m["content"] + ENDOFTEXT + "\n" for m in row["messages"] if m["role"] == "assistant"]
         assert [tokenizer.decode(run) for run in runs(tokens, mask)] == replies
+
+
+def content_runs(tokenizer, encoded, rows: int) -> list[list[str]]:
+    """Per record, the decoded stretches of its content mask."""
+    ends = np.cumsum(encoded.lengths)
+    return [[tokenizer.decode(run) for run in runs(encoded.tokens[end - n: end], encoded.content[end - n: end])]
+            for end, n in zip(ends, encoded.lengths)][:rows]
+
+
+def test_the_content_mask_holds_replies_and_documents_with_their_end_tokens_and_no_markup(workdir):
+    """What bits per byte counts: each reply and the token that ends it, each
+    document and its eos; never a header or a user turn, whatever assistant_only."""
+    chatml = load_tokenizer(workdir / "models/tokenizer")
+    zephyr = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_file(str(workdir / "models/tokenizer/tokenizer.json")),
+                                     eos_token=ENDOFTEXT, chat_template=ZEPHYR)
+    for tokenizer, end in ((chatml, IM_END), (zephyr, ENDOFTEXT)):  # zephyr's turns end with eos and a newline
+        for assistant_only in (True, False):
+            encoded = encode(tokenizer, table(EDGE), assistant_only, content=True)
+            for found, row in zip(content_runs(tokenizer, encoded, len(EDGE)), EDGE):
+                if row["messages"] is None:
+                    assert found == [row["text"] + ENDOFTEXT]
+                else:
+                    assert "".join(found) == "".join(m["content"] + end for m in row["messages"] if m["role"] == "assistant")
+    assert encode(chatml, table(EDGE), True).content is None  # only when asked for
+    upper = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_file(str(workdir / "models/tokenizer/tokenizer.json")),
+                                    eos_token=ENDOFTEXT, chat_template=ZEPHYR.replace("m['content']", "m['content'] | upper"))
+    encode(upper, table(EDGE), True)  # training needs no content
+    with pytest.raises(StageError, match="does not write assistant messages as they are"):
+        encode(upper, table(EDGE), True, content=True)
 
 
 # --- errors ----------------------------------------------------------------------------

@@ -4,7 +4,10 @@
 Each held-out set is rendered and masked with ``synthtrain.tokens.encoding.encode``
 exactly as the tokenize stage does for training, packed per category into
 sequences of the model's context and scored in batches, so the loss is the
-training objective on unseen records.
+training objective on unseen records. Bits per byte reads the same forward
+pass over content only: the tokens of the content mask (assistant replies and
+documents, each with the token that ends it) against the content's UTF-8
+bytes, so chat markup is in neither.
 """
 
 import logging
@@ -35,14 +38,13 @@ def first_records(path: Path, limit: int) -> pa.Table:
     return pa.Table.from_batches(batches, schema=parquet.schema_arrow)
 
 
-def target_bytes(tokenizer: PreTrainedTokenizerBase, table: pa.Table, assistant_only: bool) -> int:
-    """UTF-8 bytes of the text whose tokens count in the loss."""
-    texts, (span_record, span_start, span_end) = render(tokenizer, table)
+def content_bytes(tokenizer: PreTrainedTokenizerBase, table: pa.Table) -> int:
+    """UTF-8 bytes of the content whose tokens the content mask holds: each
+    document, and each assistant message's content (no header, no end marker)."""
+    texts, turns = render(tokenizer, table)
     conversation = table.column("messages").is_valid().to_numpy(zero_copy_only=False)
-    whole = sum(len(text.encode()) for text, conv in zip(texts, conversation) if not conv or not assistant_only)
-    if not assistant_only:
-        return whole
-    return whole + sum(len(texts[r][s:e].encode()) for r, s, e in zip(span_record, span_start, span_end) if conversation[r])
+    documents = sum(len(text.encode()) for text, conv in zip(texts, conversation) if not conv)
+    return documents + sum(len(texts[r][s:e].encode()) for r, s, e in zip(turns.record, turns.content_start, turns.content_end))
 
 
 def packed(tokens: np.ndarray, loss: np.ndarray, seq_len: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
@@ -59,31 +61,33 @@ def packed(tokens: np.ndarray, loss: np.ndarray, seq_len: int, pad_id: int) -> t
 
 
 @torch.no_grad()
-def nll_sum(model: PreTrainedModel, tokens: np.ndarray, mask: np.ndarray, batch_size: int) -> float:
-    """Summed next-token negative log-likelihood (nats) of the tokens whose mask is 1."""
-    total = 0.0
-    device = model.device
+def token_losses(model: PreTrainedModel, tokens: np.ndarray, batch_size: int) -> np.ndarray:
+    """Next-token negative log-likelihoods (nats) of packed rows: column i of a
+    row is the loss of its token i + 1, so a mask's [:, 1:] selects them."""
+    device, rows = model.device, []
     for start in range(0, len(tokens), batch_size):
         ids = torch.from_numpy(tokens[start : start + batch_size]).to(device)
-        target_mask = torch.from_numpy(mask[start : start + batch_size, 1:]).to(device).bool()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             logits = model(input_ids=ids).logits[:, :-1]
         losses = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), ids[:, 1:], reduction="none")
-        total += float(losses[target_mask].sum())
-    return total
+        rows.append(losses.double().cpu().numpy())
+    return np.concatenate(rows)
 
 
-def summary(nats: float, tokens: int, nbytes: int) -> dict:
+def summary(nats: float, tokens: int, content_nats: float, nbytes: int) -> dict:
+    """Loss and perplexity per loss token; bits per content byte, none without content (replies all empty)."""
     loss = nats / tokens
-    return {"loss": round(loss, 4), "ppl": round(math.exp(loss), 3), "bpb": round(nats / math.log(2) / nbytes, 4), "tokens": int(tokens)}
+    bpb = {"bpb": round(content_nats / math.log(2) / nbytes, 4)} if nbytes else {}
+    return {"loss": round(loss, 4), "ppl": round(math.exp(loss), 3), **bpb, "tokens": int(tokens)}
 
 
 def heldout_metrics(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, paths: list[Path], limit: int,
                     seq_len: int, batch_size: int, assistant_only: bool) -> dict:
     """Flat metrics ``heldout_<source>[_<category>]_{loss,ppl,bpb,tokens}`` and the
     totals ``heldout_{loss,ppl,bpb,tokens}``; a source with no records reports
-    ``heldout_<source>_records: 0`` and no loss."""
-    metrics, grand = {}, np.zeros(3)  # nats, tokens, bytes
+    ``heldout_<source>_records: 0`` and no loss. Loss, perplexity and tokens are
+    over the loss mask; bits per byte over the content mask and bytes."""
+    metrics, grand = {}, np.zeros(4)  # nats and tokens of the loss mask, nats and bytes of the content
     for path in paths:
         source = path.stem
         table = first_records(path, limit)
@@ -91,17 +95,19 @@ def heldout_metrics(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
         if table.num_rows == 0:
             log.warning("held-out set %s is empty: no loss reported for it", path)
             continue
-        totals = np.zeros(3)
+        totals = np.zeros(4)
         for category in tqdm(CATEGORIES, desc=f"held-out {source}", leave=False):
             subset = table.filter(pa.compute.equal(table.column("category"), category))
             if subset.num_rows == 0:
                 continue
-            encoded = encode(tokenizer, subset, assistant_only)
+            encoded = encode(tokenizer, subset, assistant_only, content=True)
             tokens, mask = packed(encoded.tokens, encoded.loss, seq_len, tokenizer.pad_token_id)
+            _, content = packed(encoded.tokens, encoded.content, seq_len, tokenizer.pad_token_id)
             counted = int(mask[:, 1:].sum())
             if counted == 0:
                 continue
-            part = np.array([nll_sum(model, tokens, mask, batch_size), counted, target_bytes(tokenizer, subset, assistant_only)])
+            losses = token_losses(model, tokens, batch_size)
+            part = np.array([(losses * mask[:, 1:]).sum(), counted, (losses * content[:, 1:]).sum(), content_bytes(tokenizer, subset)])
             metrics.update({f"heldout_{source}_{category}_{k}": v for k, v in summary(*part).items()})
             totals += part
         if totals[1]:

@@ -6,10 +6,13 @@ any API, that the eval and preferences stages run over generations (``score``,
 features of the encoder's embeddings (``minilm`` or ``hashing``): [u, v, u*v,
 |u-v|] of instruction and response for relevance; the response's v and
 TEXT_FEATURES for coherence, whose negatives are CORRUPTIONS of real responses.
-They train on clean single-turn pairs of ``data/dedup/train.parquet``, are
-scored on a held-out part of them and on ``data/heldout``, and are saved as
-``models/judges/<judge>.npz`` and ``models/judges/judges.json`` (no pickle).
-How they are built and what ``metrics/judges.json`` reports: docs/evaluation.md.
+They train on the single-turn pairs that the quality stage kept in
+``data/quality/scored.parquet`` (never on the generator's ground truth,
+``meta.flaw``, which only scores them), are scored on a held-out part of them
+and on ``data/heldout``, and are saved as ``models/judges/<judge>.npz`` and
+``models/judges/judges.json`` (no pickle). An empty reply
+(``textmetrics.is_empty_reply``) scores 0 in every judge. How they are built
+and what ``metrics/judges.json`` reports: docs/evaluation.md.
 """
 
 import functools
@@ -31,7 +34,7 @@ import pyarrow.compute as pc
 from sklearn.linear_model import LogisticRegression
 from threadpoolctl import threadpool_limits
 
-from synthtrain.evaluation.textmetrics import gzip_ratio, is_repetition_loop
+from synthtrain.evaluation.textmetrics import gzip_ratio, is_empty_reply, is_repetition_loop
 from synthtrain.params import Params, StageError
 from synthtrain.quality import classifier, heuristics
 from synthtrain.quality.units import split_units
@@ -41,7 +44,7 @@ from synthtrain.text import mix64
 
 log = logging.getLogger("judges")
 
-INPUT = "data/dedup/train.parquet"
+INPUT = "data/quality/scored.parquet"
 HELDOUT = "data/heldout"
 OUTPUT = "models/judges"
 METRICS = "metrics/judges.json"
@@ -85,7 +88,23 @@ FEATURE_DESCRIPTIONS = {
 class Pair:
     instruction: str
     response: str
-    flaw: str | None = None
+    flaw: str | None = None  # the generator's ground truth, read only to score the judges (FLAWED)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which records of category instruction a sample takes: ``rows`` marks them
+    in a batch that holds id, category, messages and ``columns``."""
+    name: str
+    columns: tuple[str, ...]
+    rows: Callable[[pa.RecordBatch], pa.Array]
+
+
+# Training pairs: the quality stage's decision, which reads no ground truth.
+KEPT_BY_QUALITY = Selection("kept by the quality stage", ("reject_reason",), lambda batch: batch.column("reject_reason").is_null())
+# Scoring on data/heldout, which the quality stage does not see: the generator's ground truth.
+CLEAN = Selection("without meta.flaw", ("meta",), lambda batch: meta_field(batch.column("meta"), "flaw").is_null())
+FLAWED = Selection("with meta.flaw", ("meta",), lambda batch: meta_field(batch.column("meta"), "flaw").is_valid())
 
 
 def single_turn(messages: list[dict]) -> tuple[str, str] | None:
@@ -104,9 +123,10 @@ def seeded_keys(ids: list[str], seed: int) -> np.ndarray:
     return mix64(np.array([int(i[:16], 16) for i in ids], dtype=np.uint64) ^ salt)
 
 
-def sample_pairs(paths: list[Path], count: int, seed: int, flawed: bool = False) -> tuple[list[Pair], Counter]:
-    """Up to ``count`` single-turn instruction pairs of the files, without (or,
-    with ``flawed``, only with) an injected flaw, and counts of what was read.
+def sample_pairs(paths: list[Path], count: int, seed: int, selection: Selection) -> tuple[list[Pair], Counter]:
+    """Up to ``count`` single-turn instruction pairs of the files' records that
+    ``selection`` takes, and counts of what was read (``selected``: instruction
+    records it takes). A pair's flaw is read only when the selection reads meta.
 
     A bottom-k sample: the pairs with the ``count`` smallest ``seeded_keys`` are
     kept, so memory stays at ``count`` pairs whatever the input's size and the
@@ -116,23 +136,23 @@ def sample_pairs(paths: list[Path], count: int, seed: int, flawed: bool = False)
     kept: dict[int, Pair] = {}
     read = Counter()
     for path in paths:
-        for batch in open_parquet(path).iter_batches(batch_size=BATCH_ROWS, columns=["id", "category", "messages", "meta"]):
+        for batch in open_parquet(path).iter_batches(batch_size=BATCH_ROWS, columns=["id", "category", "messages", *selection.columns]):
             read["records"] += batch.num_rows
             instruction = pc.equal(batch.column("category"), "instruction")
-            flaw = meta_field(batch.column("meta"), "flaw")
+            wanted = pc.fill_null(pc.and_(instruction, selection.rows(batch)), False)
             read["instruction"] += pc.sum(instruction).as_py() or 0
-            read["flawed"] += pc.sum(pc.and_(instruction, flaw.is_valid())).as_py() or 0
-            wanted = pc.and_(instruction, flaw.is_valid() if flawed else flaw.is_null())
-            rows = batch.filter(pc.fill_null(wanted, False))
+            read["selected"] += pc.sum(wanted).as_py() or 0
+            rows = batch.filter(wanted)
             keys = seeded_keys(rows.column("id").to_pylist(), seed)
             if len(kept) == count:
                 candidates = np.flatnonzero(keys < max(kept))
                 rows, keys = rows.take(pa.array(candidates)), keys[candidates]
-            for key, messages, meta in zip(keys.tolist(), rows.column("messages").to_pylist(), rows.column("meta").to_pylist()):
+            metas = rows.column("meta").to_pylist() if "meta" in selection.columns else [None] * rows.num_rows
+            for key, messages, meta in zip(keys.tolist(), rows.column("messages").to_pylist(), metas):
                 pair = single_turn(messages or [])
                 if pair is None:
                     continue
-                kept[key] = Pair(*pair, json.loads(meta).get("flaw"))
+                kept[key] = Pair(*pair, json.loads(meta).get("flaw") if meta else None)
             if len(kept) > count:
                 kept = {key: kept[key] for key in sorted(kept)[:count]}
     return [kept[key] for key in sorted(kept)], read
@@ -393,18 +413,18 @@ def read_pairs(root: Path, count: int, seed: int) -> tuple[list[Pair], list[Pair
     """The training pairs, and the clean and the flawed pairs of data/heldout."""
     path = root / INPUT
     if not path.is_file():
-        raise StageError(f"{path}: no such file (run the dedup stage first)")
-    pairs, read = sample_pairs([path], count, seed)
-    log.info("read %s: %d records, %d of category instruction, %d of them flawed; sampled %d single-turn pairs",
-             path, read["records"], read["instruction"], read["flawed"], len(pairs))
+        raise StageError(f"{path}: no such file (run the quality stage first)")
+    pairs, read = sample_pairs([path], count, seed, KEPT_BY_QUALITY)
+    log.info("read %s: %d records, %d of category instruction, %d of them %s; sampled %d single-turn pairs",
+             path, read["records"], read["instruction"], read["selected"], KEPT_BY_QUALITY.name, len(pairs))
     if len(pairs) < MIN_PAIRS:
         raise StageError(f"{path}: {len(pairs)} usable (instruction, response) pairs, the judges need at least {MIN_PAIRS}: "
-                         f"single-turn conversations (a user turn, then an assistant turn) of category instruction without "
-                         f"meta.flaw; the file has {read['records']} records, {read['instruction']} of category instruction, "
-                         f"{read['flawed']} of them flawed")
+                         f"single-turn conversations (a user turn, then an assistant turn) of category instruction "
+                         f"{KEPT_BY_QUALITY.name}; the file has {read['records']} records, {read['instruction']} of category "
+                         f"instruction, {read['selected']} of them {KEPT_BY_QUALITY.name}")
     files = sorted((root / HELDOUT).glob("*.parquet"))
-    heldout, read = sample_pairs(files, count, seed)
-    flawed, _ = sample_pairs(files, count, seed, flawed=True)
+    heldout, read = sample_pairs(files, count, seed, CLEAN)
+    flawed, _ = sample_pairs(files, count, seed, FLAWED)
     log.info("read %s: %d records in %d files; %d clean and %d flawed single-turn instruction pairs",
              root / HELDOUT, read["records"], len(files), len(heldout), len(flawed))
     if len(heldout) < MIN_PAIRS:
@@ -473,20 +493,23 @@ def check_judges(judges_dir: Path) -> None:
 
 def judge_probabilities(judges_dir: Path, instructions: list[str], responses: list[str]) -> dict[str, np.ndarray]:
     """Per judge, the probability that each response is good (relevant to its
-    instruction, coherent): one value per item, for ranking responses."""
+    instruction, coherent): one value per item, for ranking responses. An empty
+    response (``is_empty_reply``) gets 0: it has none of the flaws the judges
+    learnt to see, but it answers nothing."""
     if len(instructions) != len(responses):
         raise ValueError(f"{len(instructions)} instructions for {len(responses)} responses")
     description, judges = load_judges(judges_dir)
     if not responses:
         return {name: np.zeros(0) for name in judges}
     vectors = embed(encoder_of(description), instructions + responses)
+    empty = np.array([is_empty_reply(r) for r in responses])
     probabilities = {}
     for name, judge in judges.items():
         x = features(name, vectors, instructions, responses)
         if x.shape[1] != judge.columns:
             raise StageError(f"{judges_dir}/{name}.npz: {judge.columns} features, but its encoder gives {x.shape[1]}; "
                              "run `dvc repro judges` (python -m stages.judges)")
-        probabilities[name] = judge.probability(x)
+        probabilities[name] = np.where(empty, 0.0, judge.probability(x))
     return probabilities
 
 

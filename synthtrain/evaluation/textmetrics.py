@@ -7,6 +7,9 @@
 
 Words, here, are the lower-cased runs of letters, digits and underscores (``words``).
 Empty input gives ``{}`` rather than NaN, so the caller can report "empty".
+An empty reply (``is_empty_reply``: no letter or digit once chat markup is
+removed) gets every metric's worst value, so that a model which says nothing
+never looks better than one that writes words; the judges score it 0 too.
 """
 
 import gzip
@@ -24,10 +27,30 @@ SELF_BLEU_GENERATIONS = 100
 # in a row, or a line said LOOP_TIMES times in a row (is_repetition_loop).
 LOOP_WORDS, LOOP_TIMES = 3, 3
 MAX_LOOP_PERIOD = 64  # words; a longer repeated span is a repeated paragraph, which the line rule catches
+# What a reply can hold that is not content: special tokens written out (<|im_end|>,
+# <|endoftext|>, <|eot_id|>; with the role a ChatML or Llama header names after
+# one), sentencepiece's <s>, </s>, <pad> and <unk>, and a role name alone on a
+# line, which is what a header becomes when decoding drops its special token
+# ("<|im_start|>assistant\n" decodes to "assistant\n").
+MARKUP = re.compile(r"<\|[^<>|]*\|>(?:[ \t]*(?:system|user|assistant)\b)?|</?s>|<pad>|<unk>"
+                    r"|^[ \t]*(?:system|user|assistant)[ \t]*$", re.IGNORECASE | re.MULTILINE)
+LETTER_OR_DIGIT = re.compile(r"[^\W_]")
 
 
 def words(text: str) -> list[str]:
     return WORD.findall(text.lower())
+
+
+def is_empty_reply(text: str) -> bool:
+    """True for a reply with no letter or digit once MARKUP is removed: nothing,
+    whitespace, special tokens, chat headers, or punctuation and symbols alone."""
+    return not LETTER_OR_DIGIT.search(MARKUP.sub(" ", text))
+
+
+def content_replies(generations: list[str]) -> tuple[list[str], float]:
+    """The replies that are not empty, and their share of all (0 for no replies)."""
+    content = [g for g in generations if not is_empty_reply(g)]
+    return content, len(content) / len(generations) if generations else 0.0
 
 
 def reference_metrics(predictions: list[str], references: list[str]) -> dict:
@@ -36,12 +59,18 @@ def reference_metrics(predictions: list[str], references: list[str]) -> dict:
     - ``rougeL``: ROUGE-L F-measure (rouge-score, Porter stemming; its tokenizer
       keeps only ASCII letters and digits), mean over items, in [0, 1];
     - ``bleu``, ``chrf``: sacrebleu's corpus BLEU and chrF, in [0, 100];
-    - ``response_words``, ``reference_words``: mean words per prediction and reference.
+    - ``response_words``, ``reference_words``: mean words per prediction and reference;
+    - ``reply_empty_rate``: the share of predictions that are empty (``is_empty_reply``).
+
+    An empty prediction is scored as the empty string, so that its markup
+    ("<|im_end|>" has the words im and end) matches nothing: ROUGE-L 0, no words.
     """
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
     if not predictions:
         return {}
+    empty = [is_empty_reply(p) for p in predictions]
+    predictions = ["" if e else p for p, e in zip(predictions, empty)]
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
     rouge = [scorer.score(reference, prediction)["rougeL"].fmeasure for prediction, reference in zip(predictions, references)]
     return {
@@ -50,24 +79,32 @@ def reference_metrics(predictions: list[str], references: list[str]) -> dict:
         "chrf": sacrebleu.corpus_chrf(predictions, [references]).score,
         "response_words": float(np.mean([len(words(p)) for p in predictions])),
         "reference_words": float(np.mean([len(words(r)) for r in references])),
+        "reply_empty_rate": float(np.mean(empty)),
     }
 
 
 def distinct_n(generations: list[str], n: int) -> float:
-    """Distinct n-grams / all n-grams, over the n-grams within each generation."""
-    grams = [tuple(tokens[i:i + n]) for tokens in map(words, generations) for i in range(len(tokens) - n + 1)]
-    return len(set(grams)) / len(grams) if grams else 0.0
+    """Distinct n-grams / all n-grams, over the n-grams within each non-empty
+    generation, times the share of non-empty generations: an empty reply
+    counts as one with nothing distinct in it (0 when all are empty)."""
+    content, share = content_replies(generations)
+    grams = [tuple(tokens[i:i + n]) for tokens in map(words, content) for i in range(len(tokens) - n + 1)]
+    return len(set(grams)) / len(grams) * share if grams else 0.0
 
 
 def self_bleu(generations: list[str]) -> float:
-    """Mean sentence BLEU (0-100) of each generation against all the others as
-    references: 100 when all are the same, low when they share little. Reads an
-    evenly spaced subset of SELF_BLEU_GENERATIONS; 0 for a single generation."""
+    """Mean sentence BLEU (0-100) of each generation against all the other
+    non-empty ones as references: 100 when all are the same, low when they
+    share little. An empty generation scores 100, as alike as can be (it is no
+    reference either). Reads an evenly spaced subset of SELF_BLEU_GENERATIONS;
+    0 for a single generation, and for the one non-empty generation of a subset."""
     if len(generations) < 2:
         return 0.0
     chosen = np.unique(np.linspace(0, len(generations) - 1, min(len(generations), SELF_BLEU_GENERATIONS)).round().astype(int))
-    subset = [generations[i] for i in chosen]
-    return float(np.mean([sacrebleu.sentence_bleu(text, subset[:i] + subset[i + 1:]).score for i, text in enumerate(subset)]))
+    content, _ = content_replies([generations[i] for i in chosen])
+    scores = [sacrebleu.sentence_bleu(text, content[:i] + content[i + 1:]).score if len(content) > 1 else 0.0
+              for i, text in enumerate(content)]
+    return float(np.mean(scores + [100.0] * (len(chosen) - len(content))))
 
 
 def gzip_ratio(text: str) -> float:
@@ -116,13 +153,19 @@ def diversity(generations: list[str]) -> dict:
     - ``compression_ratio``: gzip bytes / raw bytes of all generations joined by
       newlines (lower: more repetitive, within and across generations);
     - ``repetition_rate``: the share of generations that are a repetition loop.
+
+    An empty generation takes each one's worst value: it adds nothing to
+    distinct_n's n-grams and scales them by the non-empty share, as it does the
+    compression ratio of the non-empty generations; it scores 100 in self_bleu
+    and counts as a failure, like a loop, in repetition_rate.
     """
     if not generations:
         return {}
+    content, share = content_replies(generations)
     return {
         "distinct_1": distinct_n(generations, 1),
         "distinct_2": distinct_n(generations, 2),
         "self_bleu": self_bleu(generations),
-        "compression_ratio": gzip_ratio("\n".join(generations)),
-        "repetition_rate": float(np.mean([is_repetition_loop(g) for g in generations])),
+        "compression_ratio": gzip_ratio("\n".join(content)) * share,
+        "repetition_rate": float(np.mean([is_empty_reply(g) or is_repetition_loop(g) for g in generations])),
     }

@@ -3,6 +3,7 @@ reasons a teacher's reply is unusable, and the conversation a kept pair becomes.
 
 from dataclasses import dataclass, field
 
+from synthtrain.evaluation.textmetrics import is_empty_reply
 from synthtrain.generation import Generator, Reply
 
 
@@ -21,8 +22,8 @@ def rejected(reason: str, detail: str, **meta) -> Candidate:
 
 
 def reply_problem(reply: Reply, turn: str) -> tuple[str, str] | None:
-    """``(reason, detail)`` for a reply that cannot be used: empty, or cut off at max_new_tokens."""
-    if not reply.text.strip():
+    """``(reason, detail)`` for a reply that cannot be used: empty (``is_empty_reply``), or cut off at max_new_tokens."""
+    if is_empty_reply(reply.text):
         return f"empty_{turn}", f"the teacher wrote an empty {turn}"
     if not reply.stopped:
         return f"capped_{turn}", f"the {turn} reached max_new_tokens without ending: {reply.text[:200]!r}"

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from synthtrain.generation import Generator, load_model
 from synthtrain.evaluation.judges import judge_probabilities
+from synthtrain.evaluation.textmetrics import is_empty_reply
 from synthtrain.params import GenerateSource, Params
 from synthtrain.records import RejectWriter, open_parquet, output_directory, write_metrics
 
@@ -73,7 +74,7 @@ def pairs_for(name: str, source: GenerateSource, rejects: RejectWriter, root: Pa
     pairs, chosen_temperatures, margins = 0, {str(t): 0 for t in config.temperatures}, []
     with open(output / f"{name}.jsonl", "w", encoding="utf-8") as out:
         for p, (row, prompt) in enumerate(zip(tqdm(rows, desc=f"{name}: pairs", unit="prompt", mininterval=1), prompts)):
-            usable = [t for t in range(len(config.temperatures)) if responses[t][p].strip()]
+            usable = [t for t in range(len(config.temperatures)) if not is_empty_reply(responses[t][p])]
             detail = {"prompt": prompt, "responses": [responses[t][p] for t in range(len(config.temperatures))],
                       "scores": [round(float(s), 4) for s in scores[p]]}  # fmt: skip
             if len(usable) < 2:

@@ -43,10 +43,21 @@ def token_dtype(tokenizer: PreTrainedTokenizerFast) -> np.dtype:
 
 
 # --- rendering ---------------------------------------------------------------------
-def chatml_spans(messages: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(record, start, end): the characters of each assistant turn's content and
-    its closing <|im_end|> in the ChatML rendering, computed from the lengths of
-    the parts that chatml_column joins."""
+@dataclass
+class Turns:
+    """The assistant turns of rendered records, as character spans of their record's text."""
+
+    record: np.ndarray
+    start: np.ndarray  # what the loss mask covers: the message as the template writes it
+    end: np.ndarray  # after the generation prompt, its end-of-turn markup included
+    content_start: np.ndarray  # the message's content alone; -1 where the template does not write it verbatim
+    content_end: np.ndarray
+
+
+def chatml_spans(messages: pa.Array) -> Turns:
+    """The characters of each assistant turn's content and its closing <|im_end|>
+    in the ChatML rendering, computed from the lengths of the parts that
+    chatml_column joins."""
     turns = pc.list_flatten(messages)
     role_length = pc.utf8_length(turns.field("role")).to_numpy()
     content_length = pc.utf8_length(turns.field("content")).to_numpy()
@@ -57,12 +68,23 @@ def chatml_spans(messages: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray
     turn_start = turn_start - turn_start[offsets[record]]  # from the start of the record's rendering
     start = turn_start + len(IM_START) + role_length + 1
     assistant = pc.equal(turns.field("role"), "assistant").to_numpy(zero_copy_only=False)
-    return record[assistant], start[assistant], (start + content_length + len(IM_END))[assistant]
+    start, content_end = start[assistant], (start + content_length)[assistant]
+    return Turns(record[assistant], start, content_end + len(IM_END), start, content_end)
 
 
-def template_spans(tokenizer: PreTrainedTokenizerFast, conversation: list[dict]) -> tuple[str, list[tuple[int, int]]]:
+def written(text: str, content: str, start: int, end: int) -> tuple[int, int]:
+    """Where ``content`` is in ``text[start:end]``, as is or stripped (a template may
+    trim it); (-1, -1) when it is in neither form."""
+    for form in (content, content.strip()):
+        if (at := text.find(form, start, end)) >= 0:
+            return at, at + len(form)
+    return -1, -1
+
+
+def template_spans(tokenizer: PreTrainedTokenizerFast, conversation: list[dict]) -> tuple[str, list[tuple[int, int, int, int]]]:
     """Any chat template: the rendering, and for each assistant turn the
-    characters its message adds after the generation prompt that precedes it."""
+    characters its message adds after the generation prompt that precedes it,
+    and those of its content (``written``)."""
     def render(messages, prompt=False):
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=prompt)
 
@@ -73,12 +95,12 @@ def template_spans(tokenizer: PreTrainedTokenizerFast, conversation: list[dict])
             if not (through.startswith(before) and text.startswith(through)):
                 raise StageError("the tokenizer's chat template renders a conversation differently from its prefixes, "
                                  "so assistant turns cannot be located; use a tokenizer with a prefix-stable template")
-            spans.append((len(before), len(through)))
+            spans.append((len(before), len(through), *written(text, message["content"], len(before), len(through))))
     return text, spans
 
 
-def render(tokenizer: PreTrainedTokenizerFast, batch: pa.RecordBatch) -> tuple[list[str], tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Each record's text ('' for nothing) and the (record, start, end) character spans of its assistant turns."""
+def render(tokenizer: PreTrainedTokenizerFast, batch: pa.RecordBatch) -> tuple[list[str], Turns]:
+    """Each record's text ('' for nothing) and the character spans of its assistant turns."""
     if tokenizer.chat_template == CHATML_TEMPLATE:
         messages = batch.column("messages")
         if isinstance(messages, pa.ChunkedArray):
@@ -91,9 +113,8 @@ def render(tokenizer: PreTrainedTokenizerFast, batch: pa.RecordBatch) -> tuple[l
             continue
         rendered, turns = template_spans(tokenizer, conversation)
         texts.append(rendered)
-        spans.extend((i, start, end) for start, end in turns)
-    record, start, end = np.array(spans, dtype=np.int64).reshape(-1, 3).T
-    return texts, (record, start, end)
+        spans.extend((i, *turn) for turn in turns)
+    return texts, Turns(*np.array(spans, dtype=np.int64).reshape(-1, 5).T)
 
 
 # --- encoding ----------------------------------------------------------------------
@@ -106,6 +127,7 @@ class Encoded:
     lengths: np.ndarray  # per record: tokens in the stream, eos included; 0 when rejected
     loss_tokens: np.ndarray  # per record: tokens of `lengths` that count in the loss
     reasons: list[str | None]  # per record: why it was rejected, None when kept
+    content: np.ndarray | None = None  # uint8, 1 where the token carries content (content_mask), when asked for
 
 
 def backend_ids(tokenizer: PreTrainedTokenizerFast, texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -158,8 +180,45 @@ def pretokenized_ids(tokenizer: PreTrainedTokenizerFast, texts: pa.Array, patter
     return distinct_ids[source], distinct_offsets[source, 0] + shift, distinct_offsets[source, 1] + shift, counts
 
 
-def encode(tokenizer: PreTrainedTokenizerFast, batch: pa.RecordBatch | pa.Table, assistant_only: bool) -> Encoded:
-    texts, (span_record, span_start, span_end) = render(tokenizer, batch)
+def span_tokens(texts: list[str], counts: np.ndarray, token_start: np.ndarray, token_end: np.ndarray,
+                record: np.ndarray, start: np.ndarray, end: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each character span [start, end) of a record's text, the tokens of the
+    batch that overlap it, as [begin, stop) (begin == stop: none)."""
+    # characters of all texts on one line, so that one searchsorted finds every span's tokens
+    base = np.concatenate([[0], np.cumsum(np.fromiter(map(len, texts), dtype=np.int64, count=len(texts)) + 1)])
+    token_base = np.repeat(base[:-1], counts)
+    begin = np.searchsorted(token_end + token_base, base[record] + start, side="right")
+    stop = np.searchsorted(token_start + token_base, base[record] + end, side="left")
+    return begin, np.maximum(begin, stop)
+
+
+def ranges_mask(size: int, begin: np.ndarray, stop: np.ndarray) -> np.ndarray:
+    """uint8 of ``size``: 1 inside any of the ranges [begin, stop), summed as +1/-1 at their borders."""
+    borders = np.zeros(size + 1, dtype=np.int32)
+    np.add.at(borders, begin, 1)
+    np.add.at(borders, stop, -1)
+    return (np.cumsum(borders[:-1]) > 0).astype(np.uint8)
+
+
+def content_mask(texts: list[str], counts: np.ndarray, token_start: np.ndarray, token_end: np.ndarray,
+                 conversation: np.ndarray, turns: Turns) -> np.ndarray:
+    """1 for the tokens that carry content: every token of a document, and in a
+    conversation those that overlap an assistant message's content, each
+    followed by the one token that ends the turn (<|im_end|>). Role headers,
+    user and system turns and the rest of the template's markup: 0."""
+    if (turns.content_start < 0).any():
+        raise StageError("the tokenizer's chat template does not write assistant messages as they are (nor stripped), "
+                         "so their content cannot be told from its markup")
+    first = np.concatenate([[0], np.cumsum(counts)])
+    begin, stop = span_tokens(texts, counts, token_start, token_end, turns.record, turns.content_start, turns.content_end)
+    turn_end = np.minimum(stop + 1, first[turns.record + 1])  # the end-of-turn token, within the record
+    return ranges_mask(len(token_start), np.concatenate([first[:-1][~conversation], begin]),
+                       np.concatenate([first[1:][~conversation], turn_end]))
+
+
+def encode(tokenizer: PreTrainedTokenizerFast, batch: pa.RecordBatch | pa.Table, assistant_only: bool, content: bool = False) -> Encoded:
+    """The records' tokens and loss mask as the stream holds them; with ``content``, the content mask too."""
+    texts, turns = render(tokenizer, batch)
     pattern = own_pattern(tokenizer)
     if pattern and not any(pc.any(pc.match_substring(pa.array(texts), mark)).as_py() for mark in ("\x00", "\x01")):
         tokens, token_start, token_end, counts = pretokenized_ids(tokenizer, pa.array(texts, pa.string()), pattern)
@@ -169,21 +228,12 @@ def encode(tokenizer: PreTrainedTokenizerFast, batch: pa.RecordBatch | pa.Table,
 
     conversation = batch.column("messages").is_valid().to_numpy(zero_copy_only=False)
     everything = ~conversation | (not assistant_only)  # records whose every token counts, eos included
-    # The mask as +1/-1 at the borders of counted ranges, summed: records whose
-    # every token counts, then the tokens that overlap an assistant turn.
-    borders = np.zeros(len(tokens) + 1, dtype=np.int32)
-    np.add.at(borders, first[:-1][everything], 1)
-    np.add.at(borders, first[1:][everything], -1)
-    if assistant_only and len(span_record):
-        # characters of all texts on one line, so that one searchsorted finds every span's tokens
-        base = np.concatenate([[0], np.cumsum(np.fromiter(map(len, texts), dtype=np.int64, count=len(texts)) + 1)])
-        token_base = np.repeat(base[:-1], counts)
-        begin = np.searchsorted(token_end + token_base, base[span_record] + span_start, side="right")
-        stop = np.searchsorted(token_start + token_base, base[span_record] + span_end, side="left")
-        overlapping = stop > begin
-        np.add.at(borders, begin[overlapping], 1)
-        np.add.at(borders, stop[overlapping], -1)
-    loss = (np.cumsum(borders[:-1]) > 0).astype(np.uint8)
+    # Counted: records whose every token counts, then the tokens that overlap an assistant turn.
+    begin, stop = first[:-1][everything], first[1:][everything]
+    if assistant_only:
+        turn_begin, turn_stop = span_tokens(texts, counts, token_start, token_end, turns.record, turns.start, turns.end)
+        begin, stop = np.concatenate([begin, turn_begin]), np.concatenate([stop, turn_stop])
+    loss = ranges_mask(len(tokens), begin, stop)
     counted = np.concatenate([[0], np.cumsum(loss, dtype=np.int64)])
     loss_counts = counted[first[1:]] - counted[first[:-1]]
 
@@ -191,13 +241,19 @@ def encode(tokenizer: PreTrainedTokenizerFast, batch: pa.RecordBatch | pa.Table,
     kept = loss_counts > 0  # so counts > 0 too
     token_kept = np.repeat(kept, counts)
     ends = np.cumsum(counts[kept])  # where each kept record's eos goes
-    eos_loss = everything[kept].astype(np.uint8)
+
+    def stream(mask: np.ndarray, eos: np.ndarray) -> np.ndarray:
+        """A per-token mask of the batch as the kept records enter the stream, with ``eos`` for each one's eos."""
+        return np.insert(mask[token_kept], ends, eos.astype(np.uint8))
+
     return Encoded(
         tokens=np.insert(tokens[token_kept], ends, tokenizer.eos_token_id),
-        loss=np.insert(loss[token_kept], ends, eos_loss),
+        loss=stream(loss, everything[kept]),
         lengths=np.where(kept, counts + 1, 0),
         loss_tokens=np.where(kept, loss_counts + everything, 0),
         reasons=[reason or None for reason in reasons],
+        # a document's eos ends its content; a conversation's follows markup
+        content=stream(content_mask(texts, counts, token_start, token_end, conversation, turns), ~conversation[kept]) if content else None,
     )
 
 
