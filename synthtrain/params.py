@@ -681,6 +681,21 @@ class Collapse(Section):
     seed: Int = 0
 
 
+class JudgeCheck(Section):
+    """Stage judge_check: the zero-cost metrics against real chat models judged by GPT-4 (synthtrain/evaluation/judge_check.py)."""
+
+    reference: str = Field("../shared/data/judged/alpaca_eval2", min_length=1,
+                           description="a folder with leaderboard.csv, outputs.jsonl.gz and preferences.jsonl.gz (AlpacaEval 2.0 layout)")
+    family_folds: Int = Field(5, ge=2, description="cross-validation folds grouped by model family")
+    model_folds: Int = Field(10, ge=2, description="cross-validation folds grouped by model")
+    hash_bits: Int = Field(17, ge=10, le=22, description="2**hash_bits hashed n-gram features per reply")
+    alpha: Float = Field(3000.0, gt=0.0, description="ridge penalty of the preference judge (standardised features)")
+    pairwise_c: Float = Field(1.0, gt=0.0, description="inverse penalty of the pairwise logistic judge")
+    micro_judge_prompts: Int = Field(20, ge=0, description="prompts whose replies the relevance and coherence micro-judges score (MiniLM is slow)")
+    bootstrap: Int = Field(1000, ge=100, description="bootstrap resamples of the models for the 95 % intervals")
+    seed: Int = 0
+
+
 class Params(Section):
     world: World = World()
     sources: dict[str, Source]
@@ -694,6 +709,7 @@ class Params(Section):
     tokenize: Tokenize = Tokenize()
     train: Train = Train()
     eval: Eval = Eval()
+    judge_check: JudgeCheck = JudgeCheck()
     collapse: Collapse = Collapse()
 
     @model_validator(mode="after")

@@ -4,7 +4,8 @@
 held-out data, prompts, greedy decoding and seeds for every experiment, one
 module per part: held-out loss (heldout.py), verifiable tasks (answers.py),
 reference metrics and diversity of the generations (textmetrics.py),
-behavioural suites (behaviour.py), micro-judges (judges.py, stage ``judges``)
+behavioural suites (behaviour.py), micro-judges (judges.py, stage ``judges``),
+the preference judge (preference_judge.py, stage ``judge_check``)
 and lm-eval benchmarks (benchmarks.py). Every input is checked first
 (``check_inputs``, then ``load_model``), so a missing one fails before
 anything is scored. What each part measures and what the stage writes:
@@ -26,6 +27,7 @@ from synthtrain.evaluation import behaviour, benchmarks, judges, textmetrics
 from synthtrain.generation import Generator, load_model
 from synthtrain.evaluation.heldout import first_records, heldout_metrics
 from synthtrain.evaluation.answers import task_accuracy
+from synthtrain.evaluation import preference_judge
 from synthtrain.params import Params, StageError
 from synthtrain.records import CATEGORIES, open_parquet, output_directory, write_output_text
 
@@ -66,6 +68,7 @@ def check_inputs(params: Params) -> list[Path]:
     check_records(PROBLEMS, ("messages", "meta"), "run `dvc repro builtin_eval`")
     if config.references:
         judges.check_judges(JUDGES)
+        preference_judge.check_preference_judge(preference_judge.DIRECTORY)
     benchmarks.check_benchmarks(config.benchmarks)
     return heldout
 
@@ -150,6 +153,7 @@ def evaluate(params: Params, model_dir: Path) -> dict:
         metrics.update(textmetrics.reference_metrics(generations, list(references)))
         metrics.update({f"diversity_{k}": v for k, v in textmetrics.diversity(generations).items()})
         metrics.update({f"judge_{k}": v for k, v in timed("judges", seconds, judges.score, JUDGES, list(instructions), generations).items()})
+        metrics.update(timed("preference_judge", seconds, preference_judge.preference_scores, preference_judge.DIRECTORY, generations))
         samples += [{"suite": "references", "prompt": i, "reply": g, "expected": r} for i, g, r in zip(instructions, generations, references)]
     else:
         log.warning("no single-turn held-out instructions: generation metrics, diversity and judge scores are not reported")
