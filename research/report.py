@@ -45,6 +45,7 @@ CHEAP = [
     Metric("diversity_repetition_rate", "replies in loops", False),
     Metric("judge_relevance_score", "judge: relevance", True),
     Metric("judge_coherence_score", "judge: coherence", True),
+    Metric("judge_preference_rank_length_controlled", "preference judge (LC)", True),
     Metric("behaviour_mft_pass_rate", "MFT pass rate", True),
     Metric("behaviour_inv_consistency", "INV consistency", True),
 ]
@@ -63,6 +64,7 @@ TABLE = [TRAINING_TOKENS, CHEAP[1], CHEAP[0], REFERENCES[0], REFERENCES[-1], BEN
 PRIMARY = CHEAP[1]  # held-out bits per byte: the one metric every run measures on the same data, with a clear scale
 RHO_BAR = 0.8  # the research plan's bar for a cheap metric to stand in for a reference
 BOOTSTRAP = 2000
+JUDGE_CHECK = Path("metrics/judge_check.json")  # the judge_check stage: the cheap metrics against GPT-4 on real chat models
 
 
 @dataclass
@@ -364,14 +366,33 @@ def answer_synthetic(results: list[Result]) -> list[str]:
     return ["".join(words) + "."]
 
 
+def real_reference_lines(path: Path = JUDGE_CHECK) -> list[str]:
+    """exp4's first answer: the cheap metrics against GPT-4-turbo on real chat
+    models (metrics/judge_check.json), where the models span a real capability range."""
+    if not path.is_file():
+        return [f"{path} is missing: run `dvc repro judge_check` for the cheap metrics against GPT-4 on real chat models."]
+    check = json.loads(path.read_text())
+    metrics, models = check["metrics"], check["reference"]["models"]
+    cell = lambda name, target: (f"{v['spearman']:.2f} [{v['spearman_ci95'][0]:.2f}, {v['spearman_ci95'][1]:.2f}]"
+                                 if (v := metrics[name][target]).get("spearman") is not None else "n/a (no variance)")
+    ranked = sorted(metrics, key=lambda name: metrics[name]["length_controlled_winrate"].get("spearman") or -1, reverse=True)
+    lines = [f"On {models} real chat models judged by GPT-4-turbo (AlpacaEval 2.0; `metrics/judge_check.json`), Spearman rho "
+             "against the win rate / the length-controlled win rate, learned judges scored only on models they never saw:"]
+    lines += [f"{name} {cell(name, 'win_rate')} / {cell(name, 'length_controlled_winrate')};" for name in ranked]
+    lines.append("average length, the baseline to beat, is "
+                 f"{cell('length_chars', 'win_rate')} / {cell('length_chars', 'length_controlled_winrate')}.")
+    return lines
+
+
 def answer_correlation(table: dict, results: list[Result]) -> tuple[list[str], list[str]]:
     constant = [m.label for m in REFERENCES if all(table.get((c.key, m.key)) is None for c in CHEAP)]
     constant += [m.label for m in CHEAP if all(table.get((m.key, r.key)) is None for r in REFERENCES)]
     cleared = [(c, r, v) for (ck, rk), v in table.items() if v for c in CHEAP if c.key == ck for r in REFERENCES if r.key == rk and v[0] > RHO_BAR]
-    lines = [f"Over {len(results)} models, {len(cleared)} cheap metric/reference pairs have Spearman rho above {RHO_BAR}"
-             + (": " + "; ".join(f"{c.label} ~ {r.label} {v[0]:.2f} [{v[1]:.2f}, {v[2]:.2f}]" for c, r, v in cleared) if cleared else "") + "."]
+    lines = real_reference_lines()
+    lines.append(f"Within this project's own {len(results)} models, {len(cleared)} cheap metric/reference pairs have Spearman rho above {RHO_BAR}"
+                 + (": " + "; ".join(f"{c.label} ~ {r.label} {v[0]:.2f} [{v[1]:.2f}, {v[2]:.2f}]" for c, r, v in cleared) if cleared else "") + ".")
     if constant:
-        lines.append(f"No ranking exists for {', '.join(constant)}: the same value for every model, so those have no correlation to report.")
+        lines.append(f"Degenerate, so not correlated: {', '.join(constant)} (the same value for every model).")
     usable = [(c, v) for c in CHEAP if (v := table.get((c.key, "benchmark_mean")))]
     if usable:
         c, v = max(usable, key=lambda item: item[1][0])
@@ -382,11 +403,11 @@ def answer_correlation(table: dict, results: list[Result]) -> tuple[list[str], l
 
 def judged_empty_replies(results: list[Result]) -> list[str]:
     """A judge that calls empty replies coherent is measuring the absence of errors, not quality."""
-    empty = [r for r in results if r.metrics.get("response_words", 1) < 1]
+    empty = [r for r in results if r.metrics.get("reply_empty_rate", 0.0) == 1.0]
     coherence = summarise(empty, CHEAP[6].key)
     if not empty or coherence is None or coherence.mean < 0.5:
         return []
-    return [f"{len(empty)} of {len(results)} models reply with no words at all (mean reply words < 1; they emit only "
+    return [f"{len(empty)} of {len(results)} models reply with no words at all (reply_empty_rate 1; they emit only "
             f"whitespace or special tokens), yet the coherence judge scores them {coherence.text(3)}: an empty reply has "
             "none of the flaws it was trained to catch."]
 
