@@ -2,8 +2,9 @@
 
     python -m stages.judges [--params FILE]
 
-Trained on the deduplicated pool, so every sample, mix and train experiment
-is judged by the same judges. Writes models/judges/ and metrics/judges.json
+Trained on the pairs the quality stage kept and on real instruction files
+(eval.judges.real_files), so every sample, mix and train experiment is judged
+by the same judges. Writes models/judges/ and metrics/judges.json
 (docs/evaluation.md).
 """
 

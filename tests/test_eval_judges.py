@@ -1,8 +1,9 @@
 """The judges stage on built-in records: held-out accuracy above a floor with
 both encoders, scores that tell real responses from mismatched, corrupted and
 empty ones, byte-identical files from the same seed, training pairs that do not
-depend on the generator's ground truth, the pair sampler, the corruptions, and
-errors that say the fix."""
+depend on the generator's ground truth, real instruction pairs (GPTeacher)
+that raise the accuracy on real held-out pairs, the pair samplers, the
+corruptions, and errors that say the fix."""
 
 import json
 import random
@@ -15,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from conftest import run_quality, stage
+from conftest import SHARED_DATA, run_quality, stage
 from synthtrain.sources.download import download
 from synthtrain.evaluation import judges
 from synthtrain.evaluation.textmetrics import is_repetition_loop
@@ -34,6 +35,9 @@ TEST_SPLIT_SLACK = 0.1  # the accuracy on the 20% test split (80 pairs) is noisi
 
 
 INPUTS = ("data/dedup/train.parquet", "data/quality/scored.parquet", "data/heldout/builtin.parquet")
+GPTEACHER = {"gpteacher_codegen": {"path": str(SHARED_DATA / "synthetic/gpteacher-codegen.json")},
+             "gpteacher_toolformer": {"path": str(SHARED_DATA / "synthetic/gpteacher-toolformer.json")}}
+REAL_PAIRS = 200
 
 
 @pytest.fixture(scope="module")
@@ -183,6 +187,81 @@ def test_the_judges_files_hold_no_pickle(trained):
         with np.load(root / judges.OUTPUT / f"{name}.npz", allow_pickle=False) as arrays:
             assert sorted(arrays.files) == ["coefficients", "intercept", "mean", "scale"]
         assert description["judges"][name]["heldout_accuracy"] == metrics[f"{name}_heldout_accuracy"]
+
+
+# --- real instruction data -------------------------------------------------------------
+
+def real_heldout_accuracy(judges_dir: Path, judge: str, config, seed: int) -> float:
+    """The accuracy of the judge in judges_dir on the examples the stage makes from the real held-out pairs of ``config``."""
+    _, heldout = judges.split_pairs(judges.read_real(config.real_files, config.real_pairs, seed), config.heldout_fraction, seed)
+    examples = judges.examples_of(judge, heldout, f"{judge}:real_heldout:{seed}")
+    description, trained = judges.load_judges(judges_dir)
+    vectors = judges.embed(judges.encoder_of(description), examples.instructions + examples.responses)
+    return judges.accuracy(trained[judge], judges.features(judge, vectors, examples.instructions, examples.responses), examples.labels)
+
+
+def test_judges_trained_on_real_pairs_too_are_accurate_on_real_heldout_pairs(upstream, tmp_path):
+    """GPTeacher pairs (code, tool use) the judges never trained on, scored next
+    to the built-in held-out records, and better than by judges that saw no
+    real pair (with seeds 0, 1 and 2: relevance 0.86-0.91 against 0.61-0.71,
+    coherence 0.63-0.77 against 0.54-0.66)."""
+    root = workdir(tmp_path / "real", upstream, encoder="hashing", real_files=GPTEACHER, real_pairs=REAL_PAIRS)
+    metrics = build(root)
+    assert metrics["real_train_pairs"] == 160 and metrics["real_heldout_pairs"] == 40
+    description = json.loads((root / judges.OUTPUT / "judges.json").read_text())
+    assert description["pairs"] == {"train": TRAIN_PAIRS, "heldout": metrics["heldout_pairs"], "real_train": 160, "real_heldout": 40}
+    builtin_only = workdir(tmp_path / "builtin_only", upstream, encoder="hashing")
+    assert build(builtin_only)["real_heldout_pairs"] == 0
+    config = load_params(root / "params.yaml").eval.judges
+    for judge, floor in FLOORS["hashing"].items():
+        assert metrics[f"{judge}_real_heldout_examples"] > 40 and metrics[f"{judge}_real_train_examples"] > 160, (judge, metrics)
+        assert metrics[f"{judge}_heldout_accuracy"] >= floor, (judge, metrics)  # the built-in number stays
+        assert description["judges"][judge]["real_heldout_accuracy"] == metrics[f"{judge}_real_heldout_accuracy"]
+        assert real_heldout_accuracy(root / judges.OUTPUT, judge, config, 0) == metrics[f"{judge}_real_heldout_accuracy"]
+        without_real = real_heldout_accuracy(builtin_only / judges.OUTPUT, judge, config, 0)
+        assert metrics[f"{judge}_real_heldout_accuracy"] > max(0.5, without_real), (judge, without_real)
+
+
+def alpaca_file(path: Path, rows: list[dict]) -> Path:
+    path.write_text(json.dumps(rows))
+    return path
+
+
+def test_real_pairs_are_read_once_each_and_split_so_that_no_pair_is_on_both_sides(tmp_path):
+    rows = [{"instruction": f"Add {i} and 1.", "input": "", "response": f"{i + 1}."} for i in range(30)]
+    rows += [{"instruction": "Sort these.", "input": "3, 1, 2", "response": "1, 2, 3"},
+             {"instruction": "Say nothing.", "input": "", "response": " "}]  # an empty response makes no record
+    files = {"a": {"path": str(alpaca_file(tmp_path / "a.json", rows))},
+             "b": {"path": str(alpaca_file(tmp_path / "b.json", rows[:10][::-1]))}}  # the same pairs again
+    config = parse_params({"sources": {"builtin": {"kind": "builtin"}}, "eval": {"judges": {"real_files": files}}}).eval.judges
+    pairs, read = judges.read_real_pairs(config.real_files, 100, 0)
+    assert read == {"files": 2, "rows": 42, "pairs": 31} and len(set(pairs)) == len(pairs) == 31
+    assert judges.Pair("Sort these.\n\n3, 1, 2", "1, 2, 3") in pairs  # the input follows the instruction, as a local source renders it
+    swapped = {name: config.real_files[name] for name in ("b", "a")}
+    assert judges.read_real_pairs(swapped, 10, 0)[0] == judges.read_real_pairs(config.real_files, 10, 0)[0] == pairs[:10]
+    assert judges.read_real_pairs(config.real_files, 10, 1)[0] != pairs[:10]  # another seed, another sample
+    train, heldout = judges.split_pairs(pairs, 0.2, 0)
+    assert len(heldout) == 6 and not set(train) & set(heldout) and sorted(train + heldout, key=str) == sorted(pairs, key=str)
+
+
+def test_a_missing_real_file_fails_in_one_line_naming_its_key(tmp_path):
+    absent = {"gpteacher_codegen": {"path": str(tmp_path / "absent.json")}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"sources": {"builtin": {"kind": "builtin"}},
+                                                          "eval": {"judges": {"real_files": absent}}}))
+    result = stage(tmp_path, "stages.judges", check=False)
+    errors = [line for line in result.stderr.splitlines() if "eval.judges.real_files" in line]
+    assert result.returncode == 1 and "Traceback" not in result.stderr and len(errors) == 1, result.stderr
+    assert f"eval.judges.real_files.gpteacher_codegen.path: {tmp_path}/absent.json is missing" in errors[0]
+
+    base = {"sources": {"builtin": {"kind": "builtin"}}}
+    optional = {"gpteacher_codegen": {**absent["gpteacher_codegen"], "required": False}}
+    skipped = parse_params({**base, "eval": {"judges": {"real_files": optional}}})
+    with pytest.raises(StageError, match=r"scored.parquet: no such file"):  # skipped: the stage goes on to its own input
+        judges.train_judges(skipped, tmp_path)
+    few = {"few": {"path": str(alpaca_file(tmp_path / "few.json", [{"instruction": f"Q{i}?", "response": f"A{i}."} for i in range(5)]))}}
+    with pytest.raises(StageError, match=r"^eval.judges.real_files: 5 usable \(instruction, response\) pairs in 5 rows of .*few.json, "
+                                         r"the judges need at least 20"):
+        judges.train_judges(parse_params({**base, "eval": {"judges": {"real_files": few}}}), tmp_path)
 
 
 # --- the pair sampler and the corruptions ---------------------------------------------

@@ -66,6 +66,7 @@ def files_read_outside(stage: str, params) -> set[str]:
     """The files outside the pipeline's own data that a stage reads, from its params."""
     inputs = {"dedup": [*params.dedup.decontaminate.benchmarks.values(), *params.dedup.accuracy.files.values()],
               "quality_score": list(params.quality.files.values()),
+              "judges": list(params.eval.judges.real_files.values()),
               "eval": [benchmark for benchmark in params.eval.benchmarks.values() if benchmark.path is not None]}.get(stage, [])
     return {os.path.normpath(file) for spec in inputs for file in (glob.glob(spec.path) or [spec.path])}
 
@@ -100,7 +101,8 @@ def test_a_dep_dropped_from_dvc_yaml_is_caught():
     module, and a benchmark file named only in params.yaml."""
     drifted = copy.deepcopy(dvc_yaml())
     drops = {"download": "synthtrain/evaluation/textmetrics.py", "sample": "synthtrain/tokens/chat.py",
-             "train": "synthtrain/records.py", "eval": "../shared/data/eval/blimp"}
+             "train": "synthtrain/records.py", "eval": "../shared/data/eval/blimp",
+             "judges": "../shared/data/synthetic/gpteacher-toolformer.json"}
     for stage, dep in drops.items():
         template = drifted["stages"][stage].get("do", drifted["stages"][stage])
         template["deps"].remove(dep)

@@ -8,11 +8,12 @@ features of the encoder's embeddings (``minilm`` or ``hashing``): [u, v, u*v,
 TEXT_FEATURES for coherence, whose negatives are CORRUPTIONS of real responses.
 They train on the single-turn pairs that the quality stage kept in
 ``data/quality/scored.parquet`` (never on the generator's ground truth,
-``meta.flaw``, which only scores them), are scored on a held-out part of them
-and on ``data/heldout``, and are saved as ``models/judges/<judge>.npz`` and
-``models/judges/judges.json`` (no pickle). An empty reply
-(``textmetrics.is_empty_reply``) scores 0 in every judge. How they are built
-and what ``metrics/judges.json`` reports: docs/evaluation.md.
+``meta.flaw``, which only scores them) and on real instruction pairs from
+outside the pipeline (``eval.judges.real_files``), are scored on held-out
+parts of both and on ``data/heldout``, and are saved as
+``models/judges/<judge>.npz`` and ``models/judges/judges.json`` (no pickle).
+An empty reply (``textmetrics.is_empty_reply``) scores 0 in every judge. How
+they are built and what ``metrics/judges.json`` reports: docs/evaluation.md.
 """
 
 import functools
@@ -35,11 +36,13 @@ from sklearn.linear_model import LogisticRegression
 from threadpoolctl import threadpool_limits
 
 from synthtrain.evaluation.textmetrics import gzip_ratio, is_empty_reply, is_repetition_loop
-from synthtrain.params import Params, StageError
+from synthtrain.params import InputFile, LocalSource, Params, StageError
 from synthtrain.quality import classifier, heuristics
 from synthtrain.quality.units import split_units
 from synthtrain.arrays import load_arrays, save_arrays
-from synthtrain.records import BATCH_ROWS, MESSAGE, meta_field, open_parquet, write_metrics
+from synthtrain.records import BATCH_ROWS, MESSAGE, InvalidRecord, make_record, meta_field, open_parquet, write_metrics
+from synthtrain.sources import local
+from synthtrain.sources.formats import Parsed, Rejected
 from synthtrain.text import mix64
 
 log = logging.getLogger("judges")
@@ -48,6 +51,7 @@ INPUT = "data/quality/scored.parquet"
 HELDOUT = "data/heldout"
 OUTPUT = "models/judges"
 METRICS = "metrics/judges.json"
+REAL_FILES = "eval.judges.real_files"
 FORMAT = 1  # of the files in models/judges; score() refuses others
 JUDGES = ("relevance", "coherence")
 MIN_PAIRS = 20
@@ -158,6 +162,47 @@ def sample_pairs(paths: list[Path], count: int, seed: int, selection: Selection)
     return [kept[key] for key in sorted(kept)], read
 
 
+def valid_record(source: str, item: Parsed | Rejected) -> dict | None:
+    """The record of a conversation the local reader parsed, or None for a row it
+    rejected, a text, or a conversation that makes no valid record."""
+    if not isinstance(item, Parsed) or item.messages is None:
+        return None
+    try:
+        return make_record(source, "instruction", messages=item.messages)
+    except InvalidRecord:
+        return None
+
+
+def read_real_pairs(files: dict[str, InputFile], count: int, seed: int) -> tuple[list[Pair], Counter]:
+    """Up to ``count`` distinct single-turn pairs of the real instruction files,
+    and counts of what was read. The files are read as a local source is (an
+    Alpaca record's input follows its instruction after a blank line); a row
+    that makes no valid record (an empty response, invalid UTF-8) is skipped.
+    Pairs with the same record id (the same conversation) count once, so no
+    pair can be on both sides of a split. The sample: the pairs whose ids have
+    the ``count`` smallest ``seeded_keys``, whatever the files' order."""
+    pairs: dict[str, Pair] = {}
+    read = Counter()
+    for name, file in files.items():
+        key = f"{REAL_FILES}.{name}"
+        if not file.files(key):  # missing and not required: skipped, with a warning
+            continue
+        read["files"] += 1
+        try:
+            for item in local.read(LocalSource(kind="local", path=file.path, category="instruction", max_samples=1)):
+                read["rows"] += 1
+                record = valid_record(name, item)
+                pair = single_turn(record["messages"]) if record else None
+                if pair is not None:
+                    pairs[record["id"]] = Pair(*pair)
+        except StageError as exc:  # a file the local reader cannot read: which key names it
+            raise StageError(f"{key}: {exc}") from None
+    ids = sorted(pairs)
+    read["pairs"] = len(ids)
+    sample = np.argsort(seeded_keys(ids, seed), kind="stable")[:count] if ids else []
+    return [pairs[ids[i]] for i in sample], read
+
+
 # --- examples -------------------------------------------------------------------
 
 @dataclass
@@ -177,10 +222,13 @@ def make_examples(rows: list[tuple[str, str, int, str, int]]) -> Examples:
 def relevance_examples(pairs: list[Pair], rng: random.Random) -> Examples:
     """Each pair, and its instruction with the response of another pair. A
     borrowed response that is the pair's own (the same reply to two
-    instructions) or answers the same instruction text is no negative: skipped."""
+    instructions) or answers the same instruction text is no negative: skipped,
+    as is every negative of a lone pair (a small held-out part)."""
     rows = []
     for i, pair in enumerate(pairs):
         rows.append((pair.instruction, pair.response, 1, "real", i))
+        if len(pairs) < 2:
+            continue
         other = pairs[(i + rng.randrange(1, len(pairs))) % len(pairs)]
         if other.response != pair.response and other.instruction != pair.instruction:
             rows.append((pair.instruction, other.response, 0, "other_response", i))
@@ -391,18 +439,31 @@ def split(pairs: int, fraction: float, seed: int) -> np.ndarray:
     return test
 
 
+def split_pairs(pairs: list[Pair], fraction: float, seed: int) -> tuple[list[Pair], list[Pair]]:
+    """The pairs to train on and the held-out ones (``split``); none of either for no pairs."""
+    test = split(len(pairs), fraction, seed) if pairs else np.zeros(0, dtype=bool)
+    return [p for p, held in zip(pairs, test) if not held], [p for p, held in zip(pairs, test) if held]
+
+
 def train_judge(judge: str, sets: dict[str, Examples], vectors: dict[str, np.ndarray], test: np.ndarray,
                 regularisation: float, seed: int) -> tuple[Judge, dict]:
-    """Train on the examples of the pairs not in ``test``; accuracy on the
-    others, on the examples of data/heldout, and on the flawed records."""
+    """Train on the examples of the pairs not in ``test`` and of the real
+    training pairs; accuracy on the others, on the examples of data/heldout, on
+    those of the real held-out pairs, and on the flawed records."""
     x = {name: features(judge, vectors, e.instructions, e.responses) if e.responses else None for name, e in sets.items()}
-    train, labels = sets["train"], sets["train"].labels
+    train, labels, real = sets["train"], sets["train"].labels, sets["real_train"]
     train_rows, test_rows = np.flatnonzero(~test[train.pair]), np.flatnonzero(test[train.pair])
-    model = Judge.train(x["train"][train_rows], labels[train_rows], regularisation, seed)
+    model = Judge.train(np.vstack([x["train"][train_rows], *([x["real_train"]] if real.responses else [])]),
+                        np.concatenate([labels[train_rows], real.labels]), regularisation, seed)
+
+    def scored(name: str) -> float | None:
+        return accuracy(model, x[name], sets[name].labels) if x[name] is not None else None
+
     result = {"accuracy": accuracy(model, x["train"][test_rows], labels[test_rows]),
-              "heldout_accuracy": accuracy(model, x["heldout"], sets["heldout"].labels) if x["heldout"] is not None else None,
+              "heldout_accuracy": scored("heldout"), "real_heldout_accuracy": scored("real_heldout"),
               "examples": len(labels), "train_examples": len(train_rows), "test_examples": len(test_rows),
-              "heldout_examples": len(sets["heldout"].labels)}
+              "heldout_examples": len(sets["heldout"].labels), "real_train_examples": len(real.labels),
+              "real_heldout_examples": len(sets["real_heldout"].labels)}
     for flaw in FLAW_CHECKS[judge]:
         rows = np.flatnonzero(np.array(sets["flaws"].kinds) == flaw)
         result[f"flags_{flaw}"] = accuracy(model, x["flaws"][rows], sets["flaws"].labels[rows]) if len(rows) else None
@@ -433,17 +494,40 @@ def read_pairs(root: Path, count: int, seed: int) -> tuple[list[Pair], list[Pair
     return pairs, heldout, flawed
 
 
+def read_real(files: dict[str, InputFile], count: int, seed: int) -> list[Pair]:
+    """A sample of the real instruction files' pairs (``read_real_pairs``);
+    none when no file is listed or found."""
+    pairs, read = read_real_pairs(files, count, seed)
+    if read["files"]:
+        log.info("read %s: %d files, %d rows, %d distinct single-turn (instruction, response) pairs; sampled %d",
+                 REAL_FILES, read["files"], read["rows"], read["pairs"], len(pairs))
+    if read["files"] and len(pairs) < MIN_PAIRS:
+        raise StageError(f"{REAL_FILES}: {len(pairs)} usable (instruction, response) pairs in {read['rows']} rows of "
+                         f"{', '.join(f.path for f in files.values())}, the judges need at least {MIN_PAIRS}: single-turn "
+                         "conversations (a user turn, then an assistant turn) in a format of a local source")
+    return pairs
+
+
+def examples_of(judge: str, pairs: list[Pair], salt: str) -> Examples:
+    return EXAMPLES[judge](pairs, random.Random(salt)) if pairs else make_examples([])
+
+
 def train_judges(params: Params, root: str | Path = ".") -> dict:
     """Train and save the judges under ``root``; returns the metrics."""
     started, root = time.perf_counter(), Path(root)
     config, seed = params.eval.judges, params.eval.seed
+    real_train, real_heldout = split_pairs(read_real(config.real_files, config.real_pairs, seed), config.heldout_fraction, seed)
     pairs, heldout, flawed = read_pairs(root, config.train_pairs, seed)
-    examples = {judge: {"train": EXAMPLES[judge](pairs, random.Random(f"{judge}:{seed}")),
-                        "heldout": EXAMPLES[judge](heldout, random.Random(f"{judge}:heldout:{seed}")) if heldout else make_examples([]),
-                        "flaws": flaw_examples(flawed, judge)} for judge in JUDGES}
+    examples = {judge: {"train": examples_of(judge, pairs, f"{judge}:{seed}"),
+                        "heldout": examples_of(judge, heldout, f"{judge}:heldout:{seed}"),
+                        "flaws": flaw_examples(flawed, judge),
+                        "real_train": examples_of(judge, real_train, f"{judge}:real:{seed}"),
+                        "real_heldout": examples_of(judge, real_heldout, f"{judge}:real_heldout:{seed}")} for judge in JUDGES}
 
     description = {"format": FORMAT, "encoder": config.encoder, "judges": {},
-                   "params": {**config.model_dump(), "seed": seed}, "pairs": {"train": len(pairs), "heldout": len(heldout)}}
+                   "params": {**config.model_dump(), "seed": seed},
+                   "pairs": {"train": len(pairs), "heldout": len(heldout),
+                             "real_train": len(real_train), "real_heldout": len(real_heldout)}}
     if config.encoder == "hashing":
         description["hash_bits"] = HASH_BITS
     texts = [t for sets in examples.values() for e in sets.values() for t in e.instructions + e.responses]
@@ -451,15 +535,17 @@ def train_judges(params: Params, root: str | Path = ".") -> dict:
     log.info("embedded %d distinct texts with the %s encoder", len(vectors), config.encoder)
 
     test = split(len(pairs), config.heldout_fraction, seed)
-    metrics = {"encoder": config.encoder, "pairs": len(pairs), "heldout_pairs": len(heldout), "embedded_texts": len(vectors)}
+    metrics = {"encoder": config.encoder, "pairs": len(pairs), "heldout_pairs": len(heldout), "real_train_pairs": len(real_train),
+               "real_heldout_pairs": len(real_heldout), "embedded_texts": len(vectors)}
     for judge in JUDGES:
         model, result = train_judge(judge, examples[judge], vectors, test, config.regularisation, seed)
         save_arrays(root / OUTPUT / f"{judge}.npz", **model.arrays)
         description["judges"][judge] = {"features": FEATURE_DESCRIPTIONS[judge], "columns": model.columns, **result}
         metrics.update({f"{judge}_{key}": value for key, value in result.items()})
-        log.info("%s judge: trained on %d examples; accuracy %s on %d test examples, %s on %d examples of %s",
-                 judge, result["train_examples"], result["accuracy"], result["test_examples"], result["heldout_accuracy"],
-                 result["heldout_examples"], HELDOUT)
+        log.info("%s judge: trained on %d examples (%d of them real); accuracy %s on %d test examples, %s on %d examples of %s, "
+                 "%s on %d real held-out examples", judge, result["train_examples"] + result["real_train_examples"],
+                 result["real_train_examples"], result["accuracy"], result["test_examples"], result["heldout_accuracy"],
+                 result["heldout_examples"], HELDOUT, result["real_heldout_accuracy"], result["real_heldout_examples"])
 
     write_metrics(root / OUTPUT / "judges.json", description)
     metrics["seconds"] = round(time.perf_counter() - started, 1)
