@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 from scipy import sparse
-from scipy.stats import kendalltau, rankdata, spearmanr
+from scipy.stats import kendalltau, spearmanr
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GroupKFold
 from tqdm import tqdm
@@ -201,13 +201,11 @@ def pairwise_judge_scores(reference: Reference, folds: list[np.ndarray], config:
 # --- statistics -------------------------------------------------------------------
 
 def partial_spearman(metric: np.ndarray, target: np.ndarray, control: np.ndarray) -> float:
-    """Spearman of metric and target with the control's ranks regressed out of both."""
-    ranks = [rankdata(values) for values in (metric, target, control)]
-    design = np.column_stack([np.ones(len(control)), ranks[2]])
-    residuals = [r - design @ np.linalg.lstsq(design, r, rcond=None)[0] for r in ranks[:2]]
-    if min(np.std(r) for r in residuals) == 0:
-        return 0.0
-    return float(np.corrcoef(*residuals)[0, 1])
+    """Spearman of metric and target with the control's ranks partialled out of
+    both; 0 when the metric or the target is a function of the control alone."""
+    r_mt, r_mc, r_tc = (spearmanr(a, b)[0] for a, b in ((metric, target), (metric, control), (target, control)))
+    unexplained = (1 - r_mc**2) * (1 - r_tc**2)
+    return float((r_mt - r_mc * r_tc) / np.sqrt(unexplained)) if unexplained > 1e-12 else 0.0
 
 
 def correlations(scores: np.ndarray, target: np.ndarray, length: np.ndarray, resamples: int, seed: int) -> dict:
