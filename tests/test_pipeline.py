@@ -1,6 +1,7 @@
 """`dvc repro` end to end on a tiny params file: every kind of source, a no-op
 rerun, and `dvc exp run -S ...` ablations that rerun only what they change."""
 
+import gzip
 import json
 import math
 import os
@@ -26,6 +27,18 @@ def dvc(workdir: Path, *args: str) -> str:
     result = subprocess.run([DVC, *args], cwd=workdir, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout + result.stderr  # a stage's own log is on stderr
+
+
+def small_judged_reference(directory: Path, prompts: int) -> Path:
+    """The AlpacaEval 2.0 reference of ../shared cut to its first ``prompts``
+    prompts, in the same files and layout: judge_check in seconds, not minutes."""
+    source = SHARED_DATA / "judged/alpaca_eval2"
+    directory.mkdir()
+    shutil.copy(source / "leaderboard.csv", directory)
+    for name in ("outputs.jsonl.gz", "preferences.jsonl.gz"):
+        with gzip.open(source / name, "rt") as lines, gzip.open(directory / name, "wt") as out:
+            out.writelines(line for line in lines if json.loads(line)["index"] < prompts)
+    return directory
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +71,8 @@ def project(tmp_path_factory):
     params["eval"].update(heldout_records=200, tasks_per_family=5, references=10, behaviour_per_suite=3,
                           generation={"max_new_tokens": 16, "batch_size": 16}, judges={"encoder": "hashing", "train_pairs": 300},
                           benchmarks={"winogrande": {"path": str(SHARED_DATA / "eval/icl/winogrande.jsonl"), "format": "winogrande", "limit": 20}})
+    params["judge_check"].update(reference=str(small_judged_reference(root / "judged", prompts=8)), micro_judge_prompts=2, bootstrap=100,
+                                 hash_bits=12, family_folds=3, model_folds=3)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     subprocess.run(["git", "init", "-q"], cwd=root, check=True)
     for key, value in (("user.name", "test"), ("user.email", "test@example.com")):
