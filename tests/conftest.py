@@ -35,6 +35,24 @@ def run_quality(root: Path) -> Path:
     return root / "data/quality/scored.parquet"
 
 
+def write_preference_judge(root: Path) -> Path:
+    """models/preference_judge as the judge_check stage writes it, trained in a
+    second on the real reference's replies to its first two prompts."""
+    import numpy as np
+
+    from synthtrain.evaluation.judge_check import read_reference
+    from synthtrain.evaluation.preference_judge import DIRECTORY, Features, PreferenceJudge
+
+    reference = read_reference(SHARED_DATA / "judged/alpaca_eval2")
+    first = np.flatnonzero(reference.reply_prompt < 2)
+    features = Features(hash_bits=12)
+    judge = PreferenceJudge.train(features, features.transform([reference.replies[i] for i in first]), reference.reply_model[first],
+                                  reference.leaderboard, alpha=10.0)
+    (root / DIRECTORY).mkdir(parents=True, exist_ok=True)
+    judge.save(root / DIRECTORY)
+    return root / DIRECTORY
+
+
 @pytest.fixture
 def write_params(tmp_path):
     """Write a params file with the given sources (and other sections) into tmp_path."""

@@ -15,7 +15,7 @@ import torch
 import yaml
 from transformers import GenerationConfig
 
-from conftest import SHARED_DATA, run_quality, stage
+from conftest import SHARED_DATA, run_quality, stage, write_preference_judge
 from synthtrain.sources.download import download
 from synthtrain.world.corpus import CorpusGenerator
 from synthtrain.world.facts import World
@@ -213,6 +213,7 @@ def random_model(tmp_path_factory) -> Path:
     stage(root, "stages.builtin_eval")
     stage(root, "stages.train_tokenizer")
     stage(root, "stages.judges")
+    write_preference_judge(root)
     tokenizer = load_tokenizer(root / "models/tokenizer")
     torch.manual_seed(0)
     model = build_model(llama_config("1M", len(tokenizer), 128, tokenizer.eos_token_id, tokenizer.pad_token_id))

@@ -18,7 +18,7 @@ import torch
 import yaml
 from transformers import GenerationConfig
 
-from conftest import SHARED_DATA, run_quality, stage
+from conftest import SHARED_DATA, run_quality, stage, write_preference_judge
 from synthtrain.dedup import dedup
 from synthtrain.evaluation import suite
 from synthtrain.model import build_model, llama_config
@@ -200,7 +200,7 @@ EVAL_PARAMS = {"sources": {"builtin": {"kind": "builtin"}}, "builtin_eval": {"pe
                "tokenizer": {"vocab_size": VOCAB, "train_records": 500}, "tokenize": {"seq_len": 64},
                "eval": {"heldout_records": 50, "tasks_per_family": 2, "references": 4, "behaviour_per_suite": 1,
                         "generation": {"max_new_tokens": 4}, "judges": {"encoder": "hashing", "train_pairs": 100}}}
-EVAL_INPUTS = ("data/heldout", "data/raw/builtin_eval.parquet", "models/current", "models/judges")
+EVAL_INPUTS = ("data/heldout", "data/raw/builtin_eval.parquet", "models/current", "models/judges", "models/preference_judge")
 
 
 @pytest.fixture(scope="module")
@@ -216,6 +216,7 @@ def eval_inputs(tmp_path_factory) -> Path:
     (root / "params.yaml").write_text(yaml.safe_dump(EVAL_PARAMS))
     for module in ("stages.builtin_eval", "stages.train_tokenizer", "stages.judges"):
         stage(root, module)
+    write_preference_judge(root)
     tokenizer = load_tokenizer(root / "models/tokenizer")
     torch.manual_seed(0)
     model = build_model(llama_config("1M", len(tokenizer), 64, tokenizer.eos_token_id, tokenizer.pad_token_id))
@@ -265,6 +266,7 @@ def wrong_fields(root: Path) -> dict:
     ("fields", (), r"bench\.jsonl: line 1 has no field 'query' of format multiple_choice"),
     ("directory", (), r"a_directory: cannot be read as a JSONL file of format hellaswag \(IsADirectoryError"),
     ("judges", ("models/judges",), r"^models/judges: no trained judges .*run `dvc repro judges`"),
+    ("preference judge", ("models/preference_judge",), r"^models/preference_judge: no preference judge .*run `dvc repro judge_check`"),
     ("problems", ("data/raw/builtin_eval.parquet",), r"^data/raw/builtin_eval\.parquet is missing: run `dvc repro builtin_eval`"),
     ("heldout", ("data/heldout",), r"^data/heldout/ is missing: run `dvc repro dedup`"),
     ("garbage", ("data/heldout",), r"^data/heldout/builtin\.parquet cannot be read as Parquet .*run `dvc repro dedup`"),
