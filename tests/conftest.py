@@ -21,6 +21,40 @@ def stage(workdir: Path, *args: str, check: bool = True, **env_vars: str) -> sub
     return result
 
 
+def split_builtin_records(root: Path, records: int, train: int) -> None:
+    """``records`` built-in records downloaded into root: the first ``train`` as
+    data/dedup/train.parquet, the rest as data/heldout/builtin.parquet, then
+    scored by run_quality, as the pipeline leaves them for the judges stage."""
+    import pyarrow.parquet as pq
+
+    from synthtrain.params import parse_params
+    from synthtrain.sources.download import download
+
+    download(parse_params({"sources": {"builtin": {"kind": "builtin", "max_samples": records}}}), "builtin", root)
+    pool = pq.read_table(root / "data/raw/builtin.parquet")
+    for path, rows in (("data/dedup/train.parquet", pool.slice(0, train)), ("data/heldout/builtin.parquet", pool.slice(train))):
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(rows, root / path)
+    run_quality(root)
+
+
+def save_untrained_model(root: Path, seq_len: int, end_tokens: tuple[str, ...] = ()) -> None:
+    """models/current: an untrained 1M model (seed 0) with models/tokenizer, stopping at EOS and ``end_tokens``."""
+    import torch
+    from transformers import GenerationConfig
+
+    from synthtrain.model import build_model, llama_config
+    from synthtrain.tokens.encoding import load_tokenizer
+
+    tokenizer = load_tokenizer(root / "models/tokenizer")
+    torch.manual_seed(0)
+    model = build_model(llama_config("1M", len(tokenizer), seq_len, tokenizer.eos_token_id, tokenizer.pad_token_id))
+    model.save_pretrained(root / "models/current")
+    tokenizer.save_pretrained(root / "models/current")
+    GenerationConfig(eos_token_id=[tokenizer.eos_token_id, *map(tokenizer.convert_tokens_to_ids, end_tokens)],
+                     pad_token_id=tokenizer.pad_token_id).save_pretrained(root / "models/current")
+
+
 def run_quality(root: Path) -> Path:
     """The quality_score and quality stages, in this process, on root's
     data/dedup/train.parquet, with scorers trained on small samples so that

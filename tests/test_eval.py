@@ -13,10 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
-from transformers import GenerationConfig
 
-from conftest import SHARED_DATA, run_quality, stage, write_preference_judge
-from synthtrain.sources.download import download
+from conftest import SHARED_DATA, save_untrained_model, split_builtin_records, stage, write_preference_judge
 from synthtrain.world.corpus import CorpusGenerator
 from synthtrain.world.facts import World
 from synthtrain.evaluation.behaviour import run_suites
@@ -29,7 +27,6 @@ from synthtrain.records import RecordWriter, make_record
 from synthtrain.text import content_column, fold_column, ngram_hashes, word_hashes
 from synthtrain.tokens.bpe import train_bpe
 from synthtrain.tokens.chat import IM_END
-from synthtrain.tokens.encoding import load_tokenizer
 
 VOCAB = 1024
 BENCHMARKS = {"hellaswag": {"path": str(SHARED_DATA / "eval/hellaswag-val.jsonl"), "format": "hellaswag", "limit": 150},
@@ -202,25 +199,14 @@ def own_benchmarks(root: Path) -> None:
 def random_model(tmp_path_factory) -> Path:
     """A workdir with held-out records, built-in problems, a tokenizer, judges and an untrained 1M model."""
     root = tmp_path_factory.mktemp("eval")
-    download(parse_params({"sources": {"builtin": {"kind": "builtin", "max_samples": 3000}}}), "builtin", root)
-    pool = pq.read_table(root / "data/raw/builtin.parquet")
-    for path, rows in (("data/dedup/train.parquet", pool.slice(0, 2600)), ("data/heldout/builtin.parquet", pool.slice(2600)),
-                       ("data/heldout/empty.parquet", pool.slice(0, 0))):  # fmt: skip
-        (root / path).parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(rows, root / path)
-    run_quality(root)
+    split_builtin_records(root, 3000, 2600)
+    pq.write_table(pq.read_table(root / "data/heldout/builtin.parquet").slice(0, 0), root / "data/heldout/empty.parquet")
     (root / "params.yaml").write_text(yaml.safe_dump(PARAMS))
     stage(root, "stages.builtin_eval")
     stage(root, "stages.train_tokenizer")
     stage(root, "stages.judges")
     write_preference_judge(root)
-    tokenizer = load_tokenizer(root / "models/tokenizer")
-    torch.manual_seed(0)
-    model = build_model(llama_config("1M", len(tokenizer), 128, tokenizer.eos_token_id, tokenizer.pad_token_id))
-    model.save_pretrained(root / "models/current")
-    tokenizer.save_pretrained(root / "models/current")
-    GenerationConfig(eos_token_id=[tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")],
-                     pad_token_id=tokenizer.pad_token_id).save_pretrained(root / "models/current")  # fmt: skip
+    save_untrained_model(root, 128, end_tokens=("<|im_end|>",))
     own_benchmarks(root)
     stage(root, "stages.eval", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
     return root

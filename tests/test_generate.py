@@ -17,7 +17,7 @@ import yaml
 from datasets import load_dataset
 from rouge_score import rouge_scorer
 
-from conftest import REPO, SHARED_DATA, build_teacher, run_quality, stage
+from conftest import REPO, SHARED_DATA, build_teacher, split_builtin_records, stage
 from research.collapse import CollapseRun, data_metrics, plan, training_records
 from synthtrain.sources.download import download
 from synthtrain.synthesis.self_instruct import Pool, rouge_l
@@ -33,12 +33,7 @@ def workdir(tmp_path_factory) -> Path:
     """A teacher under teacher/, and the records and judges the preferences stage reads."""
     root = tmp_path_factory.mktemp("generate")
     build_teacher(root / "teacher")
-    download(parse_params({"sources": {"builtin": {"kind": "builtin", "max_samples": 2000}}}), "builtin", root)
-    pool = pq.read_table(root / "data/raw/builtin.parquet")
-    for path, rows in (("data/dedup/train.parquet", pool.slice(0, 1700)), ("data/heldout/builtin.parquet", pool.slice(1700))):
-        (root / path).parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(rows, root / path)
-    run_quality(root)
+    split_builtin_records(root, 2000, 1700)
     (root / "params.yaml").write_text(yaml.safe_dump({"sources": {"builtin": {"kind": "builtin"}},
                                                       "eval": {"judges": {"encoder": "hashing", "train_pairs": 300}}}))
     stage(root, "stages.judges")

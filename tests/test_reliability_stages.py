@@ -12,21 +12,15 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
-import torch
 import yaml
-from transformers import GenerationConfig
 
-from conftest import SHARED_DATA, run_quality, stage, write_preference_judge
+from conftest import SHARED_DATA, save_untrained_model, split_builtin_records, stage, write_preference_judge
 from synthtrain.dedup import dedup
 from synthtrain.evaluation import suite
-from synthtrain.model import build_model, llama_config
 from synthtrain.params import ParamsError, StageError, load_params, parse_params
 from synthtrain.records import (RecordWriter, current_path, make_record, open_parquet, output_directory, output_transaction,
                                 write_output_text)
-from synthtrain.sources.download import download
-from synthtrain.tokens.encoding import load_tokenizer
 from synthtrain.tokens.packing import tokenize
 from synthtrain.training import CHECKPOINTS, find_checkpoint, make_room
 from test_train import PARAMS as TRAIN_PARAMS
@@ -207,22 +201,12 @@ EVAL_INPUTS = ("data/heldout", "data/raw/builtin_eval.parquet", "models/current"
 def eval_inputs(tmp_path_factory) -> Path:
     """Everything the eval stage reads: held-out records, built-in problems, judges and an untrained 1M model."""
     root = tmp_path_factory.mktemp("eval_inputs")
-    download(parse_params({"sources": {"builtin": {"kind": "builtin", "max_samples": 1000}}}), "builtin", root)
-    pool = pq.read_table(root / "data/raw/builtin.parquet")
-    for path, rows in (("data/dedup/train.parquet", pool.slice(0, 800)), ("data/heldout/builtin.parquet", pool.slice(800))):
-        (root / path).parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(rows, root / path)
-    run_quality(root)
+    split_builtin_records(root, 1000, 800)
     (root / "params.yaml").write_text(yaml.safe_dump(EVAL_PARAMS))
     for module in ("stages.builtin_eval", "stages.train_tokenizer", "stages.judges"):
         stage(root, module)
     write_preference_judge(root)
-    tokenizer = load_tokenizer(root / "models/tokenizer")
-    torch.manual_seed(0)
-    model = build_model(llama_config("1M", len(tokenizer), 64, tokenizer.eos_token_id, tokenizer.pad_token_id))
-    model.save_pretrained(root / "models/current")
-    tokenizer.save_pretrained(root / "models/current")
-    GenerationConfig(eos_token_id=[tokenizer.eos_token_id], pad_token_id=tokenizer.pad_token_id).save_pretrained(root / "models/current")
+    save_untrained_model(root, 64)
     return root
 
 
