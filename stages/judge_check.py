@@ -11,13 +11,13 @@ which the eval stage uses (docs/evaluation.md).
 """
 
 from synthtrain.cli import run_stage, stage_arguments
-from synthtrain.evaluation.judge_check import check_judges
+from synthtrain.evaluation.judge_check import run_judge_check
 from synthtrain.params import load_params
 
 
 def main(argv=None) -> None:
     args = stage_arguments("Check the zero-cost metrics against GPT-4's judgements").parse_args(argv)
-    check_judges(load_params(args.params))
+    run_judge_check(load_params(args.params))
 
 
 if __name__ == "__main__":

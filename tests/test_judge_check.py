@@ -108,7 +108,7 @@ def test_pairwise_agreement_counts_ties_as_half_and_follows_the_preferred_side()
 def test_the_stage_ranks_a_tiny_reference_and_writes_a_judge_the_eval_stage_can_use(tmp_path, monkeypatch):
     quality = write_reference(tmp_path / "ref")
     monkeypatch.chdir(tmp_path)
-    result = judge_check.check_judges(params_for(tmp_path / "ref"))
+    result = judge_check.run_judge_check(params_for(tmp_path / "ref"))
     written = json.loads((tmp_path / "metrics/judge_check.json").read_text())
     assert written["metrics"].keys() == result["metrics"].keys()
     learned = written["metrics"]["preference_judge"]["win_rate"]

@@ -20,6 +20,7 @@ is then trained on all models.
 """
 
 import csv
+import dataclasses
 import gzip
 import json
 import logging
@@ -53,11 +54,12 @@ PREFERENCE_FIELDS = ("model", "index", "instruction", "output_1", "output_2", "p
 # name with none of them is its own family (its first word). Folds only.
 FAMILIES = ("gemma", "llama", "qwen", "mixtral", "mistral", "zephyr", "claude", "gpt", "yi-", "yi_", "vicuna", "internlm", "tulu",
             "starling", "deepseek", "nanbeige", "samba", "storm", "moa", "hermes", "dbrx", "wizard", "blendax")
+CHARS, WORDS = Features(), Features(analyzer="word", ngrams=(1, 2))  # hash_bits from params
 # The variants of the learned judge, to show what each choice buys across folds.
 VARIANTS = {
-    "chars, rank target (chosen)": (Features(), "rank"),
-    "chars, logit target": (Features(), "logit"),
-    "word uni+bigrams, rank target": (Features(analyzer="word", ngrams=(1, 2)), "rank"),
+    "chars, rank target (chosen)": (CHARS, "rank"),
+    "chars, logit target": (CHARS, "logit"),
+    "word uni+bigrams, rank target": (WORDS, "rank"),
 }
 
 
@@ -176,13 +178,13 @@ def out_of_fold_scores(vectors: sparse.csr_matrix, pair_vectors: tuple[sparse.cs
     return reply_scores, pair_scores
 
 
-def pairwise_judge_scores(reference: Reference, folds: list[np.ndarray], config: JudgeCheck) -> tuple[np.ndarray, np.ndarray]:
+def pairwise_judge_scores(reference: Reference, word_vectors: tuple[sparse.csr_matrix, ...], folds: list[np.ndarray],
+                          config: JudgeCheck) -> tuple[np.ndarray, np.ndarray]:
     """A logistic judge trained on the per-prompt preferences only (the difference
-    of the two replies' word features), per fold on the other folds' models'
-    pairs; a fold with no pairs of other models scores with the all-pairs judge of none: 0."""
-    features = Features(analyzer="word", ngrams=(1, 2), hash_bits=config.hash_bits)
-    vectors = features.transform(reference.replies)
-    reference_vectors, reply_vectors = features.transform(reference.pair_reference), features.transform(reference.pair_reply)
+    of the two replies' word features: ``word_vectors`` of the replies, the
+    pairs' reference replies and their model replies), per fold on the other
+    folds' models' pairs; a fold with no pairs of other models scores 0."""
+    vectors, reference_vectors, reply_vectors = word_vectors
     difference = reply_vectors - reference_vectors
     preferred = (reference.pair_preference > 1.5).astype(int)
     reply_scores, pair_scores = np.zeros(len(reference.replies)), np.zeros(len(reference.pair_model))
@@ -239,7 +241,7 @@ def fold_spearman(scores: np.ndarray, target: np.ndarray, folds: list[np.ndarray
 
 # --- the check --------------------------------------------------------------------
 
-def check_judges(params: Params) -> dict:
+def run_judge_check(params: Params) -> dict:
     config = params.judge_check
     started = time.perf_counter()
     reference = read_reference(Path(config.reference))
@@ -254,30 +256,29 @@ def check_judges(params: Params) -> dict:
                                   - np.array([metric(r) for r in reference.pair_reference], dtype=float))
 
     log.info("fixed metrics done after %.0f s", time.perf_counter() - started)
-    vectors = {}
-    for variant, (features, _) in VARIANTS.items():
-        features = Features(features.analyzer, features.ngrams, config.hash_bits)
+    vectors = {}  # per feature kind: the vectors of the replies, the pairs' reference replies and their model replies
+    for features, _ in VARIANTS.values():
         if features not in vectors:
             log.info("hashing %s %s-grams", features.analyzer, features.ngrams)
-            vectors[features] = tuple(features.transform(texts) for texts in (reference.replies, reference.pair_reference, reference.pair_reply))
-    chosen = Features(hash_bits=config.hash_bits)
+            sized = dataclasses.replace(features, hash_bits=config.hash_bits)
+            vectors[features] = tuple(sized.transform(texts) for texts in (reference.replies, reference.pair_reference, reference.pair_reply))
     log.info("features done after %.0f s", time.perf_counter() - started)
 
     folds_report, ablation = {}, {}
     for scheme, folds in schemes.items():
         folds_report[scheme] = {}
         for variant, (features, kind) in VARIANTS.items():
-            reply_vectors, *pair_vectors = vectors[Features(features.analyzer, features.ngrams, config.hash_bits)]
+            reply_vectors, *pair_vectors = vectors[features]
             for target in TARGETS:
                 scores, pairs = out_of_fold_scores(reply_vectors, tuple(pair_vectors), reference, folds, target, kind, config.alpha)
                 summary = {t: fold_spearman(per_model(scores), reference.leaderboard[t], folds) for t in TARGETS}
                 ablation.setdefault(variant, {}).setdefault(scheme, {})[f"trained on {target}"] = summary
-                if features == VARIANTS["chars, rank target (chosen)"][0] and kind == "rank":
+                if variant == "chars, rank target (chosen)":
                     name = "preference_judge" if target == "win_rate" else "preference_judge_length_controlled"
                     folds_report[scheme][name] = summary
                     if scheme == "family":
                         reply_scores[name], pair_differences[name] = scores, pairs
-        scores, pairs = pairwise_judge_scores(reference, folds, config)
+        scores, pairs = pairwise_judge_scores(reference, vectors[WORDS], folds, config)
         folds_report[scheme]["pairwise_preference_judge"] = {t: fold_spearman(per_model(scores), reference.leaderboard[t], folds) for t in TARGETS}
         if scheme == "family":
             reply_scores["pairwise_preference_judge"], pair_differences["pairwise_preference_judge"] = scores, pairs
@@ -299,7 +300,7 @@ def check_judges(params: Params) -> dict:
                          for target in TARGETS}
         metrics[name].update(pairwise_agreement=agreement, models=count, prompts_scored=scored)
 
-    judge = PreferenceJudge.train(chosen, vectors[chosen][0], reference.reply_model, reference.leaderboard, config.alpha,
+    judge = PreferenceJudge.train(dataclasses.replace(CHARS, hash_bits=config.hash_bits), vectors[CHARS][0], reference.reply_model, reference.leaderboard, config.alpha,
                                   summary={"trained_on": f"{count} models' replies to {len(np.unique(reference.reply_prompt))} prompts",
                                            "reference": config.reference, "score": "predicted rank among the reference models "
                                            "(0 = last, 1 = first), by target"})
