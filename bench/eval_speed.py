@@ -41,6 +41,7 @@ sys.path.insert(0, str(REPO))
 from bench.machine import write_results  # noqa: E402
 from synthtrain.generation import Generator, load_model  # noqa: E402
 from synthtrain.evaluation.heldout import heldout_metrics  # noqa: E402
+from synthtrain.evaluation.ngram import NgramBaselines  # noqa: E402
 from synthtrain.params import load_params  # noqa: E402
 
 
@@ -83,7 +84,7 @@ def main() -> None:
     heldout = sorted((REPO / "data/heldout").glob("*.parquet"))
     started = time.perf_counter()
     metrics = heldout_metrics(model, tokenizer, heldout, args.records, params.tokenize.seq_len, params.eval.batch_size,
-                              params.tokenize.assistant_only)
+                              params.tokenize.assistant_only, NgramBaselines.fit(REPO / "data/tokens/train", len(tokenizer)))
     seconds = time.perf_counter() - started
     print(f"held-out scoring: {metrics['heldout_tokens']:,} tokens in {seconds:.1f} s, {metrics['heldout_tokens'] / seconds:,.0f} tokens/s")
     figures.update({"heldout_tokens": metrics["heldout_tokens"], "heldout_seconds": seconds,

@@ -8,61 +8,30 @@ from these files.
 
 import datetime
 import json
-import os
 import platform
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
+from synthtrain.hardware import cpu_info
+
 RESULTS = Path(__file__).resolve().parent / "results"
 REPO = RESULTS.parent.parent
-# The CPU flags that decide bf16 speed on a CPU: AMX tiles, AVX512-BF16, AVX-512, AVX2.
-FLAGS = ("avx512_bf16", "amx_bf16", "amx_tile", "avx512f", "avx2")
-
-
-def _cpuinfo() -> tuple[str | None, set[str]]:
-    """CPU model name and flags from /proc/cpuinfo, else from lscpu."""
-    model, flags = None, set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            key = key.strip()
-            if key == "model name" and model is None:
-                model = value.strip()
-            elif key == "flags" and not flags:
-                flags = set(value.split())
-    except OSError:
-        pass
-    if model is None or not flags:
-        try:
-            output = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        except (OSError, subprocess.CalledProcessError):
-            output = ""
-        for line in output.splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "Model name" and model is None:
-                model = value.strip()
-            elif key.strip() == "Flags" and not flags:
-                flags = set(value.split())
-    return model or platform.processor() or platform.machine(), flags
 
 
 def machine() -> dict:
     """CPU model, the bf16-relevant flags present, usable cores, torch, GPU, Python, date (UTC)."""
-    model, flags = _cpuinfo()
-    try:
-        import torch
-    except ImportError:  # a benchmark without torch still describes its machine
-        torch = None
+    cpu = cpu_info()
     return {
-        "cpu": model,
+        "cpu": cpu["cpu"],
         "arch": platform.machine(),
-        "cpu_flags": [flag for flag in FLAGS if flag in flags],
-        "cores": len(os.sched_getaffinity(0)),
-        "torch": torch.__version__ if torch else None,
-        "torch_threads": torch.get_num_threads() if torch else None,
-        "gpu": torch.cuda.get_device_name() if torch and torch.cuda.is_available() else None,
+        "cpu_flags": cpu["cpu_flags"],
+        "cores": cpu["cores"],
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "python": platform.python_version(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }

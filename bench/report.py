@@ -49,9 +49,11 @@ benchmark script, and the metrics files do not record the machine.
 
 TRAIN = """\
 The train stage times the bf16 and fp32 matmul peaks at start-up, computes in
-the faster precision (`train.precision: auto`) and reports MFU against that
-peak (`peak_source`). On CPU the run is deterministic: training again from
-scratch gives a byte-identical `model.safetensors`.
+the faster precision (`train.precision: auto`) and reports MFU against the best
+peak of that precision measured during the run or recorded on this machine
+before (`peak_source`, docs/training.md "MFU"). `compiled` says whether the
+step ran through torch.compile (`train.compile: auto`), `warmup_s` the first
+step's time (compiling included), which `tokens_per_s` leaves out.
 """
 
 EVAL = """\

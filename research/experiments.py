@@ -77,7 +77,7 @@ def training_cost(run: ExperimentRun, params: Params, estimate: Estimate) -> tup
     import torch
 
     from synthtrain.model import build_model, flops_per_token, llama_config, parameter_count
-    from synthtrain.training import GPU_PEAK_TFLOPS
+    from synthtrain.hardware import GPU_PEAK_TFLOPS
 
     model = run.sets.get("train.model", params.train.model)
     seq_len = run.sets.get("tokenize.seq_len", params.tokenize.seq_len)

@@ -29,7 +29,7 @@ class Experiment(Section):  # unknown keys fail with a did-you-mean hint, as in 
 
 
 class Estimate(Section):
-    gpu: str = Field(description="a name in train.GPU_PEAK_TFLOPS")
+    gpu: str = Field(description="a name in hardware.GPU_PEAK_TFLOPS")
     mfu: float = Field(gt=0.0, le=1.0, description="assumed model FLOPs utilisation")
     price_per_hour: float = Field(ge=0.0, description="USD per GPU-hour")
     budget_usd: float = Field(gt=0.0, description="the research plan's total")

@@ -506,7 +506,8 @@ class Train(Section):
     grad_clip: Float = Field(1.0, ge=0.0, description="max global gradient norm; 0: no clipping")
     precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto: bf16 autocast where bf16 matmuls are faster than fp32 (GPU, CPU with AMX/AVX512-BF16)")
     gradient_checkpointing: Bool = Field(False, description="recompute activations in backward: less memory, about 30% slower")
-    compile: Bool = Field(False, description="torch.compile the model (minutes of compiling; pays off on GPU)")
+    compile: Literal["auto"] | Bool = Field("auto", description="torch.compile the loss and its model: true, false, or auto: runs of at least "
+                                            "100 steps (a CPU compile takes about a minute; docs/training.md has the speed-ups)")
     eval_every: Int = Field(50, ge=1, description="steps between held-out evaluations")
     eval_sequences: Int = Field(256, ge=1, description="held-out sequences evaluated per source")
     checkpoint_every: Int = Field(50, ge=1, description="steps between checkpoints in models/checkpoint")

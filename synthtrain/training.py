@@ -29,6 +29,7 @@ import shutil
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +43,8 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 from transformers import GenerationConfig
 
+from synthtrain.hardware import (PEAK_DRIFT, PEAK_METHOD, cpu_info, datasheet_peak, device_name, matmul_peak, matmul_peaks, peak_drift,
+                                 record_peak, recorded_peak)
 from synthtrain.model import PRESETS, build_model, flops_per_token, llama_config, parameter_count
 from synthtrain.params import StageError, Train
 from synthtrain.records import output_directory
@@ -53,15 +56,10 @@ OUTPUT = Path("models/current")
 CHECKPOINTS = Path("models/checkpoint")
 LIVE = Path("metrics/train")
 
-# Dense bf16 tensor-core peaks from the vendors' datasheets, TFLOP/s; the first
-# name contained in torch.cuda.get_device_name() wins, so longer names go first.
-GPU_PEAK_TFLOPS = (
-    ("H100 PCIe", 756.0), ("H100", 989.4), ("H200", 989.4), ("A100", 312.0), ("L40S", 362.1), ("L40", 181.0),
-    ("L4", 121.0), ("RTX 4090", 165.2), ("RTX 3090", 71.0), ("RTX A6000", 154.8),
-)  # fmt: skip
 # Params that may change between a checkpoint and its resumption: they do not change the weights.
 RESUMABLE_CHANGES = {"launcher", "micro_batch", "gradient_checkpointing", "compile", "eval_every", "eval_sequences", "checkpoint_every",
                      "discard_checkpoint", "price_per_hour", "budget_usd", "max_hours", "over_budget", "guard_steps", "peak_tflops"}  # fmt: skip
+COMPILE_MIN_STEPS = 100  # train.compile: auto compiles runs at least this long
 LAST_STEPS = 10  # the summary's train loss is the mean of the last steps' losses
 CODE = (Path(__file__), Path(__file__).with_name("model.py"))  # a checkpoint resumes only under the code that wrote it
 
@@ -151,49 +149,88 @@ def layout(config: Train, seq_len: int, processes: int, train_sequences: int) ->
 
 
 # --- precision and peak ------------------------------------------------------------------------
-def matmul_flops(device: torch.device, dtype: torch.dtype, size: int = 2048, seconds: float = 1.0) -> float:
-    """FLOP/s of a size² matmul in dtype: the best of the single matmuls timed in
-    about `seconds` after a warm-up (the peak, not an average over interruptions)."""
-    a, b = torch.randn(size, size, device=device, dtype=dtype), torch.randn(size, size, device=device, dtype=dtype)
-    a @ b
-    best, start = math.inf, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        begun = time.perf_counter()
-        a @ b
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - begun)
-    return 2 * size**3 / best
-
-
-def device_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-
-
 def choose_precision(config: Train, device: torch.device, resumed: str | None = None) -> dict:
     """The precision to compute in (a resumed run's, else train.precision or the faster) and the device
-    peak that MFU divides by (FLOP/s, None when unknown)."""
+    peak that MFU divides by (FLOP/s, None when unknown): train.peak_tflops, else on a GPU its datasheet's,
+    on a CPU the measured one (hardware.matmul_peak; measured again at the end: ``final_peak``). A CPU's
+    datasheet peak is kept beside it where the model is known."""
     precision = resumed or (None if config.precision == "auto" else config.precision)
     if device.type == "cuda":
-        name = device_name(device)
         precision = precision or ("bf16" if torch.cuda.is_bf16_supported() else "fp32")
-        known = next((tflops for key, tflops in GPU_PEAK_TFLOPS if key in name), None)
-        peak, source = (config.peak_tflops, "train.peak_tflops") if config.peak_tflops else (known, f"datasheet bf16 peak of {name}")
-        return {"device": name, "precision": precision, "peak_flops": peak * 1e12 if peak else None, "peak_source": source}
-    measured = {"bf16": matmul_flops(device, torch.bfloat16), "fp32": matmul_flops(device, torch.float32)}
+        datasheet, source = datasheet_peak(device, precision)
+        peak, source = (config.peak_tflops * 1e12, "train.peak_tflops") if config.peak_tflops else (datasheet, source)
+        return {"device": device_name(device), "precision": precision, "peak_flops": peak, "peak_source": source}
+    measured = matmul_peaks(device)
     precision = precision or max(measured, key=measured.get)
-    peak, source = (config.peak_tflops * 1e12, "train.peak_tflops") if config.peak_tflops else (measured[precision], f"measured {precision} matmul")
-    return {"device": "cpu", "precision": precision, "peak_flops": peak, "peak_source": source,
-            "matmul_tflops": {name: round(flops / 1e12, 4) for name, flops in measured.items()}}
+    datasheet, datasheet_source = datasheet_peak(device, precision)
+    best = max(measured[precision], recorded_peak(precision) or 0.0)  # this machine's record, when it has one
+    peak, source = (config.peak_tflops * 1e12, "train.peak_tflops") if config.peak_tflops else (best, f"measured {precision} matmul")
+    return {"device": "cpu", **cpu_info(), "precision": precision, "peak_flops": peak, "peak_source": source, "peak_method": PEAK_METHOD,
+            "matmul_tflops": {name: round(flops / 1e12, 4) for name, flops in measured.items()},
+            "datasheet_peak_flops": datasheet, "datasheet_source": datasheet_source}
+
+
+def sample_peak(hardware: dict, device: torch.device, config: Train) -> None:
+    """Measure the CPU peak of the precision in use again (at each held-out evaluation) into hardware["peak_samples"]."""
+    if device.type == "cpu" and not config.peak_tflops:
+        dtype = torch.bfloat16 if hardware["precision"] == "bf16" else torch.float32
+        hardware.setdefault("peak_samples", []).append(matmul_peak(device, dtype))
+
+
+def final_peak(hardware: dict, device: torch.device, config: Train) -> dict:
+    """The peak measured once more after training, and the best of this run's measurements and of this
+    machine's record (hardware.recorded_peak) that MFU divides by: another job on the cores, or a slow
+    moment of a shared machine, lowers the measurements it overlaps only (docs/training.md, MFU)."""
+    if device.type == "cuda" or config.peak_tflops:
+        return {"peak_flops": hardware["peak_flops"]}
+    start, precision = hardware["matmul_tflops"][hardware["precision"]] * 1e12, hardware["precision"]
+    sample_peak(hardware, device, config)
+    end, this_run = hardware["peak_samples"][-1], max(start, *hardware["peak_samples"])
+    record = recorded_peak(precision)
+    record_peak(precision, this_run)
+    return {"peak_flops": max(this_run, record or 0.0), "peak_source": f"measured {precision} matmul, best of this run and this machine's record",
+            "peak_tflops_start": round(start / 1e12, 4), "peak_tflops_end": round(end / 1e12, 4), "peak_drift": round(peak_drift(start, end), 4),
+            "peak_tflops_this_run": round(this_run / 1e12, 4), "peak_measurements": 1 + len(hardware["peak_samples"]),
+            "peak_tflops_recorded_before": round(record / 1e12, 4) if record else None}
 
 
 # --- the step ---------------------------------------------------------------------------------
-def masked_loss_sum(model, tokens: torch.Tensor, mask: torch.Tensor, bf16: bool) -> torch.Tensor:
+def token_loss_sum(logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Summed cross-entropy of the tokens whose mask is 1, each predicted from the ones before it."""
-    with torch.autocast(tokens.device.type, dtype=torch.bfloat16, enabled=bf16):
-        logits = model(input_ids=tokens).logits
     targets = tokens[:, 1:].masked_fill(~mask[:, 1:], -100)
     return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=-100, reduction="sum")
+
+
+@dataclasses.dataclass(frozen=True)
+class LossSum:
+    """A micro-batch's summed loss: the model's logits (in bf16 autocast or fp32) through the token loss,
+    both possibly torch.compile'd (``compiled``)."""
+
+    forward: Callable
+    bf16: bool
+    token_loss: Callable = token_loss_sum
+
+    def __call__(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(tokens.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            logits = self.forward(input_ids=tokens).logits
+        return self.token_loss(logits, tokens, mask)
+
+
+def compiled(model, bf16: bool) -> LossSum:
+    """The loss through torch.compile'd model and token loss (inductor fuses the norms, activations,
+    casts and the vocabulary's log-softmax). On a CPU the attention runs eager, as matmuls and a softmax
+    that inductor fuses: the CPU SDPA kernel is opaque to it and slower at these head widths
+    (docs/training.md has the profile). The attention setting is not saved with the model."""
+    if next(model.parameters()).device.type == "cpu":
+        unwrapped = model.module if hasattr(model, "module") else model
+        unwrapped.set_attn_implementation("eager")
+    return LossSum(torch.compile(model), bf16, torch.compile(token_loss_sum))
+
+
+def compile_this_run(config: Train, steps_left: int) -> bool:
+    """train.compile, where auto compiles runs of COMPILE_MIN_STEPS or more: a CPU compile takes about a
+    minute and the compiled step saves about a second (docs/training.md)."""
+    return config.compile is True or (config.compile == "auto" and steps_left >= COMPILE_MIN_STEPS)
 
 
 def learning_rate(step: int, steps: int, config: Train) -> float:
@@ -213,11 +250,11 @@ def adamw(model, config: Train, device: torch.device) -> torch.optim.AdamW:
     matrices = [p for p in model.parameters() if p.dim() >= 2]
     vectors = [p for p in model.parameters() if p.dim() < 2]
     groups = [{"params": matrices, "weight_decay": config.weight_decay}, {"params": vectors, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=config.lr, betas=(config.beta1, config.beta2), eps=1e-8, fused=device.type == "cuda")
+    return torch.optim.AdamW(groups, lr=config.lr, betas=(config.beta1, config.beta2), eps=1e-8, fused=True)  # one kernel per step on GPU and CPU alike
 
 
 def train_step(model, optimizer, accelerator: Accelerator, data: TokenSet, plan: Layout, step: int, micro_batch: int,
-               bf16: bool, grad_clip: float) -> tuple[float, float]:
+               loss_sum_of: LossSum, grad_clip: float) -> tuple[float, float]:
     """One optimizer step on the step's global batch; returns (mean loss over the batch, gradient norm)."""
     first = step * plan.sequences_per_step
     normaliser = max(1, data.loss_tokens(first, plan.sequences_per_step))
@@ -227,7 +264,7 @@ def train_step(model, optimizer, accelerator: Accelerator, data: TokenSet, plan:
         tokens, mask = data.batch(mine + micro * micro_batch, micro_batch, accelerator.device)
         last = micro == plan.accumulation - 1
         with contextlib.nullcontext() if last else accelerator.no_sync(model):
-            micro_loss = masked_loss_sum(model, tokens, mask, bf16)
+            micro_loss = loss_sum_of(tokens, mask)
             accelerator.backward(micro_loss * (accelerator.num_processes / normaliser))
         loss_sum += micro_loss.detach()
     loss = accelerator.reduce(loss_sum, "sum").item() / normaliser
@@ -257,7 +294,9 @@ def out_of_memory_advice(config: Train, error: BaseException) -> str:
 
 
 def evaluate(model, heldout: dict[str, TokenSet], config: Train, accelerator: Accelerator, bf16: bool) -> dict[str, float]:
-    """Mean loss per held-out set on its first eval_sequences (a multiple of the processes), and over all."""
+    """Mean loss per held-out set on its first eval_sequences (a multiple of the processes), and over all.
+    Uncompiled: the last batch of a set is smaller, and a new shape would compile again."""
+    loss_sum_of = LossSum(model, bf16)
     model.eval()
     sums, total = {}, torch.zeros(2, device=accelerator.device)
     with torch.no_grad():
@@ -267,7 +306,7 @@ def evaluate(model, heldout: dict[str, TokenSet], config: Train, accelerator: Ac
             local = torch.zeros(2, device=accelerator.device)
             for offset in range(0, per_process, config.micro_batch):
                 tokens, mask = data.batch(first + offset, min(config.micro_batch, per_process - offset), accelerator.device)
-                local += torch.stack([masked_loss_sum(model, tokens, mask, bf16), mask[:, 1:].sum()])
+                local += torch.stack([loss_sum_of(tokens, mask), mask[:, 1:].sum()])
             sums[name] = accelerator.reduce(local, "sum")
             total += sums[name]
     model.train()
@@ -480,12 +519,12 @@ def train(params) -> dict:
     model, optimizer = accelerator.prepare(model, optimizer)
     if state:
         load_checkpoint_optimizer_and_rng(accelerator, optimizer, found.directory)
-    if config.compile:
-        model = torch.compile(model)
 
     step = state["step"] if state else 0
+    compiling = compile_this_run(config, plan.steps - step)
+    loss_sum_of = compiled(model, bf16) if compiling else LossSum(model, bf16)
     history: list[dict] = state["history"] if state else []
-    seconds = state["seconds"] if state else {"wall": 0.0, "steps": 0.0}
+    seconds = state["seconds"] if state else {"wall": 0.0, "steps": 0.0, "timed_steps": 0, "warmup": 0.0}
     peak = hardware["peak_flops"] * accelerator.num_processes if hardware["peak_flops"] else None
     say(accelerator, f"{config.model} preset: {parameters:,} parameters, {flops / 1e6:.1f} MFLOP per token; {hardware['precision']} on "
                      f"{hardware['device']} x {accelerator.num_processes}, peak {hardware['peak_flops'] / 1e12 if peak else float('nan'):.3f} "
@@ -532,13 +571,16 @@ def train(params) -> dict:
                 group["lr"] = lr
             started = time.perf_counter()
             try:
-                loss, grad_norm = train_step(model, optimizer, accelerator, data, plan, step, config.micro_batch, bf16, config.grad_clip)
+                loss, grad_norm = train_step(model, optimizer, accelerator, data, plan, step, config.micro_batch, loss_sum_of, config.grad_clip)
             except NonFiniteLoss as error:
                 last = f"the checkpoint of step {kept['step']} in {kept['in']} is kept" if kept else "no checkpoint of this run was written yet"
                 raise StageError(f"{error} at step {step + 1}: training stopped; {last}. Lower train.lr or raise train.warmup_steps "
                                  "(a changed param starts afresh)") from None
             elapsed = time.perf_counter() - started
-            seconds["steps"] += elapsed
+            # a session's first step warms up (and compiles): its time is kept apart from the step speed
+            warming_up = not guard_times
+            seconds["warmup" if warming_up else "steps"] += elapsed
+            seconds["timed_steps"] += 0 if warming_up else 1
             step += 1
             tokens_per_s = config.batch_tokens / elapsed
             record = {"step": step, "train/loss": loss, "train/lr": lr, "train/grad_norm": grad_norm,
@@ -546,6 +588,8 @@ def train(params) -> dict:
             if step % config.eval_every == 0 or step == plan.steps:
                 final = evaluate(model, heldout, config, accelerator, bf16)
                 record["heldout/loss"] = final.get("all")
+                if accelerator.is_main_process and step < plan.steps:
+                    sample_peak(hardware, accelerator.device, config)
             history.append(record)
             log_step(live, record)
             progress.update(1)
@@ -577,8 +621,15 @@ def train(params) -> dict:
 
     if final is None:  # resumed from the last step's checkpoint: nothing evaluated in this session
         final = evaluate(model, heldout, config, accelerator, bf16)
+    if accelerator.is_main_process:
+        hardware = hardware | final_peak(hardware, accelerator.device, config)
+        if hardware.get("peak_drift", 0) > PEAK_DRIFT:
+            say(accelerator, f"warning: the {hardware['precision']} matmul peak was {hardware['peak_tflops_start']:.3f} TFLOP/s at start-up and "
+                             f"{hardware['peak_tflops_end']:.3f} at the end ({hardware['peak_drift']:.0%} apart): another job shared the cores "
+                             "during one of them; MFU divides by the larger")
     weights = accelerator.get_state_dict(model)
-    summary = summarise(config, plan, history, seconds, final, parameters, flops, hardware, accelerator.num_processes, data, seq_len)
+    summary = summarise(config, plan, history, seconds, final, parameters, flops, hardware, accelerator.num_processes, data, seq_len,
+                        compiling)
     if accelerator.is_main_process:
         save_model(accelerator.unwrap_model(model), weights, tokenizer, metadata)
         live.summary.update(summary)
@@ -605,19 +656,29 @@ def check_budget(accelerator: Accelerator, config: Train, plan: Layout, step: in
 
 
 def summarise(config: Train, plan: Layout, history: list[dict], seconds: dict, heldout: dict, parameters: int, flops: float,
-              hardware: dict, processes: int, data: TokenSet, seq_len: int) -> dict:
+              hardware: dict, processes: int, data: TokenSet, seq_len: int, compiling: bool) -> dict:
     tokens = plan.steps * config.batch_tokens
-    tokens_per_s = tokens / seconds["steps"]
+    if seconds["timed_steps"]:
+        tokens_per_s = seconds["timed_steps"] * config.batch_tokens / seconds["steps"]
+    else:  # every step was a session's first
+        tokens_per_s = tokens / seconds["warmup"]
     peak = hardware["peak_flops"]
     device_hours = seconds["wall"] * processes / 3600
+    datasheet = hardware.get("datasheet_peak_flops")
+    measurement = {key: hardware[key] for key in ("cpu", "cpu_flags", "cores", "peak_method", "peak_tflops_start", "peak_tflops_end",
+                                                  "peak_drift", "peak_tflops_this_run", "peak_measurements", "peak_tflops_recorded_before",
+                                                  "matmul_tflops", "datasheet_source") if key in hardware}  # fmt: skip
     return {
         "model": config.model, "parameters": parameters, "flops_per_token": flops, "precision": hardware["precision"],
         "device": hardware["device"], "processes": processes, "peak_tflops": peak / 1e12 if peak else None,
-        "peak_source": hardware["peak_source"], **({"matmul_tflops": hardware["matmul_tflops"]} if "matmul_tflops" in hardware else {}),
+        "peak_source": hardware["peak_source"], **measurement,
+        "datasheet_peak_tflops": datasheet / 1e12 if datasheet else None,
+        "mfu_vs_datasheet": flops * tokens_per_s / (datasheet * processes) if datasheet else None,
         "steps": plan.steps, "tokens": tokens, "epochs": round(tokens / (data.sequences * seq_len), 4),
         "train_loss": sum(r["train/loss"] for r in history[-LAST_STEPS:]) / len(history[-LAST_STEPS:]),
         "heldout_loss": heldout.get("all"), "heldout_by_source": {name: loss for name, loss in heldout.items() if name != "all"},
-        "wall_time_s": round(seconds["wall"], 1), "tokens_per_s": round(tokens_per_s, 1),
+        "wall_time_s": round(seconds["wall"], 1), "warmup_s": round(seconds["warmup"], 1), "compiled": compiling,
+        "tokens_per_s": round(tokens_per_s, 1),
         "mfu": flops * tokens_per_s / (peak * processes) if peak else None,
         "device_hours": round(device_hours, 5), "cost_usd": round(device_hours * config.price_per_hour, 4),
     }  # fmt: skip

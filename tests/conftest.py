@@ -38,6 +38,14 @@ def split_builtin_records(root: Path, records: int, train: int) -> None:
     run_quality(root)
 
 
+def write_train_tokens(root: Path) -> None:
+    """data/tokens/ from root's data/dedup/train.parquet as the training mix (the eval stage fits its n-gram
+    baselines on data/tokens/train), by the tokenize stage with root's params and models/tokenizer."""
+    (root / "data/mix").mkdir(parents=True, exist_ok=True)
+    (root / "data/mix/train.parquet").symlink_to(root / "data/dedup/train.parquet")
+    stage(root, "stages.tokenize")
+
+
 def save_untrained_model(root: Path, seq_len: int, end_tokens: tuple[str, ...] = ()) -> None:
     """models/current: an untrained 1M model (seed 0) with models/tokenizer, stopping at EOS and ``end_tokens``."""
     import torch

@@ -14,12 +14,13 @@ import pytest
 import torch
 import yaml
 
-from conftest import SHARED_DATA, save_untrained_model, split_builtin_records, stage, write_preference_judge
+from conftest import SHARED_DATA, save_untrained_model, split_builtin_records, stage, write_preference_judge, write_train_tokens
 from synthtrain.world.corpus import CorpusGenerator
 from synthtrain.world.facts import World
 from synthtrain.evaluation.behaviour import run_suites
 from synthtrain.generation import Reply
 from synthtrain.evaluation.heldout import heldout_metrics, packed
+from synthtrain.evaluation.ngram import NgramBaselines
 from synthtrain.evaluation.answers import extracted, is_correct, task_accuracy
 from synthtrain.model import build_model, llama_config
 from synthtrain.params import parse_params
@@ -106,9 +107,20 @@ def test_bits_per_byte_of_a_hand_made_record_equals_the_hand_count(tmp_path):
         nats += float(losses[start - 1: start - 1 + len(reply_ids)].sum())
     by_hand = nats / math.log(2) / sum(len(reply.encode()) for reply in replies)
 
+    # n-gram baselines fitted on the wiki lines the tokenizer learned from, scored on the same tokens as the model
+    wiki = [token for line in (SHARED_DATA / "human/wiki-sample.txt").read_text().splitlines()[:500] for token in tokenizer(line)["input_ids"]]
+    rows = np.array(wiki[: len(wiki) // 128 * 128], dtype=np.uint16).reshape(-1, 128)
+    (tmp_path / "tokens").mkdir()
+    np.save(tmp_path / "tokens/tokens-00000.npy", rows)
+    np.save(tmp_path / "tokens/mask-00000.npy", np.ones_like(rows, dtype=np.uint8))
+    (tmp_path / "tokens/index.json").write_text(json.dumps({"shards": [{"tokens": "tokens-00000.npy", "mask": "mask-00000.npy", "sequences": len(rows)}]}))
+    baselines = NgramBaselines.fit(tmp_path / "tokens", len(tokenizer))
     for assistant_only in (True, False):
-        metrics = heldout_metrics(model, tokenizer, [tmp_path / "hand.parquet"], 10, 128, 4, assistant_only)
+        metrics = heldout_metrics(model, tokenizer, [tmp_path / "hand.parquet"], 10, 128, 4, assistant_only, baselines)
         assert metrics["heldout_hand_instruction_bpb"] == pytest.approx(by_hand, abs=6e-5), assistant_only
+        for baseline in ("unigram", "bigram"):  # one category: its figures are the source's and the total's
+            figures = [metrics[f"heldout{part}_{baseline}_{kind}"] for part in ("_hand_instruction", "_hand", "") for kind in ("loss", "bpb")]
+            assert figures[0::2] == [figures[0]] * 3 and figures[1::2] == [figures[1]] * 3 and all(0 < f < 20 for f in figures)
         assert metrics["heldout_hand_instruction_tokens"] == (len(ids) - 1 if not assistant_only else
                                                                sum(len(tokenizer(r, add_special_tokens=False)["input_ids"]) + 1 for r in replies))
 
@@ -205,6 +217,7 @@ def random_model(tmp_path_factory) -> Path:
     stage(root, "stages.builtin_eval")
     stage(root, "stages.train_tokenizer")
     stage(root, "stages.judges")
+    write_train_tokens(root)
     write_preference_judge(root)
     save_untrained_model(root, 128, end_tokens=("<|im_end|>",))
     own_benchmarks(root)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import SHARED_DATA, save_untrained_model, split_builtin_records, stage, write_preference_judge
+from conftest import SHARED_DATA, save_untrained_model, split_builtin_records, stage, write_preference_judge, write_train_tokens
 from synthtrain.dedup import dedup
 from synthtrain.evaluation import suite
 from synthtrain.params import ParamsError, StageError, load_params, parse_params
@@ -194,7 +194,7 @@ EVAL_PARAMS = {"sources": {"builtin": {"kind": "builtin"}}, "builtin_eval": {"pe
                "tokenizer": {"vocab_size": VOCAB, "train_records": 500}, "tokenize": {"seq_len": 64},
                "eval": {"heldout_records": 50, "tasks_per_family": 2, "references": 4, "behaviour_per_suite": 1,
                         "generation": {"max_new_tokens": 4}, "judges": {"encoder": "hashing", "train_pairs": 100}}}
-EVAL_INPUTS = ("data/heldout", "data/raw/builtin_eval.parquet", "models/current", "models/judges", "models/preference_judge")
+EVAL_INPUTS = ("data/heldout", "data/raw/builtin_eval.parquet", "data/tokens", "models/current", "models/judges", "models/preference_judge")
 
 
 @pytest.fixture(scope="module")
@@ -205,6 +205,7 @@ def eval_inputs(tmp_path_factory) -> Path:
     (root / "params.yaml").write_text(yaml.safe_dump(EVAL_PARAMS))
     for module in ("stages.builtin_eval", "stages.train_tokenizer", "stages.judges"):
         stage(root, module)
+    write_train_tokens(root)
     write_preference_judge(root)
     save_untrained_model(root, 64)
     return root

@@ -20,6 +20,7 @@ import torch
 from tqdm import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from synthtrain.evaluation.ngram import NgramBaselines
 from synthtrain.records import BATCH_ROWS, CATEGORIES, open_parquet
 from synthtrain.tokens.encoding import encode, render
 
@@ -81,13 +82,25 @@ def summary(nats: float, tokens: int, content_nats: float, nbytes: int) -> dict:
     return {"loss": round(loss, 4), "ppl": round(math.exp(loss), 3), **bpb, "tokens": int(tokens)}
 
 
+SCORERS = ("model", "unigram", "bigram")
+
+
+def named(prefix: str, scorer: str, figures: dict) -> dict:
+    """The model's figures as ``<prefix>_<figure>``; a baseline's loss and bpb as ``<prefix>_<baseline>_<figure>``."""
+    if scorer == "model":
+        return {f"{prefix}_{key}": value for key, value in figures.items()}
+    return {f"{prefix}_{scorer}_{key}": value for key, value in figures.items() if key in ("loss", "bpb")}
+
+
 def heldout_metrics(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, paths: list[Path], limit: int,
-                    seq_len: int, batch_size: int, assistant_only: bool) -> dict:
+                    seq_len: int, batch_size: int, assistant_only: bool, baselines: NgramBaselines) -> dict:
     """Flat metrics ``heldout_<source>[_<category>]_{loss,ppl,bpb,tokens}`` and the
     totals ``heldout_{loss,ppl,bpb,tokens}``; a source with no records reports
     ``heldout_<source>_records: 0`` and no loss. Loss, perplexity and tokens are
-    over the loss mask; bits per byte over the content mask and bytes."""
-    metrics, grand = {}, np.zeros(4)  # nats and tokens of the loss mask, nats and bytes of the content
+    over the loss mask; bits per byte over the content mask and bytes. The n-gram
+    baselines fitted on the training tokens are scored on the same tokens:
+    ``..._unigram_{loss,bpb}`` and ``..._bigram_{loss,bpb}`` beside each."""
+    metrics, grand = {}, {name: np.zeros(4) for name in SCORERS}  # nats and tokens of the loss mask, nats and bytes of the content
     for path in paths:
         source = path.stem
         table = first_records(path, limit)
@@ -95,7 +108,7 @@ def heldout_metrics(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
         if table.num_rows == 0:
             log.warning("held-out set %s is empty: no loss reported for it", path)
             continue
-        totals = np.zeros(4)
+        totals = {name: np.zeros(4) for name in SCORERS}
         for category in tqdm(CATEGORIES, desc=f"held-out {source}", leave=False):
             subset = table.filter(pa.compute.equal(table.column("category"), category))
             if subset.num_rows == 0:
@@ -106,16 +119,21 @@ def heldout_metrics(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
             counted = int(mask[:, 1:].sum())
             if counted == 0:
                 continue
-            losses = token_losses(model, tokens, batch_size)
-            part = np.array([(losses * mask[:, 1:]).sum(), counted, (losses * content[:, 1:]).sum(), content_bytes(tokenizer, subset)])
-            metrics.update({f"heldout_{source}_{category}_{k}": v for k, v in summary(*part).items()})
-            totals += part
-        if totals[1]:
-            metrics.update({f"heldout_{source}_{k}": v for k, v in summary(*totals).items()})
-            grand += totals
-    if grand[1]:
-        metrics.update({f"heldout_{k}": v for k, v in summary(*grand).items()})
+            nbytes = content_bytes(tokenizer, subset)
+            losses = {"model": token_losses(model, tokens, batch_size), "unigram": baselines.unigram_losses(tokens),
+                      "bigram": baselines.bigram_losses(tokens)}  # fmt: skip
+            for name, scored in losses.items():
+                part = np.array([(scored * mask[:, 1:]).sum(), counted, (scored * content[:, 1:]).sum(), nbytes])
+                metrics.update(named(f"heldout_{source}_{category}", name, summary(*part)))
+                totals[name] += part
+        if totals["model"][1]:
+            for name in SCORERS:
+                metrics.update(named(f"heldout_{source}", name, summary(*totals[name])))
+                grand[name] += totals[name]
+    if grand["model"][1]:
+        for name in SCORERS:
+            metrics.update(named("heldout", name, summary(*grand[name])))
     else:
         log.warning("no held-out tokens to score: heldout_loss, ppl and bpb are not reported")
-    metrics["heldout_tokens"] = int(grand[1])
+    metrics["heldout_tokens"] = int(grand["model"][1])
     return metrics

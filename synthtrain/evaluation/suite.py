@@ -26,6 +26,7 @@ from synthtrain.world.facts import World
 from synthtrain.evaluation import behaviour, benchmarks, judges, textmetrics
 from synthtrain.generation import Generator, load_model
 from synthtrain.evaluation.heldout import first_records, heldout_metrics
+from synthtrain.evaluation.ngram import NgramBaselines
 from synthtrain.evaluation.answers import task_accuracy
 from synthtrain.evaluation import preference_judge
 from synthtrain.params import Params, StageError
@@ -36,6 +37,7 @@ MODEL = Path("models/current")
 JUDGES = Path("models/judges")
 PROBLEMS = Path("data/raw/builtin_eval.parquet")
 HELDOUT = Path("data/heldout")
+TRAIN_TOKENS = Path("data/tokens/train")  # the run's training mix, as the model saw it: the n-gram baselines' data
 OUT = Path("data/eval")
 PLOTS = Path("plots/eval")
 METRICS = Path("metrics/eval.json")
@@ -62,6 +64,8 @@ def check_inputs(params: Params) -> list[Path]:
     config = params.eval
     if (config.heldout_records or config.references) and not HELDOUT.is_dir():
         raise StageError(f"{HELDOUT}/ is missing: run `dvc repro dedup`, which holds out records there")
+    if config.heldout_records and not (TRAIN_TOKENS / "index.json").is_file():
+        raise StageError(f"{TRAIN_TOKENS}/ is missing (the n-gram baselines are fitted on it): run `dvc repro tokenize`")
     heldout = sorted(HELDOUT.glob("*.parquet"))
     for path in heldout:
         check_records(path, HELDOUT_COLUMNS, "run `dvc repro dedup` to write it again")
@@ -136,8 +140,10 @@ def evaluate(params: Params, model_dir: Path) -> dict:
     samples: list[dict] = []
 
     seq_len = min(params.tokenize.seq_len, getattr(model.config, "max_position_embeddings", params.tokenize.seq_len))
-    metrics.update(timed("heldout", seconds, heldout_metrics, model, tokenizer, heldout, config.heldout_records, seq_len,
-                         config.batch_size, params.tokenize.assistant_only))
+    if config.heldout_records:
+        baselines = NgramBaselines.fit(TRAIN_TOKENS, len(tokenizer))
+        metrics.update(timed("heldout", seconds, heldout_metrics, model, tokenizer, heldout, config.heldout_records, seq_len,
+                             config.batch_size, params.tokenize.assistant_only, baselines))
 
     problems = task_problems(config.tasks_per_family)
     replies = timed("tasks", seconds, generate, [p["prompt"] for p in problems], "tasks")
