@@ -1,11 +1,13 @@
 """report: the research experiments' results, from ``dvc exp show``, as plots and a results table.
 
-    python -m research.report [--profile cpu] [--out reports/results.md] [--plots plots/report]
+    python -m research.report [--profile cpu] [--out reports/results.md] [--plots plots/report] [--runs-only]
 
 Reads the runs of ``experiments/<profile>.yaml`` from ``dvc exp show --json -A``
 (the newest where a name ran twice) and writes ``reports/results.md``,
-``reports/runs.csv`` and ``plots/report/*.png``; the statistics (research/statistics.py)
-are described in docs/experiments.md.
+``reports/runs.csv`` (adding rows, keeping those of runs from other machines) and
+``plots/report/*.png``; the statistics (research/statistics.py) are described in
+docs/experiments.md. Profiles other than cpu write to ``reports/<profile>/``.
+``--runs-only`` adds the rows of the runs finished on HEAD to runs.csv and nothing else.
 """
 
 import argparse
@@ -27,7 +29,7 @@ from scipy.stats import spearmanr  # noqa: E402
 
 from research.statistics import (BIGRAM_MARGIN, CATEGORY_LOSS, NO_SIGNAL, SEEDS_NEEDED, SIGNAL, UNKNOWN, Comparison,  # noqa: E402
                                  Interval, Ranking, Signal, pairwise, rank, signal, t_interval, threshold_verdict)
-from synthtrain.experiments import ExperimentRun, expand, load_definition  # noqa: E402
+from synthtrain.experiments import ExperimentRun, expand, load_definition, report_dir, save_rows  # noqa: E402
 from synthtrain.params import StageError, load_params  # noqa: E402
 from synthtrain.cli import run_stage  # noqa: E402
 
@@ -97,8 +99,9 @@ class Result:
     loss_curve: list[tuple[int, float]] = field(default_factory=list)
 
 
-def exp_show() -> list[dict]:
-    shown = subprocess.run(["dvc", "exp", "show", "--json", "-A", "--no-pager"], capture_output=True, text=True)
+def exp_show(all_commits: bool = True) -> list[dict]:
+    """The experiments of every commit, or of HEAD only (seconds instead of minutes in a long history)."""
+    shown = subprocess.run(["dvc", "exp", "show", "--json", *(["-A"] if all_commits else []), "--no-pager"], capture_output=True, text=True)
     if shown.returncode != 0:
         raise StageError(f"dvc exp show failed: {shown.stderr.strip()}")
     return json.loads(shown.stdout)
@@ -125,11 +128,11 @@ def run_metrics(data: dict) -> dict[str, float]:
     return metrics
 
 
-def collect(runs: list[ExperimentRun]) -> tuple[list[Result], list[str]]:
+def collect(runs: list[ExperimentRun], all_commits: bool = True) -> tuple[list[Result], list[str]]:
     """Finished experiments named like ``runs`` (the newest of each name), and the names that are missing or failed."""
     wanted = {run.name: run for run in runs}
     newest: dict[str, tuple[str, dict]] = {}
-    for commit in exp_show():
+    for commit in exp_show(all_commits):
         for experiment in commit.get("experiments") or []:
             name, executor = experiment.get("name"), experiment.get("executor")
             revision = (experiment.get("revs") or [{}])[0]
@@ -661,14 +664,22 @@ def csv_keys(results: list[Result]) -> list[str]:
 
 
 def write_runs_csv(results: list[Result], path: Path) -> None:
+    """Add or replace the results' rows; rows of runs that finished elsewhere (another machine) stay."""
     keys = csv_keys(results)
-    with path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["name", "experiment", "config", "seed", "rev", *keys, "signal", "signal_reasons"])
-        for r in results:
-            label = signal(r.metrics)
-            writer.writerow([r.run.name, r.run.experiment, r.run.config, r.run.seed, r.rev[:7],
-                             *(f"{r.metrics[k]:.6g}" if k in r.metrics else "" for k in keys), label.label, "; ".join(label.reasons)])
+    rows = []
+    for r in results:
+        label = signal(r.metrics)
+        rows.append({"name": r.run.name, "experiment": r.run.experiment, "config": r.run.config, "seed": str(r.run.seed), "rev": r.rev[:7],
+                     **{k: f"{r.metrics[k]:.6g}" if k in r.metrics else "" for k in keys},
+                     "signal": label.label, "signal_reasons": "; ".join(label.reasons)})
+    save_rows(path, ["name", "experiment", "config", "seed", "rev", *keys, "signal", "signal_reasons"], rows)
+
+
+def record_runs(profile: str, path: Path) -> list[Result]:
+    """Only the rows of runs.csv, of the runs that finished on HEAD (research.experiments run calls it after each run)."""
+    results, _ = collect(expand(load_definition(profile)), all_commits=False)
+    write_runs_csv(results, path)
+    return results
 
 
 def report(profile: str, out: Path, plots: Path, sizes: dict[str, int]) -> tuple[list[Result], list[str]]:
@@ -692,9 +703,15 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description="Plots and a results table from the research experiments")
     parser.add_argument("--profile", default="cpu", help="experiments/<profile>.yaml")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--out", type=Path, default=Path("reports/results.md"))
+    parser.add_argument("--out", type=Path, help="default: reports/results.md, reports/<profile>/results.md for other profiles")
     parser.add_argument("--plots", type=Path, default=Path("plots/report"))
+    parser.add_argument("--runs-only", action="store_true", help="only add the rows of the runs finished on HEAD to runs.csv")
     args = parser.parse_args(argv)
+    args.out = args.out or report_dir(args.profile) / "results.md"
+    if args.runs_only:
+        results = record_runs(args.profile, args.out.with_name("runs.csv"))
+        print(f"report: {len(results)} runs finished on HEAD -> {args.out.with_name('runs.csv')}")
+        return
     results, missing = report(args.profile, args.out, args.plots, load_params(args.params).sample.sizes)
     print(f"report: {len(results)} runs ({len(missing)} missing or failed) -> {args.out}, {args.out.with_name('runs.csv')}, {args.plots}/*.png")
 
