@@ -3,11 +3,8 @@
 VENV := .venv
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-# The research experiments (docs/experiments.md): PROFILE picks experiments/<PROFILE>.yaml;
-# J runs that many experiments at a time, each with THREADS torch threads.
+# The research experiments (docs/experiments.md): PROFILE picks experiments/<PROFILE>.yaml.
 PROFILE ?= cpu
-J ?= 2
-THREADS ?= $(shell python3 -c "import os; print(max(1, (os.cpu_count() or 1) // $(J)))")
 
 .PHONY: repro test fuzz bench venv exp1 exp2 exp3 exp4 experiments report collapse
 
@@ -43,10 +40,11 @@ bench: venv
 	python bench/world_learnability.py --minutes 3 --records 30000 --problems 50
 	python -m bench.report
 
-# Queue an experiment's runs (skipping finished ones), run the queue, then report.
+# Check an experiment's runs, run each one that has no row in the profile's runs.csv (one at a
+# time; its row is added and committed as it finishes, so a clone elsewhere continues), then report.
 exp1 exp2 exp3: venv
-	python -m research.experiments queue $@ --profile $(PROFILE)
-	OMP_NUM_THREADS=$(THREADS) dvc exp run --run-all -j $(J)
+	python -m research.experiments check $@ --profile $(PROFILE)
+	python -m research.experiments run $@ --profile $(PROFILE) --commit
 	python -m research.report --profile $(PROFILE)
 
 # exp4 has no runs of its own: it correlates the metrics of every exp1-exp3 model.
@@ -54,8 +52,8 @@ exp4 report: venv
 	python -m research.report --profile $(PROFILE)
 
 experiments: venv
-	python -m research.experiments queue exp1 exp3 exp2 --profile $(PROFILE)
-	OMP_NUM_THREADS=$(THREADS) dvc exp run --run-all -j $(J)
+	python -m research.experiments check --profile $(PROFILE)
+	python -m research.experiments run exp1 exp3 exp2 --profile $(PROFILE) --commit
 	python -m research.report --profile $(PROFILE)
 
 # The distillation flywheel (docs/experiments.md: Model collapse): generations 0..collapse.generations,

@@ -1,8 +1,8 @@
-"""Benchmark: `make experiments J=2` (one torch thread each) against one experiment on every core.
+"""Benchmark: two experiments at a time (one torch thread each) against one experiment on every core.
 
-Is `make experiments J=2` (two runs at a time, one torch thread each) faster than J=1
-(one run using every core)? Baseline: one process training the CPU profile's model
-with all cores, measured in the same run.
+Are two runs at a time (`dvc exp run --run-all -j 2`, one torch thread each) faster than
+one run using every core, as `make experiments` runs them? Baseline: one process training
+the CPU profile's model with all cores, measured in the same run.
 
     python bench/experiment_parallelism.py [--model 1M] [--steps 8]
 
@@ -11,12 +11,14 @@ Times AdamW training steps of the model preset on random tokens (micro-batch 16 
 all threads, then in one process per core with one thread each, all at once, and
 prints the total tokens/s of each and their ratio.
 
-Why ``J=2`` is the Makefile's default: the 1M model's matmuls are too small for
-two threads to share well, and each experiment spends most of its non-training
-time in single-threaded Python (imports, tokenizing, generation loops, DVC's
-checkout and commit of the temporary workspace, and, on the first run of each
-new (sample.strategy, seed) pair, the three sample stages), which a second
-experiment overlaps.
+Why two at a time can pay: the 1M model's matmuls are too small for two threads
+to share well, and each experiment spends most of its non-training time in
+single-threaded Python (imports, tokenizing, generation loops, DVC's checkout and
+commit of the temporary workspace, and, on the first run of each new
+(sample.strategy, seed) pair, the three sample stages), which a second experiment
+overlaps. `make experiments` runs one at a time all the same, so that each run's
+row in runs.csv is recorded as it finishes; two at a time remain a choice by hand
+(docs/experiments.md).
 """
 
 import argparse

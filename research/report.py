@@ -1,18 +1,22 @@
 """report: the research experiments' results, from ``dvc exp show``, as plots and a results table.
 
-    python -m research.report [--profile cpu] [--out reports/results.md] [--plots plots/report]
+    python -m research.report [--profile cpu] [--out reports/results.md] [--plots plots/report] [--runs-only]
 
 Reads the runs of ``experiments/<profile>.yaml`` from ``dvc exp show --json -A``
 (the newest where a name ran twice) and writes ``reports/results.md``,
-``reports/runs.csv`` and ``plots/report/*.png``; the statistics are in
-docs/experiments.md.
+``reports/runs.csv`` (adding rows, keeping those of runs from other machines) and
+``plots/report/*.png``; the statistics (research/statistics.py) are described in
+docs/experiments.md. Profiles other than cpu write to ``reports/<profile>/``.
+``--runs-only`` adds the rows of the runs finished on HEAD to runs.csv and nothing else.
 """
 
 import argparse
 import csv
 import io
 import json
+import math
 import subprocess
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +27,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
-from synthtrain.experiments import ExperimentRun, expand, load_definition  # noqa: E402
+from research.statistics import (BIGRAM_MARGIN, CATEGORY_LOSS, NO_SIGNAL, SEEDS_NEEDED, SIGNAL, UNKNOWN, Comparison,  # noqa: E402
+                                 Interval, Ranking, Signal, pairwise, rank, signal, t_interval, threshold_verdict)
+from synthtrain.experiments import ExperimentRun, expand, load_definition, report_dir, save_rows  # noqa: E402
 from synthtrain.params import StageError, load_params  # noqa: E402
 from synthtrain.cli import run_stage  # noqa: E402
 
@@ -34,37 +40,55 @@ class Metric:
     label: str
     higher_is_better: bool
     digits: int = 3
+    baselines: tuple["Metric", ...] = ()  # the levels a model must beat on this metric: n-gram losses, chance
 
 
+# The eval's n-gram baselines, fitted on each run's own training tokens and scored on the held-out data.
+UNIGRAM_LOSS = Metric("heldout_unigram_loss", "unigram loss", False)
+BIGRAM_LOSS = Metric("heldout_bigram_loss", "bigram loss", False)
+UNIGRAM_BPB = Metric("heldout_unigram_bpb", "unigram bits/byte", False)
+BIGRAM_BPB = Metric("heldout_bigram_bpb", "bigram bits/byte", False)
+BENCHMARK_CHANCE = Metric("benchmark_chance", "chance (benchmark mean)", True)
+LOSS = Metric("heldout_loss", "held-out loss (nats/token)", False, baselines=(UNIGRAM_LOSS, BIGRAM_LOSS))
+PRIMARY = Metric("heldout_bpb", "held-out bits/byte", False, baselines=(UNIGRAM_BPB, BIGRAM_BPB))
+COHERENCE = Metric("judge_coherence_score", "judge: coherence", True)
+RELEVANCE = Metric("judge_relevance_score", "judge: relevance", True)
+PREFERENCE = Metric("judge_preference_rank_length_controlled", "preference judge (LC)", True)
 # exp4's cheap metrics: computed without a reference model or paid API.
 CHEAP = [
-    Metric("heldout_loss", "held-out loss (nats/token)", False),
-    Metric("heldout_bpb", "held-out bits/byte", False),
+    LOSS,
+    PRIMARY,  # held-out bits per byte: the one metric every run measures on the same data, with a clear scale
     Metric("rougeL", "ROUGE-L", True),
     Metric("diversity_distinct_2", "distinct-2", True),
     Metric("diversity_repetition_rate", "replies in loops", False),
-    Metric("judge_relevance_score", "judge: relevance", True),
-    Metric("judge_coherence_score", "judge: coherence", True),
-    Metric("judge_preference_rank_length_controlled", "preference judge (LC)", True),
+    RELEVANCE,
+    COHERENCE,
+    PREFERENCE,
     Metric("behaviour_mft_pass_rate", "MFT pass rate", True),
     Metric("behaviour_inv_consistency", "INV consistency", True),
 ]
 # exp4's references: verifiable answers of the built-in world, and lm-eval benchmarks.
 BENCHMARKS = ["blimp_acc", "arc_easy_acc", "piqa_acc", "winogrande_acc", "hellaswag_acc", "lambada_acc"]
+TASK_FAMILIES = ["fact_recall", "arithmetic", "word_problem", "string", "format"]
+TASKS = Metric("tasks_accuracy", "task accuracy", True)
+BENCHMARK_MEAN = Metric("benchmark_mean", "benchmark mean acc", True, baselines=(BENCHMARK_CHANCE,))
 REFERENCES = [
-    Metric("tasks_accuracy", "task accuracy", True),
-    *(Metric(key, key.removesuffix("_acc").replace("_", "-") + " acc", True) for key in BENCHMARKS),
-    Metric("benchmark_mean", "benchmark mean acc", True),
+    TASKS,
+    *(Metric(key, key.removesuffix("_acc").replace("_", "-") + " acc", True,
+             baselines=(Metric(key.replace("_acc", "_chance"), "chance", True),)) for key in BENCHMARKS),
+    BENCHMARK_MEAN,
 ]
 TRAINING_TOKENS = Metric("training_tokens", "training tokens", True, 0)
 REPLY_WORDS = Metric("response_words", "reply words", True, 1)
-BENCHMARK_CHANCE = Metric("benchmark_chance", "benchmark chance", True)
-TABLE = [TRAINING_TOKENS, CHEAP[1], CHEAP[0], REFERENCES[0], REFERENCES[-1], BENCHMARK_CHANCE, REFERENCES[1], CHEAP[6], CHEAP[5], CHEAP[2],
-         CHEAP[3], CHEAP[7], REPLY_WORDS]
-PRIMARY = CHEAP[1]  # held-out bits per byte: the one metric every run measures on the same data, with a clear scale
+TABLE = [TRAINING_TOKENS, PRIMARY, *PRIMARY.baselines, LOSS, *LOSS.baselines, TASKS, BENCHMARK_MEAN, *BENCHMARK_MEAN.baselines, REFERENCES[1],
+         COHERENCE, RELEVANCE, CHEAP[2], CHEAP[3], PREFERENCE, REPLY_WORDS]
 RHO_BAR = 0.8  # the research plan's bar for a cheap metric to stand in for a reference
 BOOTSTRAP = 2000
 JUDGE_CHECK = Path("metrics/judge_check.json")  # the judge_check stage: the cheap metrics against GPT-4 on real chat models
+# The research plan's other expected outcomes (the "Expected outcomes" table).
+PERPLEXITY_BAR = 20
+EXPECTED_POOL, SHARE_BAR = 50_000, 0.8  # "~50K samples give 80 % of the best"
+PLAN_MIX = "plan_40_30_30"
 
 
 @dataclass
@@ -75,8 +99,9 @@ class Result:
     loss_curve: list[tuple[int, float]] = field(default_factory=list)
 
 
-def exp_show() -> list[dict]:
-    shown = subprocess.run(["dvc", "exp", "show", "--json", "-A", "--no-pager"], capture_output=True, text=True)
+def exp_show(all_commits: bool = True) -> list[dict]:
+    """The experiments of every commit, or of HEAD only (seconds instead of minutes in a long history)."""
+    shown = subprocess.run(["dvc", "exp", "show", "--json", *(["-A"] if all_commits else []), "--no-pager"], capture_output=True, text=True)
     if shown.returncode != 0:
         raise StageError(f"dvc exp show failed: {shown.stderr.strip()}")
     return json.loads(shown.stdout)
@@ -103,11 +128,11 @@ def run_metrics(data: dict) -> dict[str, float]:
     return metrics
 
 
-def collect(runs: list[ExperimentRun]) -> tuple[list[Result], list[str]]:
+def collect(runs: list[ExperimentRun], all_commits: bool = True) -> tuple[list[Result], list[str]]:
     """Finished experiments named like ``runs`` (the newest of each name), and the names that are missing or failed."""
     wanted = {run.name: run for run in runs}
     newest: dict[str, tuple[str, dict]] = {}
-    for commit in exp_show():
+    for commit in exp_show(all_commits):
         for experiment in commit.get("experiments") or []:
             name, executor = experiment.get("name"), experiment.get("executor")
             revision = (experiment.get("revs") or [{}])[0]
@@ -126,24 +151,10 @@ def collect(runs: list[ExperimentRun]) -> tuple[list[Result], list[str]]:
     return results, missing
 
 
-# --- statistics ---------------------------------------------------------------------------------
-@dataclass
-class Summary:
-    mean: float
-    sd: float
-    n: int
-
-    def text(self, digits: int) -> str:
-        if digits == 0:
-            return f"{self.mean:,.0f}" + (f" ± {self.sd:,.0f}" if self.sd else "")
-        return f"{self.mean:.{digits}f} ± {self.sd:.{digits}f}"
-
-
-def summarise(results: list[Result], key: str) -> Summary | None:
+# --- statistics (the tests and intervals are in research/statistics.py) -------------------------
+def summarise(results: list[Result], key: str) -> Interval | None:
     values = [r.metrics[key] for r in results if key in r.metrics]
-    if not values:
-        return None
-    return Summary(float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0, len(values))
+    return t_interval(values) if values else None
 
 
 def by_config(results: list[Result], experiment: str) -> dict[str, list[Result]]:
@@ -154,17 +165,66 @@ def by_config(results: list[Result], experiment: str) -> dict[str, list[Result]]
     return groups
 
 
-def compare(a: Summary, b: Summary) -> tuple[float, float, bool]:
-    """(difference a - b, its standard error, whether it is beyond noise: more than 2 standard errors)."""
-    se = float(np.sqrt(a.sd**2 / a.n + b.sd**2 / b.n))
-    difference = a.mean - b.mean
-    return difference, se, se > 0 and abs(difference) > 2 * se  # one seed each: no noise estimate, never "beyond"
+def config_signal(group: list[Result]) -> Signal:
+    """No signal when none of the configuration's runs has any; signal when one has; otherwise unknown."""
+    signals = [signal(r.metrics) for r in group]
+    labels = {s.label for s in signals}
+    label = NO_SIGNAL if labels == {NO_SIGNAL} else SIGNAL if SIGNAL in labels else UNKNOWN
+    return Signal(label, tuple(dict.fromkeys(reason for s in signals if s.label == label for reason in s.reasons)))
 
 
-def noise_words(a: Summary, b: Summary, digits: int) -> str:
-    difference, se, beyond = compare(a, b)
-    verdict = "beyond noise" if beyond else "within noise"
-    return f"difference {difference:+.{digits}f}, {verdict} (2 SE = {2 * se:.{digits}f})"
+def signal_cell(group: list[Result]) -> str:
+    counts = Counter(signal(r.metrics).label for r in group)
+    return ", ".join(f"{count} {label}" for label, count in counts.items())
+
+
+class Family:
+    """One experiment's configurations on one metric: every pair of those with signal (or unknown) is
+    Welch-tested and Holm-adjusted as one family, whichever subset a sentence then ranks or compares."""
+
+    def __init__(self, groups: dict[str, list[Result]], metric: Metric):
+        self.groups, self.metric = groups, metric
+        self.signals = {config: config_signal(group) for config, group in groups.items()}
+        self.values = {config: values for config, group in groups.items() if self.signals[config].label != NO_SIGNAL
+                       and (values := [r.metrics[metric.key] for r in group if metric.key in r.metrics])}
+        self.comparisons = pairwise(self.values)
+
+    def interval(self, config: str) -> str:
+        return t_interval(self.values[config]).text(self.metric.digits)
+
+    def ranking(self, among: list[str] | None = None) -> tuple[Ranking | None, str]:
+        """The configurations (``among``, default all) ranked, and a sentence: a leader only when it is significantly
+        better than every other after Holm, otherwise every configuration tied with the best; no-signal ones unranked."""
+        among = list(self.groups) if among is None else among
+        silent = [config for config in among if self.signals[config].label == NO_SIGNAL]
+        unknown = [config for config in among if self.signals[config].label == UNKNOWN]
+        notes = (f"; no signal, so not ranked: {', '.join(silent)}" if silent else "") + \
+                (f"; baselines unknown (runs without the n-gram baselines) for {', '.join(unknown)}" if unknown else "")
+        values = {config: self.values[config] for config in among if config in self.values}
+        if len(values) < 2:
+            return None, f"fewer than two configurations with signal measured {self.metric.label}{notes}"
+        ranking = rank(values, self.metric.higher_is_better, self.comparisons)
+        best, direction = ranking.order[0], "highest" if self.metric.higher_is_better else "lowest"
+        if ranking.leader:
+            worst = max(self.comparisons[best, config].adjusted for config in ranking.order[1:])
+            text = (f"the {direction} {self.metric.label} is **{best}** ({self.interval(best)}), "
+                    f"significantly {'above' if self.metric.higher_is_better else 'below'} every other configuration (Holm p ≤ {worst:.3g})")
+        else:
+            text = (f"tied: {', '.join(ranking.tied)} (no significant difference after Holm from the {direction} {self.metric.label}, "
+                    f"{best} {self.interval(best)}; against the runner-up {ranking.order[1]}: {ranking.lead.text(self.metric.digits)})")
+        if ranking.needs_seeds:
+            text += f"; needs {SEEDS_NEEDED} seeds"
+        return ranking, text + notes
+
+    def compare(self, a: str, b: str) -> tuple[Comparison | None, str]:
+        """a against b within the family, or why there is no comparison."""
+        silent = [config for config in (a, b) if self.signals[config].label == NO_SIGNAL]
+        if silent:
+            return None, f"no signal from {' or '.join(silent)}, so no conclusion"
+        if a not in self.values or b not in self.values:
+            return None, f"{self.metric.label} not measured"
+        comparison = self.comparisons[a, b]
+        return comparison, f"{a} {self.interval(a)} against {b} {self.interval(b)}, {comparison.text(self.metric.digits)}"
 
 
 def spearman(x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> tuple[float, float, float] | None:
@@ -199,7 +259,33 @@ def correlations(results: list[Result], seed: int = 0) -> dict[tuple[str, str], 
 
 
 # --- plots --------------------------------------------------------------------------------------
-PANELS = [PRIMARY, REFERENCES[-1], CHEAP[6]]  # held-out bpb, benchmark mean, coherence judge
+PANELS = [PRIMARY, BENCHMARK_MEAN, COHERENCE]
+LINE_STYLES = {"unigram": ("grey", ":"), "bigram": ("grey", "--")}  # by a baseline's first word; the rest are chance levels
+CHANCE_STYLE = ("tab:red", "-.")
+ERROR_BARS = "mean and 95 % t-interval over seeds"
+
+
+def draw_baselines(axis, group: list[Result], metric: Metric, left: float, right: float, labelled: set[str]) -> None:
+    """The configuration's own baselines on ``metric`` (the mean over its runs) as horizontal segments."""
+    for baseline in metric.baselines:
+        if level := summarise(group, baseline.key):
+            color, style = LINE_STYLES.get(baseline.label.split()[0], CHANCE_STYLE)
+            axis.hlines(level.mean, left, right, colors=color, linestyles=style, label=None if baseline.label in labelled else baseline.label)
+            labelled.add(baseline.label)
+
+
+def legend(axis) -> None:
+    if axis.get_legend_handles_labels()[0]:  # an experiment without finished runs draws nothing to name
+        axis.legend(fontsize=7)
+
+
+def finish_axis(axis, metric: Metric) -> None:
+    """Labels, and an axis that shows chance and the baselines: hlines widen it; a score's axis starts at 0."""
+    axis.set_ylabel(metric.label + (" (lower is better)" if not metric.higher_is_better else ""))
+    if metric.higher_is_better:
+        axis.set_ylim(bottom=0)
+    axis.grid(alpha=0.3)
+    legend(axis)
 
 
 def plot_quality_vs_quantity(results: list[Result], sizes: dict[str, int], path: Path) -> None:
@@ -207,20 +293,21 @@ def plot_quality_vs_quantity(results: list[Result], sizes: dict[str, int], path:
     figure, axes = plt.subplots(1, len(PANELS), figsize=(5 * len(PANELS), 4), constrained_layout=True)
     strategies = sorted({r.run.sets.get("sample.strategy") for rs in groups.values() for r in rs})
     for axis, metric in zip(axes, PANELS):
+        labelled: set[str] = set()
         for strategy in strategies:
             for epoch, style in ((False, "-o"), (True, "s")):
-                points = [(sizes[rs[0].run.sets["mix.pool"]], summarise(rs, metric.key)) for rs in groups.values()
-                          if rs[0].run.sets.get("sample.strategy") == strategy and (rs[0].run.sets.get("train.tokens", 0) is None) == epoch]
-                points = sorted((size, s) for size, s in points if s)
+                series = sorted(((sizes[g[0].run.sets["mix.pool"]], g) for g in groups.values() if g[0].run.sets.get("sample.strategy") == strategy
+                                 and (g[0].run.sets.get("train.tokens", 0) is None) == epoch), key=lambda point: point[0])
+                points = [(size, group, s) for size, group in series if (s := summarise(group, metric.key))]
                 if points:
-                    axis.errorbar([p[0] for p in points], [p[1].mean for p in points], yerr=[p[1].sd for p in points], fmt=style,
+                    axis.errorbar([p[0] for p in points], [p[2].mean for p in points], yerr=[p[2].half_width for p in points], fmt=style,
                                   capsize=3, label=f"{strategy}, {'one epoch' if epoch else 'equal compute'}")
+                for size, group, _ in points:
+                    draw_baselines(axis, group, metric, size / 1.3, size * 1.3, labelled)
         axis.set_xscale("log")
         axis.set_xlabel("pool size (records, log scale)")
-        axis.set_ylabel(metric.label + (" (lower is better)" if not metric.higher_is_better else ""))
-        axis.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    figure.suptitle("exp2: quality against quantity (mean ± sd over seeds)")
+        finish_axis(axis, metric)
+    figure.suptitle(f"exp2: quality against quantity ({ERROR_BARS}; each point's n-gram baselines and chance as horizontal lines)")
     figure.savefig(path, dpi=110)
     plt.close(figure)
 
@@ -228,17 +315,18 @@ def plot_quality_vs_quantity(results: list[Result], sizes: dict[str, int], path:
 def plot_mix(results: list[Result], path: Path) -> None:
     groups = by_config(results, "exp3")
     names = list(groups)
-    figure, axes = plt.subplots(1, len(PANELS), figsize=(5 * len(PANELS), 4), constrained_layout=True)
+    figure, axes = plt.subplots(1, len(PANELS), figsize=(5 * len(PANELS), 4.5), constrained_layout=True)
     for axis, metric in zip(axes, PANELS):
-        summaries = [summarise(groups[n], metric.key) for n in names]
-        axis.barh(names, [s.mean if s else 0 for s in summaries], xerr=[s.sd if s else 0 for s in summaries], capsize=3, color="tab:blue")
-        axis.set_xlabel(metric.label + (" (lower is better)" if not metric.higher_is_better else ""))
-        low = min((s.mean - s.sd for s in summaries if s), default=0)
-        high = max((s.mean + s.sd for s in summaries if s), default=1)
-        axis.set_xlim(low - 0.1 * (high - low + 1e-9), high + 0.1 * (high - low + 1e-9))
-        axis.grid(axis="x", alpha=0.3)
-    axes[0].set_ylabel("mix strategy")
-    figure.suptitle("exp3: mixing strategies at an equal token budget (mean ± sd over seeds)")
+        shown = [(i, s) for i, name in enumerate(names) if (s := summarise(groups[name], metric.key))]
+        axis.errorbar([i for i, _ in shown], [s.mean for _, s in shown], yerr=[s.half_width for _, s in shown], fmt="o", capsize=3,
+                      color="tab:blue", label="model")
+        labelled: set[str] = set()
+        for i, name in enumerate(names):
+            draw_baselines(axis, groups[name], metric, i - 0.4, i + 0.4, labelled)
+        axis.set_xticks(range(len(names)), [name + (" (no signal)" if config_signal(groups[name]).label == NO_SIGNAL else "") for name in names],
+                        rotation=30, ha="right")
+        finish_axis(axis, metric)
+    figure.suptitle(f"exp3: mixing strategies at an equal token budget ({ERROR_BARS}; n-gram baselines and chance per mix)")
     figure.savefig(path, dpi=110)
     plt.close(figure)
 
@@ -261,91 +349,112 @@ def plot_correlation(table: dict, path: Path) -> None:
 def plot_loss_curves(results: list[Result], experiments: list[str], path: Path) -> None:
     figure, axes = plt.subplots(1, len(experiments), figsize=(5 * len(experiments), 4), constrained_layout=True, squeeze=False)
     for axis, experiment in zip(axes[0], experiments):
-        for config, group in by_config(results, experiment).items():
+        groups = by_config(results, experiment)
+        for config, group in groups.items():
             curves = [dict(r.loss_curve) for r in group if r.loss_curve]
             steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
             if steps:
                 axis.plot(steps, [np.mean([c[s] for c in curves]) for s in steps], label=config)
+        for baseline in LOSS.baselines:  # on held-out data, so a reference level for the training loss, not its floor
+            if level := summarise([r for group in groups.values() for r in group], baseline.key):
+                color, style = LINE_STYLES[baseline.label.split()[0]]
+                axis.axhline(level.mean, color=color, linestyle=style, label=f"held-out {baseline.label} (mean of runs)")
         axis.set_title(experiment)
         axis.set_xlabel("step (8,192 tokens each)")
         axis.set_ylabel("training loss (nats/token, mean over seeds)")
         axis.grid(alpha=0.3)
-        axis.legend(fontsize=7)
+        legend(axis)
     figure.savefig(path, dpi=110)
     plt.close(figure)
 
 
 # --- the markdown -------------------------------------------------------------------------------
+BASELINE_KEYS = {b.key for m in (*CHEAP, *REFERENCES) for b in m.baselines}
+
+
 def table(groups: dict[str, list[Result]]) -> list[str]:
     if not groups:
         return ["No finished run yet."]
     metrics = [m for m in TABLE if any(summarise(g, m.key) for g in groups.values())]
-    lines = ["| run | seeds | " + " | ".join(m.label + ("" if m.higher_is_better or m is TRAINING_TOKENS else " ↓") for m in metrics) + " |",
-             "|---|---:|" + "---:|" * len(metrics)]
+    arrow = lambda m: "" if m.higher_is_better or m is TRAINING_TOKENS or m.key in BASELINE_KEYS else " ↓"
+    lines = ["| run | seeds | signal | " + " | ".join(m.label + arrow(m) for m in metrics) + " |", "|---|---:|---|" + "---:|" * len(metrics)]
     for config, group in groups.items():
         cells = [(s.text(m.digits) if (s := summarise(group, m.key)) else "–") for m in metrics]
-        lines.append(f"| {config} | {len(group)} | " + " | ".join(cells) + " |")
+        lines.append(f"| {config} | {len(group)} | {signal_cell(group)} | " + " | ".join(cells) + " |")
     return lines
 
 
-def best(groups: dict[str, list[Result]], metric: Metric) -> list[tuple[str, Summary]]:
-    ranked = [(name, s) for name, g in groups.items() if (s := summarise(g, metric.key))]
-    return sorted(ranked, key=lambda item: item[1].mean, reverse=metric.higher_is_better)
+def category_prefixes(results: list[Result]) -> list[str]:
+    """``heldout_<source>_<category>`` of every category loss any run measured."""
+    return sorted({key.removesuffix("_loss") for r in results for key in r.metrics if CATEGORY_LOSS.fullmatch(key)})
 
 
-def leaders(groups: dict[str, list[Result]], experiment: str) -> tuple[list[tuple[str, Summary]], str]:
-    """The configurations ranked by the primary metric, and a sentence on the first two."""
-    ranked = best(groups, PRIMARY)
-    if len(ranked) < 2:
-        return ranked, f"{experiment} has fewer than two finished configurations."
-    (first, a), (second, b) = ranked[0], ranked[1]
-    return ranked, f"the lowest held-out bits per byte is **{first}** ({a.text(3)}), then {second} ({b.text(3)}): {noise_words(a, b, 3)}"
+CATEGORY_COLUMNS = (("_loss", "model"), ("_bigram_loss", "bigram"), ("_unigram_loss", "unigram"))
+
+
+def category_table(groups: dict[str, list[Result]]) -> list[str]:
+    """Held-out loss per source and category next to its n-gram baselines: what 'no signal' is judged on."""
+    prefixes = category_prefixes([r for group in groups.values() for r in group])
+    if not prefixes:
+        return []
+    lines = ["", f"Held-out loss (nats/token) by source and category, next to the bigram and unigram models fitted on each run's "
+             f"training tokens; a run has no signal where its loss is not {BIGRAM_MARGIN} below the bigram's ('–': not measured, "
+             "as in runs from before the eval fitted the baselines).", "",
+             "| run | " + " | ".join(f"{prefix.removeprefix('heldout_')} {name}" for prefix in prefixes for _, name in CATEGORY_COLUMNS) + " |",
+             "|---|" + "---:|" * (len(prefixes) * len(CATEGORY_COLUMNS))]
+    for config, group in groups.items():
+        cells = [(s.text() if (s := summarise(group, prefix + suffix)) else "–") for prefix in prefixes for suffix, _ in CATEGORY_COLUMNS]
+        lines.append(f"| {config} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def equal_compute(results: list[Result]) -> dict[str, list[Result]]:
+    """exp2's configurations at the fixed token budget (not one epoch of their pool)."""
+    return {config: group for config, group in by_config(results, "exp2").items() if not config.endswith("epoch")}
 
 
 def answer_quality(results: list[Result]) -> tuple[list[str], list[str]]:
-    groups = {k: v for k, v in by_config(results, "exp2").items() if not k.endswith("epoch")}
-    ranked, lead = leaders(groups, "exp2")
-    if len(ranked) < 2:
-        return [lead], []
-    lines = [f"At equal compute, {lead}."]
-    surprises = []
-    for pool in sorted({r.run.sets["mix.pool"] for g in groups.values() for r in g}):
-        curated, noisy = groups.get(f"{pool}-top_quality"), groups.get(f"{pool}-random")
-        if curated and noisy:
-            c, n = summarise(curated, PRIMARY.key), summarise(noisy, PRIMARY.key)
-            lines.append(f"{pool}: top_quality {c.text(3)} against random {n.text(3)} ({noise_words(c, n, 3)}).")
-            if compare(c, n)[2] and c.mean > n.mean:
-                surprises.append(f"At {pool}, random sampling beat top_quality on held-out bpb ({n.text(3)} against {c.text(3)}).")
-    small, large = summarise(groups.get("10K-top_quality", []), PRIMARY.key), summarise(groups.get("1M-random", []), PRIMARY.key)
-    if small and large:
-        verdict = "beats" if compare(small, large)[2] and small.mean < large.mean else "does not beat"
-        lines.append(f"The curated 10K {verdict} the noisy 1M at equal compute ({small.text(3)} against {large.text(3)}).")
-        if verdict == "does not beat":
-            surprises.append(f"The curated 10K did not beat the noisy 1M pool at equal compute ({small.text(3)} against {large.text(3)} bpb).")
+    family = Family(by_config(results, "exp2"), PRIMARY)
+    ranking, lead = family.ranking(list(equal_compute(results)))
+    if ranking is None:
+        return [f"exp2: {lead}."], []
+    lines, surprises = [f"At equal compute, {lead}."], []
+    for pool in sorted({r.run.sets["mix.pool"] for g in equal_compute(results).values() for r in g}):
+        curated, noisy = f"{pool}-top_quality", f"{pool}-random"
+        if curated in family.groups and noisy in family.groups:
+            comparison, words = family.compare(curated, noisy)
+            lines.append(f"{pool}: {words}.")
+            if comparison and comparison.significant and comparison.difference > 0:
+                surprises.append(f"At {pool}, random sampling beat top_quality on held-out bpb ({words}).")
+    if "10K-top_quality" in family.groups and "1M-random" in family.groups:
+        comparison, words = family.compare("10K-top_quality", "1M-random")
+        if comparison:
+            beats = comparison.significant and comparison.difference < 0
+            lines.append(f"The curated 10K {'beats' if beats else 'does not beat'} the noisy 1M at equal compute ({words}).")
+            if not beats:
+                surprises.append(f"The curated 10K did not beat the noisy 1M pool at equal compute ({words}).")
+        else:
+            lines.append(f"The curated 10K against the noisy 1M: {words}.")
     for strategy in ("top_quality", "random"):
-        epoch, budget = by_config(results, "exp2").get(f"10K-{strategy}-epoch"), groups.get(f"10K-{strategy}")
-        if epoch and budget:
-            e, f = summarise(epoch, PRIMARY.key), summarise(budget, PRIMARY.key)
-            tokens = summarise(epoch, TRAINING_TOKENS.key)
-            lines.append(f"One epoch of 10K {strategy} ({tokens.mean:,.0f} tokens) reaches {e.text(3)} bpb against {f.text(3)} "
-                         f"at the fixed budget ({noise_words(e, f, 3)}).")
+        epoch, budget = f"10K-{strategy}-epoch", f"10K-{strategy}"
+        if epoch in family.groups and budget in family.groups:
+            tokens = summarise(family.groups[epoch], TRAINING_TOKENS.key)
+            lines.append(f"One epoch of 10K {strategy} ({tokens.mean:,.0f} tokens) against the fixed budget: {family.compare(epoch, budget)[1]}.")
     return lines, surprises
 
 
 def answer_mix(results: list[Result]) -> tuple[list[str], list[str]]:
     groups = by_config(results, "exp3")
-    ranked, lead = leaders(groups, "exp3")
-    if len(ranked) < 2:
-        return [lead], []
-    first = ranked[0][0]
-    lines = [f"Among the mixes, {lead}; the highest is {ranked[-1][0]} ({ranked[-1][1].text(3)})."]
+    ranking, lead = Family(groups, PRIMARY).ranking()
+    if ranking is None:
+        return [f"exp3: {lead}."], []
+    lines = [f"Among the mixes, {lead}; the highest is {ranking.order[-1]} ({ranking.intervals[ranking.order[-1]].text()})."]
     surprises = []
-    for metric in (REFERENCES[-1], CHEAP[6]):
-        top = best(groups, metric)
-        if top:
-            lines.append(f"By {metric.label} the best is {top[0][0]} ({top[0][1].text(3)}).")
-            if top[0][0] != first:
-                surprises.append(f"The best mix by held-out bpb ({first}) is not the best by {metric.label} ({top[0][0]}).")
+    for metric in (BENCHMARK_MEAN, COHERENCE):
+        other, words = Family(groups, metric).ranking()
+        lines.append(f"By {metric.label}: {words}.")
+        if other and ranking.leader and other.leader and other.leader != ranking.leader:
+            surprises.append(f"The best mix by held-out bpb ({ranking.leader}) is not the best by {metric.label} ({other.leader}).")
     return lines, surprises
 
 
@@ -353,16 +462,18 @@ def answer_synthetic(results: list[Result]) -> list[str]:
     pure = by_config(results, "exp1").get("instruction_only")
     if not pure:
         return ["exp1 has not finished."]
+    facts = ", ".join(f"{m.label} {s.text(m.digits)}" for m in (TASKS, PRIMARY, BIGRAM_BPB, BENCHMARK_MEAN, BENCHMARK_CHANCE, COHERENCE)
+                      if (s := summarise(pure, m.key)))
+    verdict = config_signal(pure)
+    if verdict.label == NO_SIGNAL:
+        return [f"No signal at this profile's scale: trained on instruction data alone (the curated 10K pool), the model shows no signal "
+                f"({'; '.join(verdict.reasons)}), so no conclusion is drawn from it ({facts})."]
+    opening = "Partly" if verdict.label == SIGNAL else f"Undecided, as its signal is unknown ({'; '.join(verdict.reasons)})"
+    words = [f"{opening}: trained on instruction data alone (the curated 10K pool), the model reaches {facts}"]
     reference = by_config(results, "exp2").get("10K-top_quality")
-    tasks = summarise(pure, "tasks_accuracy")
-    verdict = "No, not at this profile's scale" if tasks.mean == 0 else "Partly"
-    words = [f"{verdict}: trained on instruction data alone (the curated 10K pool), the model reaches task accuracy "
-             f"{tasks.text(3)}, held-out {summarise(pure, PRIMARY.key).text(3)} bpb, benchmark mean "
-             f"{summarise(pure, 'benchmark_mean').text(3)} (chance {summarise(pure, 'benchmark_chance').mean:.3f}) and coherence "
-             f"{summarise(pure, 'judge_coherence_score').text(3)}"]
     if reference:
-        p, r = summarise(pure, PRIMARY.key), summarise(reference, PRIMARY.key)
-        words.append(f"; the plan mix from the same pool: {r.text(3)} bpb ({noise_words(p, r, 3)})")
+        family = Family({"instruction_only": pure, "the plan mix": reference}, PRIMARY)
+        words.append(f"; against the plan mix from the same pool (exp2's 10K-top_quality): {family.compare('instruction_only', 'the plan mix')[1]}")
     return ["".join(words) + "."]
 
 
@@ -404,7 +515,7 @@ def answer_correlation(table: dict, results: list[Result]) -> tuple[list[str], l
 def judged_empty_replies(results: list[Result]) -> list[str]:
     """A judge that calls empty replies coherent is measuring the absence of errors, not quality."""
     empty = [r for r in results if r.metrics.get("reply_empty_rate", 0.0) == 1.0]
-    coherence = summarise(empty, CHEAP[6].key)
+    coherence = summarise(empty, COHERENCE.key)
     if not empty or coherence is None or coherence.mean < 0.5:
         return []
     return [f"{len(empty)} of {len(results)} models reply with no words at all (reply_empty_rate 1; they emit only "
@@ -412,23 +523,127 @@ def judged_empty_replies(results: list[Result]) -> list[str]:
             "none of the flaws it was trained to catch."]
 
 
-def markdown(definition, results: list[Result], missing: list[str], table_rho: dict, profile: str, plots: Path) -> str:
+# --- the research plan's expected outcomes -----------------------------------------------------
+def all_configs(results: list[Result]) -> dict[str, list[Result]]:
+    """Every configuration of every experiment, as ``<experiment>/<config>``."""
+    groups: dict[str, list[Result]] = {}
+    for result in results:
+        groups.setdefault(f"{result.run.experiment}/{result.run.config}", []).append(result)
+    return groups
+
+
+def expected_perplexity(results: list[Result]) -> tuple[str, str]:
+    """The lowest held-out perplexity of a configuration with signal: exp of the loss, with its interval mapped through exp."""
+    measured = {config: group for config, group in all_configs(results).items() if summarise(group, LOSS.key)}
+    candidates = {config: summarise(group, LOSS.key) for config, group in measured.items() if config_signal(group).label != NO_SIGNAL}
+    if not candidates:
+        return ("no configuration with signal", "no signal") if measured else ("no held-out loss", "not measured")
+    best = min(candidates, key=lambda config: candidates[config].mean)
+    loss = candidates[best]
+    perplexity = Interval(math.exp(loss.mean), math.exp(loss.low), math.exp(loss.high), loss.n)
+    unknown = "; its signal is unknown" if config_signal(measured[best]).label == UNKNOWN else ""
+    return (f"{best}: {perplexity.text(1)} (exp of the held-out loss; the lowest of the configurations not labelled no signal{unknown})",
+            threshold_verdict(perplexity, PERPLEXITY_BAR, below=True))
+
+
+def expected_pool(results: list[Result], sizes: dict[str, int]) -> tuple[str, str]:
+    """The share of the best equal-compute exp2 configuration's gain over its unigram baseline (held-out bits per
+    byte) that the configurations on a pool of EXPECTED_POOL records reach."""
+    groups = equal_compute(results)
+    if not groups:
+        return "exp2 has not run", "not measured"
+    pools = {config: sizes[group[0].run.sets["mix.pool"]] for config, group in groups.items()}
+    at_size = [config for config, size in pools.items() if size == EXPECTED_POOL]
+    if not at_size:
+        ran = sorted({group[0].run.sets["mix.pool"] for group in groups.values()}, key=sizes.get)
+        return f"no pool of {EXPECTED_POOL:,} records in exp2 (pools: {', '.join(ran)})", "not measured"
+    if all(config_signal(groups[config]).label == NO_SIGNAL for config in at_size):
+        return f"{', '.join(at_size)}: no signal", "no signal"
+    gains = {config: [r.metrics[UNIGRAM_BPB.key] - r.metrics[PRIMARY.key] for r in group if UNIGRAM_BPB.key in r.metrics]
+             for config, group in groups.items() if config_signal(group).label != NO_SIGNAL}
+    if not all(gains.values()):
+        return "unigram baselines unknown (runs from before the eval fitted them)", "not measured"
+    mean_gain = {config: float(np.mean(values)) for config, values in gains.items()}
+    best = max(mean_gain, key=mean_gain.get)
+    shares = {config: mean_gain[config] / mean_gain[best] for config in at_size if config in mean_gain}
+    return (", ".join(f"{config}: {share:.0%} of {best}'s gain in held-out bits/byte over its unigram baseline" for config, share in shares.items()),
+            "met" if max(shares.values()) >= SHARE_BAR else "not met")
+
+
+def expected_mix(results: list[Result]) -> tuple[str, str]:
+    groups = by_config(results, "exp3")
+    if PLAN_MIX not in groups:
+        return f"{PLAN_MIX} has not run", "not measured"
+    family = Family(groups, PRIMARY)
+    if family.signals[PLAN_MIX].label == NO_SIGNAL:
+        return f"{PLAN_MIX}: no signal ({'; '.join(family.signals[PLAN_MIX].reasons)})", "no signal"
+    ranking, words = family.ranking()
+    if ranking is None:
+        return words, "not measured"
+    return f"by held-out bits/byte, {words}", "met" if ranking.leader == PLAN_MIX else "tied" if PLAN_MIX in ranking.tied else "not met"
+
+
+def expected_judge_agreement(path: Path = JUDGE_CHECK) -> tuple[str, str]:
+    """The best cheap metric of the judge_check stage against GPT-4-turbo's win rate, the stand-in for human judgement."""
+    if not path.is_file():
+        return f"{path} is missing (`dvc repro judge_check`)", "not measured"
+    check = json.loads(path.read_text())
+    scored = {name: entry["win_rate"] for name, entry in check["metrics"].items() if entry["win_rate"].get("spearman") is not None}
+    if not scored:
+        return f"no cheap metric ranks the models in {path} (the same value for every model)", "not measured"
+    words = lambda name: f"{name} {scored[name]['spearman']:.2f} [{scored[name]['spearman_ci95'][0]:.2f}, {scored[name]['spearman_ci95'][1]:.2f}]"
+    best = max(scored, key=lambda name: scored[name]["spearman"])
+    measured = (f"Spearman rho against the GPT-4-turbo win rate (AlpacaEval 2.0) on {check['reference']['models']} chat models, "
+                f"best cheap metric: {words(best)}")
+    if (untrained := check.get("best_cheap_metric_without_training")) in scored and untrained != best:
+        measured += f"; best without a trained judge: {words(untrained)}"
+    rho = Interval(scored[best]["spearman"], *scored[best]["spearman_ci95"], check["reference"]["models"])
+    return measured, threshold_verdict(rho, RHO_BAR, below=False)
+
+
+def expected_outcomes(results: list[Result], sizes: dict[str, int]) -> list[str]:
+    rows = [(f"validation perplexity < {PERPLEXITY_BAR}", *expected_perplexity(results)),
+            (f"~{EXPECTED_POOL // 1000}K samples give {SHARE_BAR:.0%} of the best", *expected_pool(results, sizes)),
+            ("the 40/30/30 mix is optimal", *expected_mix(results)),
+            (f"zero-cost metrics correlate > {RHO_BAR} with human judgement", *expected_judge_agreement())]
+    return ["| expectation (research plan) | measured | verdict |", "|---|---|---|", *(f"| {a} | {b} | {c} |" for a, b, c in rows),
+            "", "met / not met: the whole 95 % interval is on one side of the bar; tied: it includes the bar (or the best is tied with "
+            "others); no signal: the runs it rests on do not beat their baselines; not measured: no run answers it."]
+
+
+# --- the report ---------------------------------------------------------------------------------
+def signal_summary(results: list[Result]) -> str:
+    counts = Counter(signal(r.metrics).label for r in results)
+    text = f"Of the {len(results)} runs, {counts[SIGNAL]} show signal, {counts[NO_SIGNAL]} no signal and {counts[UNKNOWN]} are unknown"
+    if counts[UNKNOWN]:
+        text += " (evaluated without the n-gram baselines or accuracies their label needs)"
+    return text + "."
+
+
+def markdown(definition, results: list[Result], missing: list[str], table_rho: dict, profile: str, plots: Path, sizes: dict[str, int]) -> str:
     q2, s2 = answer_quality(results)
     q3, s3 = answer_mix(results)
     q4, s4 = answer_correlation(table_rho, results)
     out = [f"# Results of the research experiments ({profile} profile)", "",
            f"Generated by `python -m research.report --profile {profile}` from {len(results)} finished runs "
            f"(`dvc exp show -A`); every number below is in the tables that follow. "
-           "Means ± standard deviations are over seeds; a difference is *beyond noise* when it exceeds twice its standard error.", "",
+           "Values are means over seeds with their 95 % t-interval, mean [low, high]. Configurations are compared by Welch's t-test over "
+           "seeds, with Holm's correction over every pair of configurations of an experiment (per metric): a leader is named only when it "
+           "differs significantly from every other configuration; otherwise every configuration not significantly different from the best "
+           f"is listed as tied, with *needs {SEEDS_NEEDED} seeds* where the leading difference's interval includes 0 at fewer seeds. "
+           f"A run has *no signal* when its held-out loss on some category is not {BIGRAM_MARGIN} nats below a bigram model fitted on its "
+           "own training tokens, or when every task family and benchmark is at chance; no conclusion is drawn from a configuration "
+           "whose runs all have no signal.", "", signal_summary(results), "",
            "## Answers", "",
            f"1. **{definition.experiments['exp1'].question}** " + " ".join(answer_synthetic(results)) if "exp1" in definition.experiments else "",
            f"2. **{definition.experiments['exp2'].question}** " + " ".join(q2) if "exp2" in definition.experiments else "",
            f"3. **{definition.experiments['exp3'].question}** " + " ".join(q3) if "exp3" in definition.experiments else "",
            "4. **How well do zero-cost metrics agree with a reference?** " + " ".join(q4), "",
+           "## Expected outcomes", "", *expected_outcomes(results, sizes), "",
            "## Surprises", ""]
     out += [f"- {s}" for s in (s2 + s3 + s4 + judged_empty_replies(results))] or ["- None: every comparison went the way the research plan expected."]
     for name, spec in definition.experiments.items():
-        out += ["", f"## {name}: {spec.question}", "", *table(by_config(results, name))]
+        out += ["", f"## {name}: {spec.question}", "", *table(by_config(results, name)), *category_table(by_config(results, name))]
     out += ["", "Plots: " + ", ".join(f"[{p}]({Path('..') / plots / p})" for p in ("quality_vs_quantity.png", "mix.png", "correlation.png", "loss_curves.png")),
             "", "## exp4: Spearman rho of each cheap metric against each reference (95% bootstrap interval)", "",
             "| cheap metric | " + " | ".join(r.label for r in REFERENCES) + " |", "|---|" + "---:|" * len(REFERENCES)]
@@ -441,14 +656,30 @@ def markdown(definition, results: list[Result], missing: list[str], table_rho: d
     return "\n".join(line for line in out if line is not None) + "\n"
 
 
+def csv_keys(results: list[Result]) -> list[str]:
+    """The metrics of runs.csv: the report's, their baselines and chance levels, the task families, and every category's loss and baselines."""
+    metrics = [TRAINING_TOKENS, *CHEAP, *REFERENCES]
+    keys = [m.key for m in metrics] + [b.key for m in metrics for b in m.baselines] + [f"tasks_{family}_accuracy" for family in TASK_FAMILIES]
+    return list(dict.fromkeys(keys + [prefix + suffix for prefix in category_prefixes(results) for suffix, _ in CATEGORY_COLUMNS]))
+
+
 def write_runs_csv(results: list[Result], path: Path) -> None:
-    keys = [m.key for m in (TRAINING_TOKENS, *CHEAP, *REFERENCES)]
-    with path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["name", "experiment", "config", "seed", "rev", *keys])
-        for r in results:
-            writer.writerow([r.run.name, r.run.experiment, r.run.config, r.run.seed, r.rev[:7],
-                             *(f"{r.metrics[k]:.6g}" if k in r.metrics else "" for k in keys)])
+    """Add or replace the results' rows; rows of runs that finished elsewhere (another machine) stay."""
+    keys = csv_keys(results)
+    rows = []
+    for r in results:
+        label = signal(r.metrics)
+        rows.append({"name": r.run.name, "experiment": r.run.experiment, "config": r.run.config, "seed": str(r.run.seed), "rev": r.rev[:7],
+                     **{k: f"{r.metrics[k]:.6g}" if k in r.metrics else "" for k in keys},
+                     "signal": label.label, "signal_reasons": "; ".join(label.reasons)})
+    save_rows(path, ["name", "experiment", "config", "seed", "rev", *keys, "signal", "signal_reasons"], rows)
+
+
+def record_runs(profile: str, path: Path) -> list[Result]:
+    """Only the rows of runs.csv, of the runs that finished on HEAD (research.experiments run calls it after each run)."""
+    results, _ = collect(expand(load_definition(profile)), all_commits=False)
+    write_runs_csv(results, path)
+    return results
 
 
 def report(profile: str, out: Path, plots: Path, sizes: dict[str, int]) -> tuple[list[Result], list[str]]:
@@ -463,7 +694,7 @@ def report(profile: str, out: Path, plots: Path, sizes: dict[str, int]) -> tuple
     plot_mix(results, plots / "mix.png")
     plot_correlation(table_rho, plots / "correlation.png")
     plot_loss_curves(results, list(definition.experiments), plots / "loss_curves.png")
-    out.write_text(markdown(definition, results, missing, table_rho, profile, plots))
+    out.write_text(markdown(definition, results, missing, table_rho, profile, plots, sizes))
     write_runs_csv(results, out.with_name("runs.csv"))
     return results, missing
 
@@ -472,9 +703,15 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description="Plots and a results table from the research experiments")
     parser.add_argument("--profile", default="cpu", help="experiments/<profile>.yaml")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--out", type=Path, default=Path("reports/results.md"))
+    parser.add_argument("--out", type=Path, help="default: reports/results.md, reports/<profile>/results.md for other profiles")
     parser.add_argument("--plots", type=Path, default=Path("plots/report"))
+    parser.add_argument("--runs-only", action="store_true", help="only add the rows of the runs finished on HEAD to runs.csv")
     args = parser.parse_args(argv)
+    args.out = args.out or report_dir(args.profile) / "results.md"
+    if args.runs_only:
+        results = record_runs(args.profile, args.out.with_name("runs.csv"))
+        print(f"report: {len(results)} runs finished on HEAD -> {args.out.with_name('runs.csv')}")
+        return
     results, missing = report(args.profile, args.out, args.plots, load_params(args.params).sample.sizes)
     print(f"report: {len(results)} runs ({len(missing)} missing or failed) -> {args.out}, {args.out.with_name('runs.csv')}, {args.plots}/*.png")
 

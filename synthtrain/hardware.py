@@ -30,6 +30,12 @@ GPU_PEAK_TFLOPS = (
     ("H100 PCIe", 756.0), ("H100", 989.4), ("H200", 989.4), ("A100", 312.0), ("L40S", 362.1), ("L40", 181.0),
     ("L4", 121.0), ("RTX 4090", 165.2), ("RTX 3090", 71.0), ("RTX A6000", 154.8),
 )  # fmt: skip
+# Memory of the same GPUs, GiB as their datasheets give it, for the experiments' memory check
+# (synthtrain/experiments.py); an A100 is taken as its 40 GB model: a run that fits it fits the 80 GB one.
+GPU_MEMORY_GIB = (
+    ("H100 PCIe", 80), ("H100", 80), ("H200", 141), ("A100", 40), ("L40S", 48), ("L40", 48),
+    ("L4", 24), ("RTX 4090", 24), ("RTX 3090", 24), ("RTX A6000", 48),
+)  # fmt: skip
 # CPUs whose model name says the microarchitecture and clock, TFLOP/s per core at
 # the base clock: Intel AMX does 1,024 bf16 FLOP per cycle per core and two
 # AVX-512 FMA units 64 fp32 FLOP (Intel's optimization manual). A virtual

@@ -1,5 +1,6 @@
-"""The experiment definitions (synthtrain/experiments.py, research/experiments.py) and the report's statistics
-(research/report.py); the queue, --run-all and the report end to end are in test_pipeline.py."""
+"""The experiment definitions (synthtrain/experiments.py, research/experiments.py) and the report's correlations
+(research/report.py); its comparisons and baselines are in test_report_statistics.py, the queue, --run-all and the
+report end to end in test_pipeline.py."""
 
 import os
 import re
@@ -12,7 +13,7 @@ from conftest import REPO
 from research.experiments import link_siblings, main, print_estimate
 from synthtrain.experiments import Definition, expand, format_value, load_definition
 from synthtrain.params import StageError, load_params
-from research.report import Summary, compare, correlations, Result, spearman
+from research.report import correlations, Result, spearman
 
 
 @pytest.fixture
@@ -106,13 +107,6 @@ def test_correlations_negate_lower_is_better_metrics():
     table = correlations(results)
     assert table["heldout_bpb", "tasks_accuracy"][0] == pytest.approx(1.0)  # lower bpb, higher accuracy: agreement
     assert table["heldout_bpb", "blimp_acc"] is None and table["rougeL", "tasks_accuracy"] is None
-
-
-def test_noise_is_twice_the_standard_error_of_the_difference():
-    difference, se, beyond = compare(Summary(1.0, 0.1, 3), Summary(1.1, 0.1, 3))
-    assert difference == pytest.approx(-0.1) and se == pytest.approx(np.sqrt(2 * 0.01 / 3)) and not beyond
-    assert compare(Summary(1.0, 0.01, 3), Summary(1.1, 0.01, 3))[2]
-    assert not compare(Summary(1.0, 0.0, 1), Summary(2.0, 0.0, 1))[2]  # one seed each: no noise estimate
 
 
 def test_the_docs_gpteacher_override_gives_valid_params(tmp_path):

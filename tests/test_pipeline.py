@@ -220,12 +220,12 @@ def test_a_queued_grid_runs_with_run_all_and_reports(project):
     assert len(bpb) == 2
 
     assert "report: 2 runs (0 missing or failed)" in python("research.report", "--profile", "tiny")
-    results = (project / "reports/results.md").read_text()
+    results = (project / "reports/tiny/results.md").read_text()  # a profile other than cpu: reports/<profile>/
     rows = {line.split("|")[1].strip(): line for line in results.splitlines() if line.startswith(("| equal ", "| web_heavy "))}
     assert set(rows) == {"equal", "web_heavy"}, results
     for config in rows:
-        assert f"{bpb[f'exp3-{config}-s0']:.3f} ± 0.000" in rows[config]  # the table's bpb is the experiment's own
-    runs = (project / "reports/runs.csv").read_text().splitlines()
+        assert f"| {bpb[f'exp3-{config}-s0']:.3f} |" in rows[config]  # the table's bpb is the experiment's own (one seed: no interval)
+    runs = (project / "reports/tiny/runs.csv").read_text().splitlines()
     assert len(runs) == 3 and runs[0].startswith("name,experiment,config,seed,rev,training_tokens")
     for plot in ("quality_vs_quantity", "mix", "correlation", "loss_curves"):
         assert (project / f"plots/report/{plot}.png").read_bytes()[:4] == b"\x89PNG"
