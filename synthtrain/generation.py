@@ -18,6 +18,7 @@ from tqdm import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from synthtrain.params import EvalGeneration, StageError
+from synthtrain.teacher import teacher_folder
 
 log = logging.getLogger("eval")
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")  # "gpt2", "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -25,8 +26,10 @@ HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")  # "gpt2", "HuggingFaceTB/
 
 def load_model(path: str | Path, fix: str = "run `dvc repro train`, or point the eval stage at a save_pretrained directory with --model"
                ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """A causal LM and its tokenizer, loaded offline, in eval mode: a save_pretrained
-    directory, or a hub id already in the local cache. ``fix`` tells the user what to do."""
+    """A causal LM and its tokenizer, loaded offline, in eval mode: a teacher name (its folder
+    under models/teachers), a save_pretrained directory, or a hub id already in the local cache.
+    ``fix`` tells the user what to do."""
+    path = teacher_folder(str(path))
     local = Path(path)
     is_hub_id = not local.exists() and HUB_ID.fullmatch(str(path)) is not None
     if not is_hub_id and not (local / "config.json").is_file():

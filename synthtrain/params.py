@@ -53,6 +53,16 @@ Format = Literal["auto", "alpaca", "sharegpt", "messages", "prompt_completion", 
 Fraction = Annotated[Float, Field(ge=0.0, le=1.0)]
 SOURCE_KINDS = ("builtin", "hub", "local", "generate")
 SOURCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# Teachers the teacher stage converts from a pip package into TEACHERS/<name> (synthtrain/teacher.py);
+# wherever a model is named (sources' teacher, train.init, tokenizer.pretrained) the name stands for that folder.
+TEACHERS = Path("models/teachers")
+TEACHER_NAMES = ("smollm2-135m-instruct",)
+TEACHER_OR_FOLDER = f"a teacher name ({', '.join(TEACHER_NAMES)}: the teacher stage's {TEACHERS}/<name>) or a save_pretrained directory"
+
+
+def model_path(name: str) -> str:
+    """The folder a teacher name stands for; anything else (a directory, a hub id) as given."""
+    return str(TEACHERS / name) if name in TEACHER_NAMES else name
 log = logging.getLogger("params")
 
 
@@ -183,7 +193,7 @@ class GenerateSource(Section):
     """Records written by a teacher model (synthtrain/synthesis)."""
 
     kind: Literal["generate"]
-    teacher: str = Field(min_length=1, description="a save_pretrained directory (for example models/current) or a hub id in the local cache")
+    teacher: str = Field(min_length=1, description=f"{TEACHER_OR_FOLDER} (for example models/current), or a hub id in the local cache")
     method: Literal["self_instruct", "evol_instruct", "magpie"]
     n: Int = Field(ge=1, description="records to keep")
     seed_file: str | None = Field(None, min_length=1, description="self_instruct and evol_instruct: seed instructions (a local file in any format of kind: local)")
@@ -469,7 +479,7 @@ class Mix(Section):
 class Tokenizer(Section):
     """Stage train_tokenizer: a byte-level BPE trained on a sample of the deduplicated pool, or a named one."""
 
-    pretrained: str | None = Field(None, min_length=1, description="a hub id (in the local cache) or local directory to use instead of training")
+    pretrained: str | None = Field(None, min_length=1, description=f"use instead of training: {TEACHER_OR_FOLDER}, or a hub id in the local cache")
     vocab_size: Int = Field(8192, ge=512, le=1_000_000, description="tokens, the 3 special tokens included")
     train_records: Int = Field(100_000, ge=100, description="records of data/dedup/train.parquet sampled to train on")
     split_digits: Bool = Field(True, description="every digit its own token")
@@ -488,8 +498,10 @@ MODEL_PRESETS = ("1M", "5M", "25M", "125M", "360M", "500M", "1B")  # shapes: syn
 
 
 class Train(Section):
-    """Stage train: a Llama model from scratch on data/tokens."""
+    """Stage train: a Llama model from scratch on data/tokens, or fine-tuned from a pretrained one (init)."""
 
+    init: str | None = Field(None, min_length=1, description=f"fine-tune from these weights instead of a preset from scratch: {TEACHER_OR_FOLDER}; "
+                             "tokenizer.pretrained must name the same model, so that data/tokens is made with its tokenizer")
     launcher: str = Field("python", min_length=1, description="dvc.yaml runs `<launcher> -m stages.train`: python, or accelerate launch ...")
     model: Literal[MODEL_PRESETS] = Field("5M", description="size preset; 1M-25M for CPU, 125M-1B for GPU")
     tokens: Int | None = Field(1_228_800, ge=1, description="training tokens; null: one pass over data/tokens/train")
@@ -722,6 +734,15 @@ class Params(Section):
         for key, pool in (("mix.pool", self.mix.pool), ("collapse.pool", self.collapse.pool)):
             if pool is not None and pool not in self.sample.sizes:
                 raise ValueError(f"{key} = '{pool}' is not a sample; choose one of {', '.join(self.sample.sizes)} (sample.sizes)")
+        return self
+
+    @model_validator(mode="after")
+    def _init_tokenizes_the_data(self):
+        """A fine-tuned model reads the token ids of its own tokenizer: the pipeline's tokenizer is the init model's."""
+        init, tokenizer = self.train.init, self.tokenizer.pretrained
+        if init is not None and (tokenizer is None or Path(model_path(tokenizer)) != Path(model_path(init))):
+            raise ValueError(f"train.init = '{init}' needs data/tokens made with its tokenizer: set tokenizer.pretrained: '{init}' too "
+                             f"(then `dvc repro` re-tokenizes and trains)")
         return self
 
     @field_validator("sources", mode="before")

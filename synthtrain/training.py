@@ -1,9 +1,12 @@
-"""train stage: a Llama model from scratch on the packed token shards.
+"""train stage: a Llama model from scratch on the packed token shards, or a
+pretrained model fine-tuned on them (``train.init``).
 
     python -m stages.train [--params params.yaml]
     accelerate launch --multi_gpu --num_processes N -m stages.train     # DDP (FSDP: docs/training.md)
 
-``train`` reads ``data/tokens/`` and ``models/tokenizer/`` and writes
+``train`` reads ``data/tokens/`` and ``models/tokenizer/`` (with ``train.init``:
+the init model's folder, its weights and its tokenizer, which params validation
+makes the pipeline's tokenizer too) and writes
 ``models/current/`` (whole, when the stage succeeds: records.output_directory),
 ``models/checkpoint/`` and dvclive's ``metrics/train/`` (as training goes, so
 it can be watched).
@@ -41,13 +44,14 @@ from dvclive import Live
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
-from transformers import GenerationConfig
+from transformers import AutoModelForCausalLM, GenerationConfig
 
 from synthtrain.hardware import (PEAK_DRIFT, PEAK_METHOD, cpu_info, datasheet_peak, device_name, matmul_peak, matmul_peaks, peak_drift,
                                  record_peak, recorded_peak)
 from synthtrain.model import PRESETS, build_model, flops_per_token, llama_config, parameter_count
 from synthtrain.params import StageError, Train
 from synthtrain.records import output_directory
+from synthtrain.teacher import teacher_folder
 from synthtrain.tokens.encoding import load_tokenizer
 
 TOKENS = Path("data/tokens")
@@ -112,9 +116,10 @@ def read_inputs(params) -> tuple[dict, object, TokenSet, dict[str, TokenSet]]:
     if not (TOKENS / "metadata.json").is_file() or not (TOKENS / "train/index.json").is_file():
         raise StageError(f"{TOKENS}/ holds no token shards: run `dvc repro tokenize` first")
     metadata = json.loads((TOKENS / "metadata.json").read_text())
-    tokenizer = load_tokenizer(TOKENIZER)
+    source = teacher_folder(params.train.init) if params.train.init else TOKENIZER  # a fine-tuned model keeps its own tokenizer
+    tokenizer = load_tokenizer(source)
     if len(tokenizer) != metadata["vocab_size"]:
-        raise StageError(f"{TOKENIZER} has {len(tokenizer):,} tokens but {TOKENS}/ was made with {metadata['vocab_size']:,}: "
+        raise StageError(f"{source} has {len(tokenizer):,} tokens but {TOKENS}/ was made with {metadata['vocab_size']:,}: "
                          "run `dvc repro tokenize` to re-tokenize")
     if metadata["seq_len"] != params.tokenize.seq_len:
         raise StageError(f"{TOKENS}/ holds sequences of {metadata['seq_len']} tokens but tokenize.seq_len is "
@@ -146,6 +151,22 @@ def layout(config: Train, seq_len: int, processes: int, train_sequences: int) ->
     if steps == 0:
         raise StageError(f"train.tokens = {tokens:,} is less than one step of train.batch_tokens = {config.batch_tokens:,}")
     return Layout(sequences, sequences // processes, sequences // processes // config.micro_batch, steps)
+
+
+def pretrained_model(folder: str, seq_len: int, vocab_size: int):
+    """train.init's weights in fp32 (the optimizer's precision), checked against the data they will read."""
+    try:
+        model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=torch.float32)
+    except (OSError, ValueError) as exc:
+        raise StageError(f"train.init = {folder}: not a causal language model that transformers can load offline "
+                         f"({str(exc).splitlines()[0]})") from None
+    context = getattr(model.config, "max_position_embeddings", None)
+    if context is not None and seq_len > context:
+        raise StageError(f"tokenize.seq_len = {seq_len} is longer than train.init's context of {context} tokens: lower tokenize.seq_len")
+    if vocab_size > model.get_input_embeddings().num_embeddings:
+        raise StageError(f"train.init = {folder}: its tokenizer has {vocab_size:,} tokens but the model only "
+                         f"{model.get_input_embeddings().num_embeddings:,} embeddings")
+    return model
 
 
 # --- precision and peak ------------------------------------------------------------------------
@@ -478,8 +499,10 @@ def train(params) -> dict:
     seq_len = metadata["seq_len"]
     plan = layout(config, seq_len, accelerator.num_processes, data.sequences)
 
+    init = teacher_folder(config.init) if config.init else None
+    shape = {"init_weights": data_fingerprint(Path(init))} if init else {"preset": config.model, **dataclasses.asdict(PRESETS[config.model])}
     run = {
-        "model": {"preset": config.model, **dataclasses.asdict(PRESETS[config.model]), "vocab_size": len(tokenizer), "seq_len": seq_len},
+        "model": {**shape, "vocab_size": len(tokenizer), "seq_len": seq_len},
         "data": {"tokens": data_fingerprint(TOKENS / "train")},
         "train": {key: value for key, value in config.model_dump().items() if key not in RESUMABLE_CHANGES},
         "code": {f"synthtrain/{path.name}": hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest() for path in CODE},
@@ -505,11 +528,12 @@ def train(params) -> dict:
     bf16 = hardware["precision"] == "bf16"
 
     torch.manual_seed(config.seed)
-    model_config = llama_config(config.model, len(tokenizer), seq_len, metadata["eos_id"], metadata["pad_id"])
-    model = build_model(model_config)
+    model = pretrained_model(init, seq_len, len(tokenizer)) if init else build_model(
+        llama_config(config.model, len(tokenizer), seq_len, metadata["eos_id"], metadata["pad_id"]))
+    name = f"{config.init} (init)" if init else f"{config.model} preset"
     parameters = parameter_count(model)
-    flops = flops_per_token(model_config, parameters, seq_len)
-    tied = model_config.tie_word_embeddings
+    flops = flops_per_token(model.config, parameters, seq_len)
+    tied = model.config.tie_word_embeddings
     if state:
         load_checkpoint_weights(model, tied, found.directory)
     if config.gradient_checkpointing:
@@ -526,7 +550,7 @@ def train(params) -> dict:
     history: list[dict] = state["history"] if state else []
     seconds = state["seconds"] if state else {"wall": 0.0, "steps": 0.0, "timed_steps": 0, "warmup": 0.0}
     peak = hardware["peak_flops"] * accelerator.num_processes if hardware["peak_flops"] else None
-    say(accelerator, f"{config.model} preset: {parameters:,} parameters, {flops / 1e6:.1f} MFLOP per token; {hardware['precision']} on "
+    say(accelerator, f"{name}: {parameters:,} parameters, {flops / 1e6:.1f} MFLOP per token; {hardware['precision']} on "
                      f"{hardware['device']} x {accelerator.num_processes}, peak {hardware['peak_flops'] / 1e12 if peak else float('nan'):.3f} "
                      f"TFLOP/s each ({hardware['peak_source']}); {plan.steps:,} steps of {config.batch_tokens:,} tokens "
                      f"({plan.accumulation} x {config.micro_batch} sequences per process) over {data.sequences:,} sequences of {seq_len}")
@@ -630,6 +654,7 @@ def train(params) -> dict:
     weights = accelerator.get_state_dict(model)
     summary = summarise(config, plan, history, seconds, final, parameters, flops, hardware, accelerator.num_processes, data, seq_len,
                         compiling)
+    summary["init"] = config.init
     if accelerator.is_main_process:
         save_model(accelerator.unwrap_model(model), weights, tokenizer, metadata)
         live.summary.update(summary)
@@ -688,9 +713,9 @@ def save_model(model, weights: dict, tokenizer, metadata: dict) -> None:
     """models/current: save_pretrained weights and config, the tokenizer and a generation config that stops at a turn's end.
     Written whole into a temporary directory that replaces the old model when the stage succeeds."""
     model.config.use_cache = True  # off for training; generation wants its KV cache
-    end_of_turn = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    end_of_turn = tokenizer.get_vocab().get("<|im_end|>")  # a fine-tuned model's own template may close turns otherwise
     with output_directory(OUTPUT) as directory:
         model.save_pretrained(directory, state_dict=weights)
         tokenizer.save_pretrained(directory)
-        GenerationConfig(eos_token_id=[metadata["eos_id"], end_of_turn], pad_token_id=metadata["pad_id"],
+        GenerationConfig(eos_token_id=sorted({metadata["eos_id"], end_of_turn} - {None}), pad_token_id=metadata["pad_id"],
                          max_new_tokens=256).save_pretrained(directory)  # fmt: skip

@@ -1,9 +1,11 @@
 """The train stage on a tiny model: a standard model that loads offline, live
 metrics, two processes that follow one, resume after SIGKILL and SIGTERM with
-the uninterrupted run's weights, the budget guard, and errors that say the fix."""
+the uninterrupted run's weights, fine-tuning from a saved model (train.init),
+the budget guard, and errors that say the fix."""
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -23,7 +25,8 @@ from conftest import REPO, stage
 from synthtrain.sources.download import download
 from synthtrain.params import ParamsError, StageError, parse_params
 from synthtrain.hardware import cpu_datasheet_peak, recorded_peak
-from synthtrain.training import final_peak, is_out_of_memory, layout, learning_rate, out_of_memory_advice, read_inputs
+from synthtrain.training import (TokenSet, final_peak, is_out_of_memory, layout, learning_rate, out_of_memory_advice, read_inputs,
+                                 token_loss_sum)
 
 SEQ_LEN = 64
 STEPS = 24
@@ -181,6 +184,59 @@ def test_sigterm_saves_a_checkpoint_and_resumes_to_the_same_weights(trained, tok
     assert 0 < stopped_at < STEPS and f"after step {stopped_at};" in stderr
     train(root)
     assert all(torch.equal(a, b) for a, b in zip(weights(root).values(), weights(trained).values()))
+
+
+def fine_tuning(shards: Path, path: Path, init: Path, **train) -> Path:
+    """workdir with train.init (and tokenizer.pretrained, which must name the same model) set to ``init``."""
+    root = workdir(shards, path, init=str(init), lr=0.001, **train)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["tokenizer"]["pretrained"] = str(init)
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    return root
+
+
+def test_fine_tuning_from_init_starts_at_its_loss_and_resumes_after_sigkill(trained, tokens, tmp_path):
+    init = trained / "models/current"
+    reference = fine_tuning(tokens, tmp_path / "reference", init)
+    result = train(reference)
+    assert f"{init} (init): " in result.stderr
+    # the first step's loss is the pretrained model's on that batch (computed before the update), not a new model's ln(1024)
+    model = AutoModelForCausalLM.from_pretrained(init, local_files_only=True)
+    tokens_, mask = TokenSet(tokens / "data/tokens/train").batch(0, TRAIN["batch_tokens"] // SEQ_LEN, torch.device("cpu"))
+    with torch.no_grad():
+        pretrained_loss = (token_loss_sum(model(input_ids=tokens_).logits, tokens_, mask) / mask[:, 1:].sum()).item()
+    first = losses(reference)[0]
+    assert first == pytest.approx(pretrained_loss, abs=1e-3) and first < losses(trained)[0] - 1.0
+    summary = json.loads((reference / "metrics/train/metrics.json").read_text())
+    assert summary["init"] == str(init) and summary["parameters"] == sum(p.numel() for p in model.parameters())
+    assert 0 < summary["mfu"] < 1 and summary["heldout_loss"] < losses(trained)[0]
+    tuned = AutoTokenizer.from_pretrained(reference / "models/current", local_files_only=True)
+    assert tuned.chat_template == AutoTokenizer.from_pretrained(init, local_files_only=True).chat_template
+
+    root = fine_tuning(tokens, tmp_path / "killed", init, eval_every=1, eval_sequences=64, checkpoint_every=2)
+    process = run_until(root, lambda root: checkpoint_step(root) >= 6)
+    process.kill()
+    process.wait()
+    killed_at = checkpoint_step(root)
+    assert 6 <= killed_at < STEPS
+    assert f"resuming from the checkpoint at step {killed_at}" in train(root).stderr
+    resumed, uninterrupted = weights(root), weights(reference)
+    assert resumed.keys() == uninterrupted.keys() and all(torch.equal(resumed[k], uninterrupted[k]) for k in uninterrupted)
+
+    # the run's fingerprint holds init: from scratch, the fine-tune's checkpoint is another run's
+    scratch = workdir(tokens, tmp_path / "killed", lr=0.001)
+    assert re.search(r"changed: [^)]*model.init_weights[^)]*train.init", train(scratch).stderr)
+
+
+def test_init_needs_its_own_tokenizer_and_a_teacher_name_needs_the_teacher_stage(tokens, tmp_path, monkeypatch):
+    with pytest.raises(ParamsError, match=r"train.init = 'models/x' needs data/tokens made with its tokenizer: set tokenizer.pretrained: 'models/x'"):
+        parse_params({**PARAMS, "train": {**TRAIN, "init": "models/x"}})
+    params = parse_params({**PARAMS, "tokenizer": {"pretrained": "smollm2-135m-instruct"},
+                           "train": {**TRAIN, "init": "models/teachers/smollm2-135m-instruct"}})  # a name is its folder
+    monkeypatch.chdir(workdir(tokens, tmp_path))
+    with pytest.raises(StageError, match=r"teacher smollm2-135m-instruct: models/teachers/smollm2-135m-instruct/ does not exist: "
+                                         r"run `dvc repro teacher`"):
+        read_inputs(params.model_copy(update={"train": params.train.model_copy(update={"init": "smollm2-135m-instruct"})}))
 
 
 def test_a_changed_model_shape_starts_afresh_and_says_so(trained, tokens, tmp_path):

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from synthtrain.sources import local
 from synthtrain.sources.formats import FORMATS, Rejected
 from synthtrain.generation import Generator, load_model
-from synthtrain.params import GenerateSource, LocalSource, StageError
+from synthtrain.params import TEACHER_OR_FOLDER, GenerateSource, LocalSource, StageError
 from synthtrain.records import InvalidRecord, RecordWriter, RejectWriter, make_record
 from synthtrain.synthesis import evol_instruct, magpie, self_instruct
 from synthtrain.synthesis.common import Candidate
@@ -83,8 +83,8 @@ def write_shard(path: Path, candidates: list[Candidate]) -> None:
 
 def generate(source: GenerateSource, name: str, max_chars: int, records: RecordWriter, rejects: RejectWriter, root: str | Path = ".") -> dict:
     """Run the shards of ``source`` into ``records`` and ``rejects``; returns the download stage's counts."""
-    model, tokenizer = load_model(source.teacher, fix=f"sources.{name}.teacher must be a save_pretrained directory of a causal "
-                                  "language model with a chat template (for example models/current), or a hub id in the local cache")
+    model, tokenizer = load_model(source.teacher, fix=f"sources.{name}.teacher must be {TEACHER_OR_FOLDER} of a causal language "
+                                  "model with a chat template (for example models/current), or a hub id in the local cache")
     seeds = read_seeds(source) if source.seed_file else []
     generator = Generator(model, tokenizer, source.sampling, source.seed)
     method = method_for(source, generator, seeds)

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from synthtrain.generation import Generator, load_model
 from synthtrain.evaluation.judges import judge_probabilities
 from synthtrain.evaluation.textmetrics import is_empty_reply
-from synthtrain.params import GenerateSource, Params
+from synthtrain.params import TEACHER_OR_FOLDER, GenerateSource, Params
 from synthtrain.records import RejectWriter, open_parquet, output_directory, write_metrics
 
 log = logging.getLogger("preferences")
@@ -57,8 +57,8 @@ def pairs_for(name: str, source: GenerateSource, rejects: RejectWriter, root: Pa
     rows = table.to_pylist()[: config.max_prompts]
     prompts = [[m for m in row["messages"] if m["role"] != "assistant"][:1] for row in rows]
     instructions = [prompt[0]["content"] for prompt in prompts]
-    model, tokenizer = load_model(source.teacher, fix=f"sources.{name}.teacher must be a save_pretrained directory of a causal "
-                                  "language model with a chat template, or a hub id in the local cache")
+    model, tokenizer = load_model(source.teacher, fix=f"sources.{name}.teacher must be {TEACHER_OR_FOLDER} of a causal language "
+                                  "model with a chat template (for example models/current), or a hub id in the local cache")
     responses = []  # per temperature, one reply per prompt
     for number, temperature in enumerate(config.temperatures):
         sampling = source.sampling.model_copy(update={"do_sample": True, "temperature": temperature})

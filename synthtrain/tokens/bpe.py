@@ -28,6 +28,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from synthtrain.params import Params, StageError
 from synthtrain.records import BATCH_ROWS, CATEGORIES, open_parquet, output_directory
+from synthtrain.teacher import teacher_folder
 from synthtrain.tokens import TOKENIZER as MODEL
 from synthtrain.tokens.chat import CHATML_TEMPLATE, ENDOFTEXT, IM_END, IM_START, SPECIAL_TOKENS, pretoken_pattern, render_column
 
@@ -61,9 +62,9 @@ def train_bpe(texts: list[str], vocab_size: int, split_digits: bool) -> PreTrain
 
 
 def load_pretrained(name: str) -> PreTrainedTokenizerFast:
-    """A named tokenizer from a local directory or the local hub cache, never the network."""
+    """A named tokenizer from a teacher's folder, a local directory or the local hub cache, never the network."""
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(teacher_folder(name), local_files_only=True)
     except (OSError, ValueError) as exc:
         raise StageError(f"tokenizer.pretrained = {name!r}: cannot load it offline ({str(exc).splitlines()[0]}); "
                          "give a local directory or a hub id already in the local cache") from None
