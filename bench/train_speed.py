@@ -1,5 +1,6 @@
-"""Benchmark: the train stage's optimizer step against a plain Hugging Face Llama step, per preset,
-and the stability of the MFU it reports when another job shares the cores.
+"""Benchmark: the train stage's optimizer step per preset, against a plain Hugging Face Llama step.
+
+It also checks the stability of the MFU the stage reports when another job shares the cores.
 
 Target (issue: training throughput): the 5M and 25M presets at >= 40 % of the
 quiet bf16 matmul peak, or the profile that says what bounds them; the speed-up
