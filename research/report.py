@@ -659,7 +659,7 @@ def markdown(definition, results: list[Result], missing: list[str], table_rho: d
 def csv_keys(results: list[Result]) -> list[str]:
     """The metrics of runs.csv: the report's, their baselines and chance levels, the task families, and every category's loss and baselines."""
     metrics = [TRAINING_TOKENS, *CHEAP, *REFERENCES]
-    keys = [m.key for m in metrics] + [b.key for m in metrics for b in m.baselines] + [f"tasks_{family}_accuracy" for family in TASK_FAMILIES]
+    keys = [m.key for m in metrics] + [b.key for m in metrics for b in m.baselines] + [f"tasks_{family}_{what}" for family in TASK_FAMILIES for what in ("accuracy", "chance")]
     return list(dict.fromkeys(keys + [prefix + suffix for prefix in category_prefixes(results) for suffix, _ in CATEGORY_COLUMNS]))
 
 
