@@ -1,5 +1,6 @@
-"""Benchmark: the train stage's optimizer step against a plain Hugging Face Llama step, per preset,
-and the stability of the MFU it reports when another job shares the cores.
+"""Benchmark: the train stage's optimizer step per preset, against a plain Hugging Face Llama step.
+
+It also checks the stability of the MFU the stage reports when another job shares the cores.
 
 Target (issue: training throughput): the 5M and 25M presets at >= 40 % of the
 quiet bf16 matmul peak, or the profile that says what bounds them; the speed-up
@@ -38,19 +39,20 @@ elementwise, norm, softmax and loss kernels counted together).
 
 The load check runs the stage's measurement (``choose_precision`` at start-up,
 ``sample_peak`` at each held-out evaluation, ``final_peak`` after training)
-around 12 uncompiled 5M steps twice, from an empty peak record: alone, then
-with a two-thread matmul job started just before start-up and stopped when the
-start-up peak is taken (the second run finds the first's record, as a second
-run on one machine does). It prints the MFU the stage reports (over the best of
-the measured peaks and the record), the MFU over this run's measurements only,
-and over the start-up peak only, as the stage computed it before.
+around 12 uncompiled 5M steps twice: alone, then with a two-thread matmul job
+started just before start-up and stopped when the start-up peak is taken. It
+prints the MFU the stage reports (over the best of the measured peaks and this
+machine's record, as on any machine that has trained before), the MFU over the
+run's own measurements only (a first run on a new machine), and over the
+start-up peak only, as the stage computed it before. On a shared virtual
+machine whose speed drifts with its neighbours, only the first of the three is
+stable: a run's own measurements follow the drift.
 
     python bench/train_speed.py [--presets 1M 5M 25M] [--rounds 5] [--no-load-check]
 """
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -286,7 +288,6 @@ def main() -> None:
             print(f"  compiled vs uncompiled loss, max |difference| over the timed steps: {result['loss_max_abs_diff']:.4f} nats")
             print("  ours, share of a step's CPU time: " + ", ".join(f"{name} {share:.0f}%" for name, share in result["profile_ours_pct"].items()))
         if not args.no_load_check:
-            os.environ["XDG_CACHE_HOME"] = str(Path(tmp) / "cache")  # this machine's peak record starts empty
             check = load_check(data)
             figures["load_check"] = check
             for label in ("alone", "competing_job_at_start"):

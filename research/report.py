@@ -5,7 +5,7 @@
 Reads the runs of ``experiments/<profile>.yaml`` from ``dvc exp show --json -A``
 (the newest where a name ran twice) and writes ``reports/results.md``,
 ``reports/runs.csv`` (adding rows, keeping those of runs from other machines) and
-``plots/report/*.png``; the statistics (research/statistics.py) are described in
+``plots/report/*.png``; the statistics (synthtrain/statistics.py) are described in
 docs/experiments.md. Profiles other than cpu write to ``reports/<profile>/``.
 ``--runs-only`` adds the rows of the runs finished on HEAD to runs.csv and nothing else.
 """
@@ -27,10 +27,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
-from research.statistics import (BIGRAM_MARGIN, CATEGORY_LOSS, NO_SIGNAL, SEEDS_NEEDED, SIGNAL, UNKNOWN, Comparison,  # noqa: E402
-                                 Interval, Ranking, Signal, pairwise, rank, signal, t_interval, threshold_verdict)
 from synthtrain.experiments import ExperimentRun, expand, load_definition, report_dir, save_rows  # noqa: E402
 from synthtrain.params import StageError, load_params  # noqa: E402
+from synthtrain.statistics import (BIGRAM_MARGIN, CATEGORY_LOSS, NO_SIGNAL, SEEDS_NEEDED, SIGNAL, UNKNOWN, Comparison,  # noqa: E402
+                                   Interval, Ranking, Signal, pairwise, rank, signal, t_interval, threshold_verdict)
 from synthtrain.cli import run_stage  # noqa: E402
 
 
@@ -151,7 +151,7 @@ def collect(runs: list[ExperimentRun], all_commits: bool = True) -> tuple[list[R
     return results, missing
 
 
-# --- statistics (the tests and intervals are in research/statistics.py) -------------------------
+# --- statistics (the tests and intervals are in synthtrain/statistics.py) -------------------------
 def summarise(results: list[Result], key: str) -> Interval | None:
     values = [r.metrics[key] for r in results if key in r.metrics]
     return t_interval(values) if values else None
@@ -659,7 +659,7 @@ def markdown(definition, results: list[Result], missing: list[str], table_rho: d
 def csv_keys(results: list[Result]) -> list[str]:
     """The metrics of runs.csv: the report's, their baselines and chance levels, the task families, and every category's loss and baselines."""
     metrics = [TRAINING_TOKENS, *CHEAP, *REFERENCES]
-    keys = [m.key for m in metrics] + [b.key for m in metrics for b in m.baselines] + [f"tasks_{family}_accuracy" for family in TASK_FAMILIES]
+    keys = [m.key for m in metrics] + [b.key for m in metrics for b in m.baselines] + [f"tasks_{family}_{what}" for family in TASK_FAMILIES for what in ("accuracy", "chance")]
     return list(dict.fromkeys(keys + [prefix + suffix for prefix in category_prefixes(results) for suffix, _ in CATEGORY_COLUMNS]))
 
 

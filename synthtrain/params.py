@@ -455,7 +455,7 @@ MIX_STRATEGIES = {  # (instruction, knowledge, web) token shares; README explain
 
 class Mix(Section):
     pool: str = Field("100K", description="the sample the mix draws from (a key of sample.sizes)")
-    tokens: Int | None = Field(4_000_000, ge=1, description="token budget of the training set; null: every record of the pool once, in the pool's own shares")
+    tokens: Int | None = Field(6_000_000, ge=1, description="token budget of the training set; null: every record of the pool once, in the pool's own shares")
     strategy: Literal["custom", *MIX_STRATEGIES] = "custom"
     instruction: Float = Field(0.4, ge=0.0, description="custom: relative weight (normalised)")
     knowledge: Float = Field(0.3, ge=0.0)
@@ -480,7 +480,7 @@ class Tokenizer(Section):
     """Stage train_tokenizer: a byte-level BPE trained on a sample of the deduplicated pool, or a named one."""
 
     pretrained: str | None = Field(None, min_length=1, description=f"use instead of training: {TEACHER_OR_FOLDER}, or a hub id in the local cache")
-    vocab_size: Int = Field(8192, ge=512, le=1_000_000, description="tokens, the 3 special tokens included")
+    vocab_size: Int = Field(2048, ge=512, le=1_000_000, description="tokens, the 3 special tokens included")
     train_records: Int = Field(100_000, ge=100, description="records of data/dedup/train.parquet sampled to train on")
     split_digits: Bool = Field(True, description="every digit its own token")
     seed: Int = 0
@@ -504,13 +504,13 @@ class Train(Section):
                              "tokenizer.pretrained must name the same model, so that data/tokens is made with its tokenizer")
     launcher: str = Field("python", min_length=1, description="dvc.yaml runs `<launcher> -m stages.train`: python, or accelerate launch ...")
     model: Literal[MODEL_PRESETS] = Field("5M", description="size preset; 1M-25M for CPU, 125M-1B for GPU")
-    tokens: Int | None = Field(1_228_800, ge=1, description="training tokens; null: one pass over data/tokens/train")
-    batch_tokens: Int = Field(8192, ge=8, description="global batch per optimizer step, in tokens (a multiple of seq_len x micro_batch x processes)")
+    tokens: Int | None = Field(6_144_000, ge=1, description="training tokens; null: one pass over data/tokens/train")
+    batch_tokens: Int = Field(4096, ge=8, description="global batch per optimizer step, in tokens (a multiple of seq_len x micro_batch x processes)")
     micro_batch: Int = Field(16, ge=1, description="sequences per forward pass per process; lower it when out of memory")
     lr: Float = Field(3e-3, gt=0.0, le=1.0, description="peak learning rate")
     min_lr_ratio: Fraction = Field(0.1, description="final learning rate as a fraction of lr")
     schedule: Literal["cosine", "wsd"] = Field("cosine", description="cosine decay, or warmup-stable-decay")
-    warmup_steps: Int = Field(15, ge=0)
+    warmup_steps: Int = Field(50, ge=0)
     decay_fraction: Fraction = Field(0.2, description="wsd: the last fraction of steps that decays")
     weight_decay: Float = Field(0.1, ge=0.0, le=1.0, description="AdamW decay of matrices (not norms)")
     beta1: Float = Field(0.9, ge=0.0, lt=1.0)
@@ -520,9 +520,9 @@ class Train(Section):
     gradient_checkpointing: Bool = Field(False, description="recompute activations in backward: less memory, about 30% slower")
     compile: Literal["auto"] | Bool = Field("auto", description="torch.compile the loss and its model: true, false, or auto: runs of at least "
                                             "100 steps (a CPU compile takes about a minute; docs/training.md has the speed-ups)")
-    eval_every: Int = Field(50, ge=1, description="steps between held-out evaluations")
+    eval_every: Int = Field(250, ge=1, description="steps between held-out evaluations")
     eval_sequences: Int = Field(256, ge=1, description="held-out sequences evaluated per source")
-    checkpoint_every: Int = Field(50, ge=1, description="steps between checkpoints in models/checkpoint")
+    checkpoint_every: Int = Field(250, ge=1, description="steps between checkpoints in models/checkpoint")
     discard_checkpoint: Bool = Field(False, description="a checkpoint of another run in models/checkpoint is moved aside to "
                                      "models/checkpoint-<step>-<run>/ once the budget guard accepts the run; true: deleted instead")
     seed: Int = 0

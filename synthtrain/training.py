@@ -245,6 +245,11 @@ def compiled(model, bf16: bool) -> LossSum:
     if next(model.parameters()).device.type == "cpu":
         unwrapped = model.module if hasattr(model, "module") else model
         unwrapped.set_attn_implementation("eager")
+        # Inductor's CPU scatter-add (the embedding's backward) adds across OpenMP threads with atomics, in
+        # a different order each run; deterministic mode lowers it to the eager kernel, so the same machine
+        # gives the same weights. Filling new tensors with NaN, the mode's debugging aid, is left off.
+        torch.use_deterministic_algorithms(True)
+        torch.utils.deterministic.fill_uninitialized_memory = False
     return LossSum(torch.compile(model), bf16, torch.compile(token_loss_sum))
 
 

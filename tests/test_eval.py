@@ -21,7 +21,7 @@ from synthtrain.evaluation.behaviour import run_suites
 from synthtrain.generation import Reply
 from synthtrain.evaluation.heldout import heldout_metrics, packed
 from synthtrain.evaluation.ngram import NgramBaselines
-from synthtrain.evaluation.answers import extracted, is_correct, task_accuracy
+from synthtrain.evaluation.answers import extracted, is_correct, task_accuracy, task_chance
 from synthtrain.model import build_model, llama_config
 from synthtrain.params import parse_params
 from synthtrain.records import RecordWriter, make_record
@@ -43,7 +43,7 @@ PARAMS = {"sources": {"builtin": {"kind": "builtin"}}, "builtin_eval": {"per_fam
 
 
 # --- answer extraction ---------------------------------------------------------------
-FACT = {"family": "fact_recall", "extract": "first_word", "answer": "Dune"}
+FACT = {"family": "fact_recall", "extract": "first_word", "answer": "Dune", "attribute": "river"}
 SUM = {"family": "arithmetic", "extract": "final_answer", "answer": "285"}
 BULLETS = {"family": "format", "extract": "bullets", "check": {"kind": "bullets", "count": 3}}
 JSON = {"family": "format", "extract": "json", "check": {"kind": "json", "keys": ["name", "river"], "values": {}}}
@@ -72,6 +72,12 @@ def test_extraction_and_accuracy_per_family():
     assert correct == [True, False, True]
     assert metrics == {"tasks_fact_recall_accuracy": 0.5, "tasks_fact_recall_items": 2, "tasks_arithmetic_accuracy": 1.0,
                        "tasks_arithmetic_items": 1, "tasks_accuracy": 0.75, "tasks_items": 3}  # families weigh the same
+
+
+def test_chance_is_a_uniform_guess_among_the_attributes_values_and_any_word_for_the_one_word_format():
+    values = {"river": ["Dune", "Sand", "Tarn", "Vell"]}.__getitem__
+    problems = [{"meta": FACT}, {"meta": SUM}, {"meta": ONE_WORD}, {"meta": BULLETS}]
+    assert task_chance(problems, values) == {"tasks_fact_recall_chance": 0.25, "tasks_arithmetic_chance": 0.0, "tasks_format_chance": 0.5}
 
 
 def test_packed_rows_predict_every_token_once():

@@ -174,7 +174,7 @@ def test_check_fails_on_a_model_that_does_not_fit_the_gpu(project, capsys):
     assert "at 30% MFU (assumed: not measured on this GPU)" in out
     problems = err.strip().splitlines()
     assert len(problems) == 1 and problems[0].startswith("check: run exp1-1B-s0: a step needs ")
-    _, parameters = model_size("1B", 8192, 256)
+    _, parameters = model_size("1B", yaml.safe_load((project / "params.yaml").read_text())["tokenizer"]["vocab_size"], 256)
     assert f"but the L4 has 24 GiB (90% usable): 1B is {parameters / 1e6:.0f}M parameters" in problems[0]
     assert "train.micro_batch = 64 x 256 tokens without gradient checkpointing" in problems[0]
 

@@ -1,4 +1,4 @@
-"""The research report's statistics (research/statistics.py, research/report.py) on hand-built runs: no dvc experiments."""
+"""The research report's statistics (synthtrain/statistics.py, research/report.py) on hand-built runs: no dvc experiments."""
 
 import math
 
@@ -7,7 +7,7 @@ from scipy import stats
 
 from research.report import (PRIMARY, Family, Result, category_table, expected_pool, markdown, plot_loss_curves, plot_mix,
                              plot_quality_vs_quantity, table, write_runs_csv)
-from research.statistics import NO_SIGNAL, SIGNAL, UNKNOWN, holm, signal, t_interval, welch
+from synthtrain.statistics import NO_SIGNAL, SIGNAL, UNKNOWN, holm, signal, t_interval, welch
 from synthtrain.experiments import Definition, ExperimentRun
 
 # a run that beats its bigram baseline by a nat on every category and answers half the arithmetic tasks

@@ -7,6 +7,7 @@ key exactly. The rules: docs/evaluation.md.
 
 import json
 import re
+from collections.abc import Callable
 
 FIRST_WORD = re.compile(r"[\w'-]+")
 FINAL_ANSWER = re.compile(r"final answer\s*:\s*(.*)", re.IGNORECASE)
@@ -80,3 +81,21 @@ def task_accuracy(problems: list[dict], replies: list[str]) -> tuple[dict, list[
         metrics["tasks_accuracy"] = round(sum(sum(o) / len(o) for o in families.values()) / len(families), 4)
     metrics["tasks_items"] = len(correct)
     return metrics, correct
+
+
+def guess_accuracy(meta: dict, values_of: Callable[[str], list[str]]) -> float:
+    """The chance a reply that knows nothing passes: a uniform guess among the world's values of the
+    asked attribute (fact recall), any single word (the one-word format check); 0 where the answer is an
+    open number, string or structure."""
+    if meta["family"] == "fact_recall":
+        return 1 / len(values_of(meta["attribute"]))
+    return 1.0 if meta.get("check", {}).get("kind") == "one_word" else 0.0
+
+
+def task_chance(problems: list[dict], values_of: Callable[[str], list[str]]) -> dict:
+    """``tasks_<family>_chance``: the mean guess_accuracy of each family's problems; values_of gives the
+    values an attribute of the world takes (World.values_of)."""
+    families: dict[str, list[float]] = {}
+    for problem in problems:
+        families.setdefault(problem["meta"]["family"], []).append(guess_accuracy(problem["meta"], values_of))
+    return {f"tasks_{family}_chance": round(sum(guesses) / len(guesses), 4) for family, guesses in sorted(families.items())}

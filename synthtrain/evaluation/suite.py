@@ -27,7 +27,7 @@ from synthtrain.evaluation import behaviour, benchmarks, judges, textmetrics
 from synthtrain.generation import Generator, load_model
 from synthtrain.evaluation.heldout import first_records, heldout_metrics
 from synthtrain.evaluation.ngram import NgramBaselines
-from synthtrain.evaluation.answers import task_accuracy
+from synthtrain.evaluation.answers import task_accuracy, task_chance
 from synthtrain.evaluation import preference_judge
 from synthtrain.params import Params, StageError
 from synthtrain.records import CATEGORIES, open_parquet, output_directory, write_output_text
@@ -149,6 +149,7 @@ def evaluate(params: Params, model_dir: Path) -> dict:
     replies = timed("tasks", seconds, generate, [p["prompt"] for p in problems], "tasks")
     accuracy, correct = task_accuracy(problems, [r.text for r in replies])
     metrics.update(accuracy)
+    metrics.update(task_chance(problems, World(params.world).values_of))
     samples += [{"suite": f"tasks_{p['meta']['family']}", "prompt": p["prompt"], "reply": r.text, "expected": p["meta"].get("answer"),
                  "passed": ok} for p, r, ok in zip(problems, replies, correct)]
 
