@@ -27,7 +27,7 @@ from typing import Any
 import yaml
 
 from synthtrain.cli import run_stage
-from synthtrain.experiments import (GIB, MEMORY_HEADROOM, Definition, ExperimentRun, check_keys, check_run, expand,
+from synthtrain.experiments import (GIB, MEMORY_HEADROOM, Definition, ExperimentRun, check_keys, check_run, expand, unique_runs,
                                     load_definition, recorded_runs, report_dir, run_params, training_cost, unrecorded)
 from synthtrain.hardware import GPU_MEMORY_GIB
 from synthtrain.params import Params, StageError, load_params
@@ -183,7 +183,7 @@ def main(argv=None) -> None:
     parser.add_argument("--dry-run", action="store_true", help="run, queue: print the dvc commands only")
     args = parser.parse_args(argv)
     definition = load_definition(args.profile)
-    runs = expand(definition, args.experiments)
+    runs = unique_runs(expand(definition, args.experiments))  # a run two experiments share is listed, checked and run once
     params = load_params(args.params)
     check_keys(runs, params)
     if args.command == "list":

@@ -51,6 +51,10 @@ BIGRAM_BPB = Metric("heldout_bigram_bpb", "bigram bits/byte", False)
 BENCHMARK_CHANCE = Metric("benchmark_chance", "chance (benchmark mean)", True)
 LOSS = Metric("heldout_loss", "held-out loss (nats/token)", False, baselines=(UNIGRAM_LOSS, BIGRAM_LOSS))
 PRIMARY = Metric("heldout_bpb", "held-out bits/byte", False, baselines=(UNIGRAM_BPB, BIGRAM_BPB))
+# the held-out records without an injected flaw: the same yardstick for every sample (exp2 compares samples)
+CLEAN_BPB = Metric("heldout_clean_bpb", "clean held-out bits/byte", False,
+                   baselines=(Metric("heldout_clean_unigram_bpb", "unigram bits/byte (clean)", False),
+                              Metric("heldout_clean_bigram_bpb", "bigram bits/byte (clean)", False)))
 COHERENCE = Metric("judge_coherence_score", "judge: coherence", True)
 RELEVANCE = Metric("judge_relevance_score", "judge: relevance", True)
 PREFERENCE = Metric("judge_preference_rank_length_controlled", "preference judge (LC)", True)
@@ -71,6 +75,9 @@ CHEAP = [
 BENCHMARKS = ["blimp_acc", "arc_easy_acc", "piqa_acc", "winogrande_acc", "hellaswag_acc", "lambada_acc"]
 TASK_FAMILIES = ["fact_recall", "arithmetic", "word_problem", "string", "format"]
 TASKS = Metric("tasks_accuracy", "task accuracy", True)
+TASK_METRICS = tuple(Metric(f"tasks_{family}_accuracy", family.replace("_", " "), True, baselines=(Metric(f"tasks_{family}_chance", "chance", True),))
+                     for family in TASK_FAMILIES)
+INSTRUCTION_CLEAN_BPB = Metric("heldout_clean_instruction_bpb", "clean instruction held-out bits/byte", False)
 BENCHMARK_MEAN = Metric("benchmark_mean", "benchmark mean acc", True, baselines=(BENCHMARK_CHANCE,))
 REFERENCES = [
     TASKS,
@@ -80,7 +87,7 @@ REFERENCES = [
 ]
 TRAINING_TOKENS = Metric("training_tokens", "training tokens", True, 0)
 REPLY_WORDS = Metric("response_words", "reply words", True, 1)
-TABLE = [TRAINING_TOKENS, PRIMARY, *PRIMARY.baselines, LOSS, *LOSS.baselines, TASKS, BENCHMARK_MEAN, *BENCHMARK_MEAN.baselines, REFERENCES[1],
+TABLE = [TRAINING_TOKENS, PRIMARY, *PRIMARY.baselines, CLEAN_BPB, *CLEAN_BPB.baselines, LOSS, *LOSS.baselines, TASKS, BENCHMARK_MEAN, *BENCHMARK_MEAN.baselines, REFERENCES[1],
          COHERENCE, RELEVANCE, CHEAP[2], CHEAP[3], PREFERENCE, REPLY_WORDS]
 RHO_BAR = 0.8  # the research plan's bar for a cheap metric to stand in for a reference
 BOOTSTRAP = 2000
@@ -128,9 +135,26 @@ def run_metrics(data: dict) -> dict[str, float]:
     return metrics
 
 
-def collect(runs: list[ExperimentRun], all_commits: bool = True) -> tuple[list[Result], list[str]]:
-    """Finished experiments named like ``runs`` (the newest of each name), and the names that are missing or failed."""
-    wanted = {run.name: run for run in runs}
+IDENTITY_COLUMNS, LABEL_COLUMNS = ("name", "experiment", "config", "seed", "rev"), ("signal", "signal_reasons")  # runs.csv's non-metric columns
+
+
+def recorded_metrics(path: Path) -> dict[str, tuple[str, dict[str, float]]]:
+    """name -> (rev, metrics) of each row of runs.csv: the runs that finished on any machine, as committed."""
+    if not path.is_file():
+        return {}
+    with path.open(newline="") as handle:
+        return {row["name"]: (row["rev"], {key: float(value) for key, value in row.items()
+                                           if key not in IDENTITY_COLUMNS + LABEL_COLUMNS and value})
+                for row in csv.DictReader(handle)}
+
+
+def collect(runs: list[ExperimentRun], all_commits: bool = True, rows: Path | None = None) -> tuple[list[Result], list[str]]:
+    """Finished experiments named like ``runs`` (the newest of each name), and the names that are missing or failed.
+    A run that has no DVC experiment here but a row in ``rows`` (runs.csv: it finished on another machine, or its
+    experiment was removed) is read from its row; its loss curve only where its commit is here."""
+    wanted: dict[str, list[ExperimentRun]] = {}
+    for run in runs:
+        wanted.setdefault(run.name, []).append(run)
     newest: dict[str, tuple[str, dict]] = {}
     for commit in exp_show(all_commits):
         for experiment in commit.get("experiments") or []:
@@ -141,14 +165,21 @@ def collect(runs: list[ExperimentRun], all_commits: bool = True) -> tuple[list[R
                 continue
             if name not in newest or data["timestamp"] > newest[name][1]["timestamp"]:
                 newest[name] = (revision["rev"], data)
+    recorded = recorded_metrics(rows) if rows else {}
     results, missing = [], []
-    for name, run in wanted.items():
-        metrics = run_metrics(newest[name][1]) if name in newest else {}
+    for name, shared in wanted.items():
+        rev, metrics = (newest[name][0], run_metrics(newest[name][1])) if name in newest else recorded.get(name, ("", {}))
         if metrics:
-            results.append(Result(run, newest[name][0], metrics, loss_curve(newest[name][0])))
+            curve = loss_curve(rev)
+            results += [Result(run, rev, metrics, curve) for run in shared]  # a shared run: one result per experiment
         else:
             missing.append(name)
     return results, missing
+
+
+def models(results: list[Result]) -> list[Result]:
+    """One result per trained model: a run that two experiments share counts once."""
+    return list({r.run.name: r for r in reversed(results)}.values())[::-1]
 
 
 # --- statistics (the tests and intervals are in synthtrain/statistics.py) -------------------------
@@ -247,7 +278,7 @@ def correlations(results: list[Result], seed: int = 0) -> dict[tuple[str, str], 
     table = {}
     for cheap in CHEAP:
         for reference in REFERENCES:
-            both = [r for r in results if cheap.key in r.metrics and reference.key in r.metrics]
+            both = [r for r in models(results) if cheap.key in r.metrics and reference.key in r.metrics]
             if len(both) < 3:
                 table[cheap.key, reference.key] = None
                 continue
@@ -459,21 +490,24 @@ def answer_mix(results: list[Result]) -> tuple[list[str], list[str]]:
 
 
 def answer_synthetic(results: list[Result]) -> list[str]:
-    pure = by_config(results, "exp1").get("instruction_only")
+    """exp1: the model trained on synthetic instruction data alone against the control, the same compute on the
+    plan's mix of the same pool, on the instruction held-out data and the task families."""
+    groups = by_config(results, "exp1")
+    pure = groups.get("instruction_only")
     if not pure:
         return ["exp1 has not finished."]
-    facts = ", ".join(f"{m.label} {s.text(m.digits)}" for m in (TASKS, PRIMARY, BIGRAM_BPB, BENCHMARK_MEAN, BENCHMARK_CHANCE, COHERENCE)
-                      if (s := summarise(pure, m.key)))
+    shown = (TASKS, *TASK_METRICS, INSTRUCTION_CLEAN_BPB, BIGRAM_BPB, BENCHMARK_MEAN, BENCHMARK_CHANCE)
+    facts = ", ".join(f"{m.label} {s.text(m.digits)}" for m in shown if (s := summarise(pure, m.key)))
     verdict = config_signal(pure)
     if verdict.label == NO_SIGNAL:
-        return [f"No signal at this profile's scale: trained on instruction data alone (the curated 10K pool), the model shows no signal "
+        return [f"No signal at this profile's scale: trained on instruction data alone, the model shows no signal "
                 f"({'; '.join(verdict.reasons)}), so no conclusion is drawn from it ({facts})."]
     opening = "Partly" if verdict.label == SIGNAL else f"Undecided, as its signal is unknown ({'; '.join(verdict.reasons)})"
-    words = [f"{opening}: trained on instruction data alone (the curated 10K pool), the model reaches {facts}"]
-    reference = by_config(results, "exp2").get("10K-top_quality")
-    if reference:
-        family = Family({"instruction_only": pure, "the plan mix": reference}, PRIMARY)
-        words.append(f"; against the plan mix from the same pool (exp2's 10K-top_quality): {family.compare('instruction_only', 'the plan mix')[1]}")
+    words = [f"{opening}: trained on synthetic instruction data alone (the curated 100K pool), the model reaches {facts}"]
+    if "mixed" in groups:
+        for metric in (INSTRUCTION_CLEAN_BPB, *TASK_METRICS):
+            words.append(f"; {metric.label}, against the same compute on the plan mix: "
+                         f"{Family({'instruction_only': pure, 'mixed': groups['mixed']}, metric).compare('instruction_only', 'mixed')[1]}")
     return ["".join(words) + "."]
 
 
@@ -659,7 +693,9 @@ def markdown(definition, results: list[Result], missing: list[str], table_rho: d
 def csv_keys(results: list[Result]) -> list[str]:
     """The metrics of runs.csv: the report's, their baselines and chance levels, the task families, and every category's loss and baselines."""
     metrics = [TRAINING_TOKENS, *CHEAP, *REFERENCES]
-    keys = [m.key for m in metrics] + [b.key for m in metrics for b in m.baselines] + [f"tasks_{family}_{what}" for family in TASK_FAMILIES for what in ("accuracy", "chance")]
+    keys = ([m.key for m in [*metrics, CLEAN_BPB]] + [b.key for m in [*metrics, CLEAN_BPB] for b in m.baselines]
+            + [f"tasks_{family}_{what}" for family in TASK_FAMILIES for what in ("accuracy", "chance", "items")]
+            + [key.removesuffix("_acc") + "_items" for key in BENCHMARKS] + ["reply_empty_rate", "response_words"])
     return list(dict.fromkeys(keys + [prefix + suffix for prefix in category_prefixes(results) for suffix, _ in CATEGORY_COLUMNS]))
 
 
@@ -667,24 +703,24 @@ def write_runs_csv(results: list[Result], path: Path) -> None:
     """Add or replace the results' rows; rows of runs that finished elsewhere (another machine) stay."""
     keys = csv_keys(results)
     rows = []
-    for r in results:
+    for r in models(results):
         label = signal(r.metrics)
         rows.append({"name": r.run.name, "experiment": r.run.experiment, "config": r.run.config, "seed": str(r.run.seed), "rev": r.rev[:7],
                      **{k: f"{r.metrics[k]:.6g}" if k in r.metrics else "" for k in keys},
                      "signal": label.label, "signal_reasons": "; ".join(label.reasons)})
-    save_rows(path, ["name", "experiment", "config", "seed", "rev", *keys, "signal", "signal_reasons"], rows)
+    save_rows(path, [*IDENTITY_COLUMNS, *keys, *LABEL_COLUMNS], rows)
 
 
 def record_runs(profile: str, path: Path) -> list[Result]:
     """Only the rows of runs.csv, of the runs that finished on HEAD (research.experiments run calls it after each run)."""
-    results, _ = collect(expand(load_definition(profile)), all_commits=False)
+    results, _ = collect(expand(load_definition(profile)), all_commits=False)  # not rows: it writes them
     write_runs_csv(results, path)
     return results
 
 
 def report(profile: str, out: Path, plots: Path, sizes: dict[str, int]) -> tuple[list[Result], list[str]]:
     definition = load_definition(profile)
-    results, missing = collect(expand(definition))
+    results, missing = collect(expand(definition), rows=out.with_name("runs.csv"))
     if not results:
         raise StageError(f"no finished experiment of the {profile} profile: run `make experiments` (or `make exp1` ...) first")
     out.parent.mkdir(parents=True, exist_ok=True)
