@@ -93,6 +93,7 @@ REPLY_WORDS = Metric("response_words", "reply words", True, 1)
 TABLE = [TRAINING_TOKENS, PRIMARY, *PRIMARY.baselines, CLEAN_BPB, *CLEAN_BPB.baselines, LOSS, *LOSS.baselines, TASKS, BENCHMARK_MEAN, *BENCHMARK_MEAN.baselines, REFERENCES[1],
          COHERENCE, RELEVANCE, CHEAP[2], CHEAP[3], PREFERENCE, REPLY_WORDS]
 RHO_BAR = 0.8  # the research plan's bar for a cheap metric to stand in for a reference
+MIN_MODELS = 8  # fewer models give a rank correlation whose bootstrap interval says nothing (3 models: 6 orders in all)
 BOOTSTRAP = 2000
 JUDGE_CHECK = Path("metrics/judge_check.json")  # the judge_check stage: the cheap metrics against GPT-4 on real chat models
 # The research plan's other expected outcomes (the "Expected outcomes" table).
@@ -282,7 +283,7 @@ def correlations(results: list[Result], seed: int = 0) -> dict[tuple[str, str], 
     for cheap in CHEAP:
         for reference in REFERENCES:
             both = [r for r in models(results) if cheap.key in r.metrics and reference.key in r.metrics]
-            if len(both) < 3:
+            if len(both) < MIN_MODELS:
                 table[cheap.key, reference.key] = None
                 continue
             sign = 1.0 if cheap.higher_is_better else -1.0
@@ -545,6 +546,10 @@ def answer_correlation(table: dict, results: list[Result]) -> tuple[list[str], l
     cleared = [(c, r, v) for (ck, rk), v in table.items() if v for c in CHEAP if c.key == ck for r in REFERENCES if r.key == rk and v[0] > RHO_BAR]
     lines = real_reference_lines()
     population = models(results)
+    if len(population) < MIN_MODELS:
+        lines.append(f"Within this project's own models: {len(population)} finished, fewer than the {MIN_MODELS} a rank correlation "
+                     "needs, so none is computed yet.")
+        return lines, []
     spanned = lambda key: sorted({r.run.sets[key] for r in population if r.run.sets.get(key) is not None}, key=str)
     lines.append(f"Within this project's own {len(population)} models (every exp1-exp4 model once; presets {', '.join(spanned('train.model'))}, "
                  f"{', '.join(f'{tokens:,}' for tokens in sorted(spanned('train.tokens')))} training tokens), {len(cleared)} cheap "
