@@ -77,10 +77,13 @@ TASK_FAMILIES = ["fact_recall", "arithmetic", "word_problem", "string", "format"
 TASKS = Metric("tasks_accuracy", "task accuracy", True)
 TASK_METRICS = tuple(Metric(f"tasks_{family}_accuracy", family.replace("_", " "), True, baselines=(Metric(f"tasks_{family}_chance", "chance", True),))
                      for family in TASK_FAMILIES)
-INSTRUCTION_CLEAN_BPB = Metric("heldout_clean_instruction_bpb", "clean instruction held-out bits/byte", False)
+CLEAN_CATEGORY_BPB = tuple(Metric(f"heldout_clean_{category}_bpb", f"clean {category} held-out bits/byte", False,
+                                  baselines=tuple(Metric(f"heldout_clean_{category}_{ngram}_bpb", f"{ngram} bits/byte (clean {category})", False)
+                                                  for ngram in ("unigram", "bigram")))
+                           for category in ("instruction", "knowledge", "web"))
+INSTRUCTION_CLEAN_BPB = CLEAN_CATEGORY_BPB[0]
 # exp3 by capability: each category's clean held-out data, and the task families a model of this scale can show
-CAPABILITIES = (INSTRUCTION_CLEAN_BPB, Metric("heldout_clean_knowledge_bpb", "clean knowledge held-out bits/byte", False),
-                Metric("heldout_clean_web_bpb", "clean web held-out bits/byte", False), *TASK_METRICS)
+CAPABILITIES = (*CLEAN_CATEGORY_BPB, *TASK_METRICS)
 BENCHMARK_MEAN = Metric("benchmark_mean", "benchmark mean acc", True, baselines=(BENCHMARK_CHANCE,))
 REFERENCES = [
     TASKS,
@@ -733,7 +736,8 @@ def markdown(definition, results: list[Result], missing: list[str], table_rho: d
 def csv_keys(results: list[Result]) -> list[str]:
     """The metrics of runs.csv: the report's, their baselines and chance levels, the task families, and every category's loss and baselines."""
     metrics = [TRAINING_TOKENS, *CHEAP, *REFERENCES]
-    keys = ([m.key for m in [*metrics, CLEAN_BPB]] + [b.key for m in [*metrics, CLEAN_BPB] for b in m.baselines]
+    metrics += [CLEAN_BPB, *CLEAN_CATEGORY_BPB]
+    keys = ([m.key for m in metrics] + [b.key for m in metrics for b in m.baselines]
             + [f"tasks_{family}_{what}" for family in TASK_FAMILIES for what in ("accuracy", "chance", "items")]
             + [key.removesuffix("_acc") + "_items" for key in BENCHMARKS] + ["reply_empty_rate", "response_words"])
     return list(dict.fromkeys(keys + [prefix + suffix for prefix in category_prefixes(results) for suffix, _ in CATEGORY_COLUMNS]))
