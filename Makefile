@@ -53,7 +53,7 @@ report: venv
 
 experiments: venv
 	python -m research.experiments check --profile $(PROFILE)
-	python -m research.experiments run exp1 exp3 exp4 exp2 --profile $(PROFILE) --commit
+	python -m research.experiments run exp1 exp4 exp3 exp2 --profile $(PROFILE) --commit
 	python -m research.report --profile $(PROFILE)
 
 # The distillation flywheel (docs/experiments.md: Model collapse): generations 0..collapse.generations,

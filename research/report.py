@@ -77,10 +77,13 @@ TASK_FAMILIES = ["fact_recall", "arithmetic", "word_problem", "string", "format"
 TASKS = Metric("tasks_accuracy", "task accuracy", True)
 TASK_METRICS = tuple(Metric(f"tasks_{family}_accuracy", family.replace("_", " "), True, baselines=(Metric(f"tasks_{family}_chance", "chance", True),))
                      for family in TASK_FAMILIES)
-INSTRUCTION_CLEAN_BPB = Metric("heldout_clean_instruction_bpb", "clean instruction held-out bits/byte", False)
+CLEAN_CATEGORY_BPB = tuple(Metric(f"heldout_clean_{category}_bpb", f"clean {category} held-out bits/byte", False,
+                                  baselines=tuple(Metric(f"heldout_clean_{category}_{ngram}_bpb", f"{ngram} bits/byte (clean {category})", False)
+                                                  for ngram in ("unigram", "bigram")))
+                           for category in ("instruction", "knowledge", "web"))
+INSTRUCTION_CLEAN_BPB = CLEAN_CATEGORY_BPB[0]
 # exp3 by capability: each category's clean held-out data, and the task families a model of this scale can show
-CAPABILITIES = (INSTRUCTION_CLEAN_BPB, Metric("heldout_clean_knowledge_bpb", "clean knowledge held-out bits/byte", False),
-                Metric("heldout_clean_web_bpb", "clean web held-out bits/byte", False), *TASK_METRICS)
+CAPABILITIES = (*CLEAN_CATEGORY_BPB, *TASK_METRICS)
 BENCHMARK_MEAN = Metric("benchmark_mean", "benchmark mean acc", True, baselines=(BENCHMARK_CHANCE,))
 REFERENCES = [
     TASKS,
@@ -93,6 +96,7 @@ REPLY_WORDS = Metric("response_words", "reply words", True, 1)
 TABLE = [TRAINING_TOKENS, PRIMARY, *PRIMARY.baselines, CLEAN_BPB, *CLEAN_BPB.baselines, LOSS, *LOSS.baselines, TASKS, BENCHMARK_MEAN, *BENCHMARK_MEAN.baselines, REFERENCES[1],
          COHERENCE, RELEVANCE, CHEAP[2], CHEAP[3], PREFERENCE, REPLY_WORDS]
 RHO_BAR = 0.8  # the research plan's bar for a cheap metric to stand in for a reference
+MIN_MODELS = 8  # fewer models give a rank correlation whose bootstrap interval says nothing (3 models: 6 orders in all)
 BOOTSTRAP = 2000
 JUDGE_CHECK = Path("metrics/judge_check.json")  # the judge_check stage: the cheap metrics against GPT-4 on real chat models
 # The research plan's other expected outcomes (the "Expected outcomes" table).
@@ -282,7 +286,7 @@ def correlations(results: list[Result], seed: int = 0) -> dict[tuple[str, str], 
     for cheap in CHEAP:
         for reference in REFERENCES:
             both = [r for r in models(results) if cheap.key in r.metrics and reference.key in r.metrics]
-            if len(both) < 3:
+            if len(both) < MIN_MODELS:
                 table[cheap.key, reference.key] = None
                 continue
             sign = 1.0 if cheap.higher_is_better else -1.0
@@ -545,6 +549,10 @@ def answer_correlation(table: dict, results: list[Result]) -> tuple[list[str], l
     cleared = [(c, r, v) for (ck, rk), v in table.items() if v for c in CHEAP if c.key == ck for r in REFERENCES if r.key == rk and v[0] > RHO_BAR]
     lines = real_reference_lines()
     population = models(results)
+    if len(population) < MIN_MODELS:
+        lines.append(f"Within this project's own models: {len(population)} finished, fewer than the {MIN_MODELS} a rank correlation "
+                     "needs, so none is computed yet.")
+        return lines, []
     spanned = lambda key: sorted({r.run.sets[key] for r in population if r.run.sets.get(key) is not None}, key=str)
     lines.append(f"Within this project's own {len(population)} models (every exp1-exp4 model once; presets {', '.join(spanned('train.model'))}, "
                  f"{', '.join(f'{tokens:,}' for tokens in sorted(spanned('train.tokens')))} training tokens), {len(cleared)} cheap "
@@ -728,7 +736,8 @@ def markdown(definition, results: list[Result], missing: list[str], table_rho: d
 def csv_keys(results: list[Result]) -> list[str]:
     """The metrics of runs.csv: the report's, their baselines and chance levels, the task families, and every category's loss and baselines."""
     metrics = [TRAINING_TOKENS, *CHEAP, *REFERENCES]
-    keys = ([m.key for m in [*metrics, CLEAN_BPB]] + [b.key for m in [*metrics, CLEAN_BPB] for b in m.baselines]
+    metrics += [CLEAN_BPB, *CLEAN_CATEGORY_BPB]
+    keys = ([m.key for m in metrics] + [b.key for m in metrics for b in m.baselines]
             + [f"tasks_{family}_{what}" for family in TASK_FAMILIES for what in ("accuracy", "chance", "items")]
             + [key.removesuffix("_acc") + "_items" for key in BENCHMARKS] + ["reply_empty_rate", "response_words"])
     return list(dict.fromkeys(keys + [prefix + suffix for prefix in category_prefixes(results) for suffix, _ in CATEGORY_COLUMNS]))

@@ -114,6 +114,9 @@ def test_correlations_negate_lower_is_better_metrics():
     table = correlations(results)
     assert table["heldout_bpb", "tasks_accuracy"][0] == pytest.approx(1.0)  # lower bpb, higher accuracy: agreement
     assert table["heldout_bpb", "blimp_acc"] is None and table["rougeL", "tasks_accuracy"] is None
+    # seven models, each also read by a second experiment: still seven models, too few to rank
+    shared = [Result(r.run.model_copy(update={"experiment": "f"}), r.rev, r.metrics) for r in results[:7]]
+    assert all(value is None for value in correlations(results[:7] + shared).values())
 
 
 def test_the_docs_gpteacher_override_gives_valid_params(tmp_path):
