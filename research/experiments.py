@@ -82,9 +82,14 @@ def queue(runs: list[ExperimentRun], force: bool, dry_run: bool) -> int:
 
 
 # --- run: one at a time, each row recorded as its run finishes ------------------------------------
-def record_rows(profile: str) -> None:
-    """Add the rows of the runs that finished on this commit to runs.csv (research.report owns its columns)."""
-    done = subprocess.run([sys.executable, "-m", "research.report", "--profile", profile, "--runs-only"])
+def head() -> str:
+    return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+
+
+def record_rows(profile: str, baseline: str) -> None:
+    """Add the rows of the runs based on ``baseline`` to runs.csv (research.report owns its columns): the commit a
+    run started from, which is no longer HEAD when something was committed while it ran."""
+    done = subprocess.run([sys.executable, "-m", "research.report", "--profile", profile, "--runs-only", "--rev", baseline])
     if done.returncode != 0:
         raise StageError("python -m research.report --runs-only failed (its error is above)")
 
@@ -117,10 +122,11 @@ def run_all(runs: list[ExperimentRun], profile: str, params_path: Path, commit: 
             print(f"experiments: {run.name} finished here already; the report adds its row")
             continue
         print(f"experiments: run {number} of {len(todo)}: {run.name}", flush=True)
+        baseline = head()
         if subprocess.run(run.command("--temp")).returncode != 0:
             failed.append(run.name)
             continue
-        record_rows(profile)
+        record_rows(profile, baseline)
         if run.name not in recorded_runs(path):
             failed.append(run.name)  # it ran but left no metrics for a row: research.report says why
             continue

@@ -1,13 +1,13 @@
 """report: the research experiments' results, from ``dvc exp show``, as plots and a results table.
 
-    python -m research.report [--profile cpu] [--out reports/results.md] [--plots plots/report] [--runs-only]
+    python -m research.report [--profile cpu] [--out reports/results.md] [--plots plots/report] [--runs-only [--rev COMMIT]]
 
 Reads the runs of ``experiments/<profile>.yaml`` from ``dvc exp show --json -A``
 (the newest where a name ran twice) and writes ``reports/results.md``,
 ``reports/runs.csv`` (adding rows, keeping those of runs from other machines) and
 ``plots/report/*.png``; the statistics (synthtrain/statistics.py) are described in
 docs/experiments.md. Profiles other than cpu write to ``reports/<profile>/``.
-``--runs-only`` adds the rows of the runs finished on HEAD to runs.csv and nothing else.
+``--runs-only [--rev COMMIT]`` adds the rows of the runs based on that commit (HEAD) to runs.csv and nothing else.
 """
 
 import argparse
@@ -113,9 +113,10 @@ class Result:
     loss_curve: list[tuple[int, float]] = field(default_factory=list)
 
 
-def exp_show(all_commits: bool = True) -> list[dict]:
-    """The experiments of every commit, or of HEAD only (seconds instead of minutes in a long history)."""
-    shown = subprocess.run(["dvc", "exp", "show", "--json", *(["-A"] if all_commits else []), "--no-pager"], capture_output=True, text=True)
+def exp_show(all_commits: bool = True, rev: str | None = None) -> list[dict]:
+    """The experiments of every commit, or of the commit ``rev`` (default HEAD) only (seconds instead of minutes in a long history)."""
+    which = ["-A"] if all_commits else ["--rev", rev] if rev else []
+    shown = subprocess.run(["dvc", "exp", "show", "--json", *which, "--no-pager"], capture_output=True, text=True)
     if shown.returncode != 0:
         raise StageError(f"dvc exp show failed: {shown.stderr.strip()}")
     return json.loads(shown.stdout)
@@ -155,7 +156,7 @@ def recorded_metrics(path: Path) -> dict[str, tuple[str, dict[str, float]]]:
                 for row in csv.DictReader(handle)}
 
 
-def collect(runs: list[ExperimentRun], all_commits: bool = True, rows: Path | None = None) -> tuple[list[Result], list[str]]:
+def collect(runs: list[ExperimentRun], all_commits: bool = True, rows: Path | None = None, rev: str | None = None) -> tuple[list[Result], list[str]]:
     """Finished experiments named like ``runs`` (the newest of each name), and the names that are missing or failed.
     A run that has no DVC experiment here but a row in ``rows`` (runs.csv: it finished on another machine, or its
     experiment was removed) is read from its row; its loss curve only where its commit is here."""
@@ -163,7 +164,7 @@ def collect(runs: list[ExperimentRun], all_commits: bool = True, rows: Path | No
     for run in runs:
         wanted.setdefault(run.name, []).append(run)
     newest: dict[str, tuple[str, dict]] = {}
-    for commit in exp_show(all_commits):
+    for commit in exp_show(all_commits, rev):
         for experiment in commit.get("experiments") or []:
             name, executor = experiment.get("name"), experiment.get("executor")
             revision = (experiment.get("revs") or [{}])[0]
@@ -755,9 +756,10 @@ def write_runs_csv(results: list[Result], path: Path) -> None:
     save_rows(path, [*IDENTITY_COLUMNS, *keys, *LABEL_COLUMNS], rows)
 
 
-def record_runs(profile: str, path: Path) -> list[Result]:
-    """Only the rows of runs.csv, of the runs that finished on HEAD (research.experiments run calls it after each run)."""
-    results, _ = collect(expand(load_definition(profile)), all_commits=False)  # not rows: it writes them
+def record_runs(profile: str, path: Path, rev: str | None = None) -> list[Result]:
+    """Only the rows of runs.csv, of the runs based on the commit ``rev`` (research.experiments run calls it after each
+    run with the commit the run started from: HEAD may have moved since)."""
+    results, _ = collect(expand(load_definition(profile)), all_commits=False, rev=rev)  # not rows: it writes them
     write_runs_csv(results, path)
     return results
 
@@ -785,12 +787,13 @@ def main(argv=None) -> None:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--out", type=Path, help="default: reports/results.md, reports/<profile>/results.md for other profiles")
     parser.add_argument("--plots", type=Path, default=Path("plots/report"))
-    parser.add_argument("--runs-only", action="store_true", help="only add the rows of the runs finished on HEAD to runs.csv")
+    parser.add_argument("--runs-only", action="store_true", help="only add the rows of the runs based on --rev to runs.csv")
+    parser.add_argument("--rev", help="--runs-only: the commit the runs started from (default HEAD)")
     args = parser.parse_args(argv)
     args.out = args.out or report_dir(args.profile) / "results.md"
     if args.runs_only:
-        results = record_runs(args.profile, args.out.with_name("runs.csv"))
-        print(f"report: {len(results)} runs finished on HEAD -> {args.out.with_name('runs.csv')}")
+        results = record_runs(args.profile, args.out.with_name("runs.csv"), args.rev)
+        print(f"report: {len(results)} runs finished on {args.rev or 'HEAD'} -> {args.out.with_name('runs.csv')}")
         return
     results, missing = report(args.profile, args.out, args.plots, load_params(args.params).sample.sizes)
     print(f"report: {len(results)} runs ({len(missing)} missing or failed) -> {args.out}, {args.out.with_name('runs.csv')}, {args.plots}/*.png")

@@ -289,7 +289,7 @@ def test_the_stage_writes_flat_metrics_samples_and_plots_and_reports_empty_sets(
     assert len(samples) == metrics["tasks_items"] + metrics["reference_items"] + metrics["behaviour_cases"]
     assert (random_model / "plots/eval/tasks.csv").read_text().startswith("family,accuracy\n")
     assert (random_model / "plots/eval/heldout.csv").read_text().splitlines() == [
-        "set,bpb", *(f"builtin_{c},{metrics[f'heldout_builtin_{c}_bpb']}" for c in ("instruction", "knowledge", "web"))]
+        "set,bpb", *(f"{s}_{c},{metrics[f'heldout_{s}_{c}_bpb']}" for s in ("builtin", "clean") for c in ("instruction", "knowledge", "web"))]
     assert "hellaswag," in (random_model / "plots/eval/benchmarks.csv").read_text()
     assert sorted(p.name for p in (random_model / "data/eval/tasks").glob("*.yaml")) == ["hellaswag.yaml", "mmlu.yaml", "winogrande.yaml"]
 

@@ -219,6 +219,11 @@ def test_a_queued_grid_runs_with_run_all_and_reports(project):
            for commit in shown for e in commit.get("experiments") or [] if e["name"] in ("exp3-equal-s0", "exp3-web_heavy-s0")}
     assert len(bpb) == 2
 
+    # a commit while the runs ran (the runner commits each row): their rows come from the commit they started from
+    baseline = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project, capture_output=True, text=True, check=True).stdout.strip()
+    subprocess.run(["git", "commit", "-q", "--allow-empty", "-m", "moved on while the runs ran"], cwd=project, check=True)
+    assert "report: 0 runs finished on HEAD" in python("research.report", "--profile", "tiny", "--runs-only")
+    assert f"report: 2 runs finished on {baseline}" in python("research.report", "--profile", "tiny", "--runs-only", "--rev", baseline)
     assert "report: 2 runs (0 missing or failed)" in python("research.report", "--profile", "tiny")
     results = (project / "reports/tiny/results.md").read_text()  # a profile other than cpu: reports/<profile>/
     rows = {}  # each configuration's first row: the results table (the per-category table follows it)
