@@ -99,11 +99,17 @@ def test_the_report_writes_baselines_and_old_runs_as_unknown(tmp_path, monkeypat
     results += [run(f"{pool}-random", seed, "exp2", {"mix.pool": pool, "sample.strategy": "random"}, heldout_bpb=1.5 + seed / 100,
                     heldout_loss=3.3, tasks_arithmetic_accuracy=0.5, training_tokens=1000.0) for pool in sizes for seed in range(3)]
     definition = Definition.model_validate({"seeds": [0, 1, 2], "seed_params": ["train.seed"], "experiments": {
-        "exp2": {"question": "Quality?", "grid": {"mix.pool": ["10K", "100K"]}}, "exp3": {"question": "Mix?", "grid": {"mix.strategy": ["equal"]}}}})
+        "exp2": {"question": "Quality?", "grid": {"mix.pool": ["10K", "100K"], "sample.strategy": ["random"]}},
+        "exp3": {"question": "Mix?", "grid": {"mix.strategy": ["plan_40_30_30", "equal"]}}}})
     text = markdown(definition, results, [], {}, "tiny", tmp_path, sizes)
     assert "Of the 12 runs, 6 show signal, 0 no signal and 6 are unknown" in text
     assert "| the 40/30/30 mix is optimal | by held-out bits/byte, the lowest held-out bits/byte is **plan_40_30_30**" in text
     assert text.count("| met |") == 1 and "| ~50K samples give 80% of the best | unigram baselines unknown" in text
+    # a mix that has not run yet: no verdict on the whole experiment, and its answer says it is partial
+    definition.experiments["exp3"].grid["mix.strategy"].append("web_heavy")
+    partial = markdown(definition, results, [], {}, "tiny", tmp_path, sizes)
+    assert "| the 40/30/30 mix is optimal | 2 of 3 configurations of exp3 have run (not yet: web_heavy) | not measured |" in partial
+    assert "3. **Mix?** Partial: 2 of 3 configurations of exp3 have run (not yet: web_heavy). Among the mixes" in partial
     exp3 = {config: [r for r in results if r.run.config == config] for config in ("plan_40_30_30", "equal")}
     header = table(exp3)[0]
     assert "held-out bits/byte ↓ | unigram bits/byte | bigram bits/byte | held-out loss (nats/token) ↓ | unigram loss | bigram loss" in header
