@@ -27,7 +27,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
-from synthtrain.experiments import ExperimentRun, expand, load_definition, report_dir, save_rows  # noqa: E402
+from synthtrain.experiments import ExperimentRun, expand, first_per_name, load_definition, report_dir, save_rows  # noqa: E402
 from synthtrain.params import StageError, load_params  # noqa: E402
 from synthtrain.statistics import (BIGRAM_MARGIN, CATEGORY_LOSS, NO_SIGNAL, SEEDS_NEEDED, SIGNAL, UNKNOWN, Comparison,  # noqa: E402
                                    Interval, Ranking, Signal, pairwise, rank, signal, t_interval, threshold_verdict)
@@ -187,7 +187,7 @@ def collect(runs: list[ExperimentRun], all_commits: bool = True, rows: Path | No
 
 def models(results: list[Result]) -> list[Result]:
     """One result per trained model: a run that two experiments share counts once."""
-    return list({r.run.name: r for r in reversed(results)}.values())[::-1]
+    return first_per_name(results, lambda result: result.run.name)
 
 
 # --- statistics (the tests and intervals are in synthtrain/statistics.py) -------------------------

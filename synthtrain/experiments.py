@@ -108,9 +108,17 @@ def expand(definition: Definition, names: list[str] | None = None) -> list[Exper
     return [run for experiment in names or definition.experiments for run in runs[experiment]]
 
 
+def first_per_name(items: list, name=lambda run: run.name) -> list:
+    """The first item of each run name, in order: a run two experiments share counts once."""
+    firsts: dict[str, Any] = {}
+    for item in items:
+        firsts.setdefault(name(item), item)
+    return list(firsts.values())
+
+
 def unique_runs(runs: list[ExperimentRun]) -> list[ExperimentRun]:
     """The runs to train: one per name (a run shared by two experiments trains once)."""
-    return list({run.name: run for run in reversed(runs)}.values())[::-1]
+    return first_per_name(runs)
 
 
 def check_keys(runs: list[ExperimentRun], params: Params) -> None:
