@@ -48,18 +48,18 @@ bench: venv
 
 # Check an experiment's runs, run each one that has no row in the profile's runs.csv (one at a
 # time; its row is added and committed as it finishes, so a clone elsewhere continues), then report.
-exp1 exp2 exp3: venv
+exp1 exp2 exp3 exp4: venv
 	python -m research.experiments check $@ --profile $(PROFILE)
 	python -m research.experiments run $@ --profile $(PROFILE) --commit
 	python -m research.report --profile $(PROFILE)
 
-# exp4 has no runs of its own: it correlates the metrics of every exp1-exp3 model.
-exp4 report: venv
+# The report from the committed runs.csv and this machine's experiments; exp4 correlates every model's metrics.
+report: venv
 	python -m research.report --profile $(PROFILE)
 
 experiments: venv
 	python -m research.experiments check --profile $(PROFILE)
-	python -m research.experiments run exp1 exp3 exp2 --profile $(PROFILE) --commit
+	python -m research.experiments run exp1 exp4 exp3 exp2 --profile $(PROFILE) --commit
 	python -m research.report --profile $(PROFILE)
 
 # The distillation flywheel (docs/experiments.md: Model collapse): generations 0..collapse.generations,

@@ -27,7 +27,7 @@ from typing import Any
 import yaml
 
 from synthtrain.cli import run_stage
-from synthtrain.experiments import (GIB, MEMORY_HEADROOM, Definition, ExperimentRun, check_keys, check_run, expand,
+from synthtrain.experiments import (GIB, MEMORY_HEADROOM, Definition, ExperimentRun, check_keys, check_run, expand, unique_runs,
                                     load_definition, recorded_runs, report_dir, run_params, training_cost, unrecorded)
 from synthtrain.hardware import GPU_MEMORY_GIB
 from synthtrain.params import Params, StageError, load_params
@@ -82,9 +82,14 @@ def queue(runs: list[ExperimentRun], force: bool, dry_run: bool) -> int:
 
 
 # --- run: one at a time, each row recorded as its run finishes ------------------------------------
-def record_rows(profile: str) -> None:
-    """Add the rows of the runs that finished on this commit to runs.csv (research.report owns its columns)."""
-    done = subprocess.run([sys.executable, "-m", "research.report", "--profile", profile, "--runs-only"])
+def head() -> str:
+    return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+
+
+def record_rows(profile: str, baseline: str) -> None:
+    """Add the rows of the runs based on ``baseline`` to runs.csv (research.report owns its columns): the commit a
+    run started from, which is no longer HEAD when something was committed while it ran."""
+    done = subprocess.run([sys.executable, "-m", "research.report", "--profile", profile, "--runs-only", "--rev", baseline])
     if done.returncode != 0:
         raise StageError("python -m research.report --runs-only failed (its error is above)")
 
@@ -117,10 +122,11 @@ def run_all(runs: list[ExperimentRun], profile: str, params_path: Path, commit: 
             print(f"experiments: {run.name} finished here already; the report adds its row")
             continue
         print(f"experiments: run {number} of {len(todo)}: {run.name}", flush=True)
+        baseline = head()
         if subprocess.run(run.command("--temp")).returncode != 0:
             failed.append(run.name)
             continue
-        record_rows(profile)
+        record_rows(profile, baseline)
         if run.name not in recorded_runs(path):
             failed.append(run.name)  # it ran but left no metrics for a row: research.report says why
             continue
@@ -183,7 +189,7 @@ def main(argv=None) -> None:
     parser.add_argument("--dry-run", action="store_true", help="run, queue: print the dvc commands only")
     args = parser.parse_args(argv)
     definition = load_definition(args.profile)
-    runs = expand(definition, args.experiments)
+    runs = unique_runs(expand(definition, args.experiments))  # a run two experiments share is listed, checked and run once
     params = load_params(args.params)
     check_keys(runs, params)
     if args.command == "list":

@@ -1,13 +1,13 @@
 """report: the research experiments' results, from ``dvc exp show``, as plots and a results table.
 
-    python -m research.report [--profile cpu] [--out reports/results.md] [--plots plots/report] [--runs-only]
+    python -m research.report [--profile cpu] [--out reports/results.md] [--plots plots/report] [--runs-only [--rev COMMIT]]
 
 Reads the runs of ``experiments/<profile>.yaml`` from ``dvc exp show --json -A``
 (the newest where a name ran twice) and writes ``reports/results.md``,
 ``reports/runs.csv`` (adding rows, keeping those of runs from other machines) and
 ``plots/report/*.png``; the statistics (synthtrain/statistics.py) are described in
 docs/experiments.md. Profiles other than cpu write to ``reports/<profile>/``.
-``--runs-only`` adds the rows of the runs finished on HEAD to runs.csv and nothing else.
+``--runs-only [--rev COMMIT]`` adds the rows of the runs based on that commit (HEAD) to runs.csv and nothing else.
 """
 
 import argparse
@@ -27,7 +27,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
-from synthtrain.experiments import ExperimentRun, expand, load_definition, report_dir, save_rows  # noqa: E402
+from synthtrain.experiments import ExperimentRun, expand, first_per_name, load_definition, report_dir, save_rows  # noqa: E402
 from synthtrain.params import StageError, load_params  # noqa: E402
 from synthtrain.statistics import (BIGRAM_MARGIN, CATEGORY_LOSS, NO_SIGNAL, SEEDS_NEEDED, SIGNAL, UNKNOWN, Comparison,  # noqa: E402
                                    Interval, Ranking, Signal, pairwise, rank, signal, t_interval, threshold_verdict)
@@ -51,6 +51,10 @@ BIGRAM_BPB = Metric("heldout_bigram_bpb", "bigram bits/byte", False)
 BENCHMARK_CHANCE = Metric("benchmark_chance", "chance (benchmark mean)", True)
 LOSS = Metric("heldout_loss", "held-out loss (nats/token)", False, baselines=(UNIGRAM_LOSS, BIGRAM_LOSS))
 PRIMARY = Metric("heldout_bpb", "held-out bits/byte", False, baselines=(UNIGRAM_BPB, BIGRAM_BPB))
+# the held-out records without an injected flaw: the same yardstick for every sample (exp2 compares samples)
+CLEAN_BPB = Metric("heldout_clean_bpb", "clean held-out bits/byte", False,
+                   baselines=(Metric("heldout_clean_unigram_bpb", "unigram bits/byte (clean)", False),
+                              Metric("heldout_clean_bigram_bpb", "bigram bits/byte (clean)", False)))
 COHERENCE = Metric("judge_coherence_score", "judge: coherence", True)
 RELEVANCE = Metric("judge_relevance_score", "judge: relevance", True)
 PREFERENCE = Metric("judge_preference_rank_length_controlled", "preference judge (LC)", True)
@@ -71,6 +75,15 @@ CHEAP = [
 BENCHMARKS = ["blimp_acc", "arc_easy_acc", "piqa_acc", "winogrande_acc", "hellaswag_acc", "lambada_acc"]
 TASK_FAMILIES = ["fact_recall", "arithmetic", "word_problem", "string", "format"]
 TASKS = Metric("tasks_accuracy", "task accuracy", True)
+TASK_METRICS = tuple(Metric(f"tasks_{family}_accuracy", family.replace("_", " "), True, baselines=(Metric(f"tasks_{family}_chance", "chance", True),))
+                     for family in TASK_FAMILIES)
+CLEAN_CATEGORY_BPB = tuple(Metric(f"heldout_clean_{category}_bpb", f"clean {category} held-out bits/byte", False,
+                                  baselines=tuple(Metric(f"heldout_clean_{category}_{ngram}_bpb", f"{ngram} bits/byte (clean {category})", False)
+                                                  for ngram in ("unigram", "bigram")))
+                           for category in ("instruction", "knowledge", "web"))
+INSTRUCTION_CLEAN_BPB = CLEAN_CATEGORY_BPB[0]
+# exp3 by capability: each category's clean held-out data, and the task families a model of this scale can show
+CAPABILITIES = (*CLEAN_CATEGORY_BPB, *TASK_METRICS)
 BENCHMARK_MEAN = Metric("benchmark_mean", "benchmark mean acc", True, baselines=(BENCHMARK_CHANCE,))
 REFERENCES = [
     TASKS,
@@ -80,9 +93,10 @@ REFERENCES = [
 ]
 TRAINING_TOKENS = Metric("training_tokens", "training tokens", True, 0)
 REPLY_WORDS = Metric("response_words", "reply words", True, 1)
-TABLE = [TRAINING_TOKENS, PRIMARY, *PRIMARY.baselines, LOSS, *LOSS.baselines, TASKS, BENCHMARK_MEAN, *BENCHMARK_MEAN.baselines, REFERENCES[1],
+TABLE = [TRAINING_TOKENS, PRIMARY, *PRIMARY.baselines, CLEAN_BPB, *CLEAN_BPB.baselines, LOSS, *LOSS.baselines, TASKS, BENCHMARK_MEAN, *BENCHMARK_MEAN.baselines, REFERENCES[1],
          COHERENCE, RELEVANCE, CHEAP[2], CHEAP[3], PREFERENCE, REPLY_WORDS]
 RHO_BAR = 0.8  # the research plan's bar for a cheap metric to stand in for a reference
+MIN_MODELS = 8  # fewer models give a rank correlation whose bootstrap interval says nothing (3 models: 6 orders in all)
 BOOTSTRAP = 2000
 JUDGE_CHECK = Path("metrics/judge_check.json")  # the judge_check stage: the cheap metrics against GPT-4 on real chat models
 # The research plan's other expected outcomes (the "Expected outcomes" table).
@@ -99,9 +113,10 @@ class Result:
     loss_curve: list[tuple[int, float]] = field(default_factory=list)
 
 
-def exp_show(all_commits: bool = True) -> list[dict]:
-    """The experiments of every commit, or of HEAD only (seconds instead of minutes in a long history)."""
-    shown = subprocess.run(["dvc", "exp", "show", "--json", *(["-A"] if all_commits else []), "--no-pager"], capture_output=True, text=True)
+def exp_show(all_commits: bool = True, rev: str | None = None) -> list[dict]:
+    """The experiments of every commit, or of the commit ``rev`` (default HEAD) only (seconds instead of minutes in a long history)."""
+    which = ["-A"] if all_commits else ["--rev", rev] if rev else []
+    shown = subprocess.run(["dvc", "exp", "show", "--json", *which, "--no-pager"], capture_output=True, text=True)
     if shown.returncode != 0:
         raise StageError(f"dvc exp show failed: {shown.stderr.strip()}")
     return json.loads(shown.stdout)
@@ -128,11 +143,28 @@ def run_metrics(data: dict) -> dict[str, float]:
     return metrics
 
 
-def collect(runs: list[ExperimentRun], all_commits: bool = True) -> tuple[list[Result], list[str]]:
-    """Finished experiments named like ``runs`` (the newest of each name), and the names that are missing or failed."""
-    wanted = {run.name: run for run in runs}
+IDENTITY_COLUMNS, LABEL_COLUMNS = ("name", "experiment", "config", "seed", "rev"), ("signal", "signal_reasons")  # runs.csv's non-metric columns
+
+
+def recorded_metrics(path: Path) -> dict[str, tuple[str, dict[str, float]]]:
+    """name -> (rev, metrics) of each row of runs.csv: the runs that finished on any machine, as committed."""
+    if not path.is_file():
+        return {}
+    with path.open(newline="") as handle:
+        return {row["name"]: (row["rev"], {key: float(value) for key, value in row.items()
+                                           if key not in IDENTITY_COLUMNS + LABEL_COLUMNS and value})
+                for row in csv.DictReader(handle)}
+
+
+def collect(runs: list[ExperimentRun], all_commits: bool = True, rows: Path | None = None, rev: str | None = None) -> tuple[list[Result], list[str]]:
+    """Finished experiments named like ``runs`` (the newest of each name), and the names that are missing or failed.
+    A run that has no DVC experiment here but a row in ``rows`` (runs.csv: it finished on another machine, or its
+    experiment was removed) is read from its row; its loss curve only where its commit is here."""
+    wanted: dict[str, list[ExperimentRun]] = {}
+    for run in runs:
+        wanted.setdefault(run.name, []).append(run)
     newest: dict[str, tuple[str, dict]] = {}
-    for commit in exp_show(all_commits):
+    for commit in exp_show(all_commits, rev):
         for experiment in commit.get("experiments") or []:
             name, executor = experiment.get("name"), experiment.get("executor")
             revision = (experiment.get("revs") or [{}])[0]
@@ -141,14 +173,21 @@ def collect(runs: list[ExperimentRun], all_commits: bool = True) -> tuple[list[R
                 continue
             if name not in newest or data["timestamp"] > newest[name][1]["timestamp"]:
                 newest[name] = (revision["rev"], data)
+    recorded = recorded_metrics(rows) if rows else {}
     results, missing = [], []
-    for name, run in wanted.items():
-        metrics = run_metrics(newest[name][1]) if name in newest else {}
+    for name, shared in wanted.items():
+        rev, metrics = (newest[name][0], run_metrics(newest[name][1])) if name in newest else recorded.get(name, ("", {}))
         if metrics:
-            results.append(Result(run, newest[name][0], metrics, loss_curve(newest[name][0])))
+            curve = loss_curve(rev)
+            results += [Result(run, rev, metrics, curve) for run in shared]  # a shared run: one result per experiment
         else:
             missing.append(name)
     return results, missing
+
+
+def models(results: list[Result]) -> list[Result]:
+    """One result per trained model: a run that two experiments share counts once."""
+    return first_per_name(results, lambda result: result.run.name)
 
 
 # --- statistics (the tests and intervals are in synthtrain/statistics.py) -------------------------
@@ -247,8 +286,8 @@ def correlations(results: list[Result], seed: int = 0) -> dict[tuple[str, str], 
     table = {}
     for cheap in CHEAP:
         for reference in REFERENCES:
-            both = [r for r in results if cheap.key in r.metrics and reference.key in r.metrics]
-            if len(both) < 3:
+            both = [r for r in models(results) if cheap.key in r.metrics and reference.key in r.metrics]
+            if len(both) < MIN_MODELS:
                 table[cheap.key, reference.key] = None
                 continue
             sign = 1.0 if cheap.higher_is_better else -1.0
@@ -290,9 +329,10 @@ def finish_axis(axis, metric: Metric) -> None:
 
 def plot_quality_vs_quantity(results: list[Result], sizes: dict[str, int], path: Path) -> None:
     groups = by_config(results, "exp2")
-    figure, axes = plt.subplots(1, len(PANELS), figsize=(5 * len(PANELS), 4), constrained_layout=True)
+    panels = [exp2_metric(results), *PANELS[1:]]
+    figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), constrained_layout=True)
     strategies = sorted({r.run.sets.get("sample.strategy") for rs in groups.values() for r in rs})
-    for axis, metric in zip(axes, PANELS):
+    for axis, metric in zip(axes, panels):
         labelled: set[str] = set()
         for strategy in strategies:
             for epoch, style in ((False, "-o"), (True, "s")):
@@ -360,7 +400,7 @@ def plot_loss_curves(results: list[Result], experiments: list[str], path: Path) 
                 color, style = LINE_STYLES[baseline.label.split()[0]]
                 axis.axhline(level.mean, color=color, linestyle=style, label=f"held-out {baseline.label} (mean of runs)")
         axis.set_title(experiment)
-        axis.set_xlabel("step (8,192 tokens each)")
+        axis.set_xlabel("optimizer step")
         axis.set_ylabel("training loss (nats/token, mean over seeds)")
         axis.grid(alpha=0.3)
         legend(axis)
@@ -414,7 +454,7 @@ def equal_compute(results: list[Result]) -> dict[str, list[Result]]:
 
 
 def answer_quality(results: list[Result]) -> tuple[list[str], list[str]]:
-    family = Family(by_config(results, "exp2"), PRIMARY)
+    family = Family(by_config(results, "exp2"), exp2_metric(results))
     ranking, lead = family.ranking(list(equal_compute(results)))
     if ranking is None:
         return [f"exp2: {lead}."], []
@@ -425,7 +465,7 @@ def answer_quality(results: list[Result]) -> tuple[list[str], list[str]]:
             comparison, words = family.compare(curated, noisy)
             lines.append(f"{pool}: {words}.")
             if comparison and comparison.significant and comparison.difference > 0:
-                surprises.append(f"At {pool}, random sampling beat top_quality on held-out bpb ({words}).")
+                surprises.append(f"At {pool}, random sampling beat top_quality on {family.metric.label} ({words}).")
     if "10K-top_quality" in family.groups and "1M-random" in family.groups:
         comparison, words = family.compare("10K-top_quality", "1M-random")
         if comparison:
@@ -450,6 +490,12 @@ def answer_mix(results: list[Result]) -> tuple[list[str], list[str]]:
         return [f"exp3: {lead}."], []
     lines = [f"Among the mixes, {lead}; the highest is {ranking.order[-1]} ({ranking.intervals[ranking.order[-1]].text()})."]
     surprises = []
+    capabilities = []
+    for metric in CAPABILITIES:
+        if all(metric.key in r.metrics for group in groups.values() for r in group):
+            capabilities.append(f"{metric.label}: {Family(groups, metric).ranking()[1]}")
+    if capabilities:
+        lines.append("What each mix buys, by capability: " + "; ".join(capabilities) + ".")
     for metric in (BENCHMARK_MEAN, COHERENCE):
         other, words = Family(groups, metric).ranking()
         lines.append(f"By {metric.label}: {words}.")
@@ -459,21 +505,24 @@ def answer_mix(results: list[Result]) -> tuple[list[str], list[str]]:
 
 
 def answer_synthetic(results: list[Result]) -> list[str]:
-    pure = by_config(results, "exp1").get("instruction_only")
+    """exp1: the model trained on synthetic instruction data alone against the control, the same compute on the
+    plan's mix of the same pool, on the instruction held-out data and the task families."""
+    groups = by_config(results, "exp1")
+    pure = groups.get("instruction_only")
     if not pure:
         return ["exp1 has not finished."]
-    facts = ", ".join(f"{m.label} {s.text(m.digits)}" for m in (TASKS, PRIMARY, BIGRAM_BPB, BENCHMARK_MEAN, BENCHMARK_CHANCE, COHERENCE)
-                      if (s := summarise(pure, m.key)))
+    shown = (TASKS, *TASK_METRICS, INSTRUCTION_CLEAN_BPB, BIGRAM_BPB, BENCHMARK_MEAN, BENCHMARK_CHANCE)
+    facts = ", ".join(f"{m.label} {s.text(m.digits)}" for m in shown if (s := summarise(pure, m.key)))
     verdict = config_signal(pure)
     if verdict.label == NO_SIGNAL:
-        return [f"No signal at this profile's scale: trained on instruction data alone (the curated 10K pool), the model shows no signal "
+        return [f"No signal at this profile's scale: trained on instruction data alone, the model shows no signal "
                 f"({'; '.join(verdict.reasons)}), so no conclusion is drawn from it ({facts})."]
     opening = "Partly" if verdict.label == SIGNAL else f"Undecided, as its signal is unknown ({'; '.join(verdict.reasons)})"
-    words = [f"{opening}: trained on instruction data alone (the curated 10K pool), the model reaches {facts}"]
-    reference = by_config(results, "exp2").get("10K-top_quality")
-    if reference:
-        family = Family({"instruction_only": pure, "the plan mix": reference}, PRIMARY)
-        words.append(f"; against the plan mix from the same pool (exp2's 10K-top_quality): {family.compare('instruction_only', 'the plan mix')[1]}")
+    words = [f"{opening}: trained on synthetic instruction data alone (the curated 100K pool), the model reaches {facts}"]
+    if "mixed" in groups:
+        for metric in (INSTRUCTION_CLEAN_BPB, *TASK_METRICS):
+            words.append(f"; {metric.label}, against the same compute on the plan mix: "
+                         f"{Family({'instruction_only': pure, 'mixed': groups['mixed']}, metric).compare('instruction_only', 'mixed')[1]}")
     return ["".join(words) + "."]
 
 
@@ -500,7 +549,15 @@ def answer_correlation(table: dict, results: list[Result]) -> tuple[list[str], l
     constant += [m.label for m in CHEAP if all(table.get((m.key, r.key)) is None for r in REFERENCES)]
     cleared = [(c, r, v) for (ck, rk), v in table.items() if v for c in CHEAP if c.key == ck for r in REFERENCES if r.key == rk and v[0] > RHO_BAR]
     lines = real_reference_lines()
-    lines.append(f"Within this project's own {len(results)} models, {len(cleared)} cheap metric/reference pairs have Spearman rho above {RHO_BAR}"
+    population = models(results)
+    if len(population) < MIN_MODELS:
+        lines.append(f"Within this project's own models: {len(population)} finished, fewer than the {MIN_MODELS} a rank correlation "
+                     "needs, so none is computed yet.")
+        return lines, []
+    spanned = lambda key: sorted({r.run.sets[key] for r in population if r.run.sets.get(key) is not None}, key=str)
+    lines.append(f"Within this project's own {len(population)} models (every exp1-exp4 model once; presets {', '.join(spanned('train.model'))}; "
+                 f"training tokens {', '.join(f'{tokens:,}' for tokens in sorted(spanned('train.tokens')))}), {len(cleared)} cheap "
+                 f"metric/reference pairs have Spearman rho above {RHO_BAR}"
                  + (": " + "; ".join(f"{c.label} ~ {r.label} {v[0]:.2f} [{v[1]:.2f}, {v[2]:.2f}]" for c, r, v in cleared) if cleared else "") + ".")
     if constant:
         lines.append(f"Degenerate, so not correlated: {', '.join(constant)} (the same value for every model).")
@@ -546,28 +603,49 @@ def expected_perplexity(results: list[Result]) -> tuple[str, str]:
             threshold_verdict(perplexity, PERPLEXITY_BAR, below=True))
 
 
-def expected_pool(results: list[Result], sizes: dict[str, int]) -> tuple[str, str]:
-    """The share of the best equal-compute exp2 configuration's gain over its unigram baseline (held-out bits per
-    byte) that the configurations on a pool of EXPECTED_POOL records reach."""
-    groups = equal_compute(results)
+def exp2_metric(results: list[Result]) -> Metric:
+    """exp2's yardstick: the clean held-out bits per byte where every run measured it (a sample is not judged by its
+    distance to flawed text), else the held-out bits per byte of all records (runs from before the clean set)."""
+    return CLEAN_BPB if all(CLEAN_BPB.key in r.metrics for r in results if r.run.experiment == "exp2") else PRIMARY
+
+
+def pool_shares(results: list[Result], sizes: dict[str, int]) -> tuple[str, dict[str, Interval]] | str:
+    """(the best configuration, pool -> the 95 % interval over seeds of the share of its gain over the unigram
+    baseline that the best configuration on that pool reaches), pools by size; or why there is none."""
+    groups = {config: group for config, group in equal_compute(results).items() if config_signal(group).label != NO_SIGNAL}
     if not groups:
-        return "exp2 has not run", "not measured"
-    pools = {config: sizes[group[0].run.sets["mix.pool"]] for config, group in groups.items()}
-    at_size = [config for config, size in pools.items() if size == EXPECTED_POOL]
-    if not at_size:
-        ran = sorted({group[0].run.sets["mix.pool"] for group in groups.values()}, key=sizes.get)
-        return f"no pool of {EXPECTED_POOL:,} records in exp2 (pools: {', '.join(ran)})", "not measured"
-    if all(config_signal(groups[config]).label == NO_SIGNAL for config in at_size):
-        return f"{', '.join(at_size)}: no signal", "no signal"
-    gains = {config: [r.metrics[UNIGRAM_BPB.key] - r.metrics[PRIMARY.key] for r in group if UNIGRAM_BPB.key in r.metrics]
-             for config, group in groups.items() if config_signal(group).label != NO_SIGNAL}
+        return "exp2 has not run" if not equal_compute(results) else "no signal"
+    metric = exp2_metric(results)
+    unigram = metric.baselines[0].key
+    gains = {config: [r.metrics[unigram] - r.metrics[metric.key] for r in group if unigram in r.metrics and metric.key in r.metrics]
+             for config, group in groups.items()}
     if not all(gains.values()):
-        return "unigram baselines unknown (runs from before the eval fitted them)", "not measured"
+        return "unigram baselines unknown (runs from before the eval fitted them)"
     mean_gain = {config: float(np.mean(values)) for config, values in gains.items()}
     best = max(mean_gain, key=mean_gain.get)
-    shares = {config: mean_gain[config] / mean_gain[best] for config in at_size if config in mean_gain}
-    return (", ".join(f"{config}: {share:.0%} of {best}'s gain in held-out bits/byte over its unigram baseline" for config, share in shares.items()),
-            "met" if max(shares.values()) >= SHARE_BAR else "not met")
+    by_pool: dict[str, str] = {}  # pool -> its configuration with the largest mean gain
+    for config in sorted(groups, key=mean_gain.get):
+        by_pool[groups[config][0].run.sets["mix.pool"]] = config
+    return best, {pool: t_interval([gain / mean_gain[best] for gain in gains[by_pool[pool]]]) for pool in sorted(by_pool, key=sizes.get)}
+
+
+def expected_pool(results: list[Result], sizes: dict[str, int]) -> tuple[str, str]:
+    """The samples needed for SHARE_BAR of the best equal-compute exp2 configuration's gain over its unigram
+    baseline: the smallest pool whose mean share reaches it, bracketed by the smallest whose interval reaches it and
+    the smallest whose whole interval is above it. Met when that bracket includes the plan's EXPECTED_POOL."""
+    found = pool_shares(results, sizes)
+    if isinstance(found, str):
+        return found, "no signal" if found == "no signal" else "not measured"
+    best, shares = found
+    reached = lambda test: next((pool for pool, share in shares.items() if test(share)), None)
+    needed, lowest, surely = reached(lambda s: s.mean >= SHARE_BAR), reached(lambda s: s.high >= SHARE_BAR), reached(lambda s: s.low >= SHARE_BAR)
+    listing = ", ".join(f"{pool} {share.mean:.0%} [{share.low:.0%}, {share.high:.0%}]" for pool, share in shares.items())
+    metric = exp2_metric(results).label
+    text = (f"{needed or 'more than ' + list(shares)[-1]} records (between {lowest or '?'} and {surely or 'more than ' + list(shares)[-1]}); "
+            f"share of {best}'s gain over the unigram baseline in {metric}, per pool: {listing}")
+    if lowest is None or surely is None or any(share.n < 2 for share in shares.values()):
+        return text, "tied" if lowest is not None else "not met"
+    return text, "met" if sizes[lowest] <= EXPECTED_POOL <= sizes[surely] else "not met"
 
 
 def expected_mix(results: list[Result]) -> tuple[str, str]:
@@ -601,10 +679,29 @@ def expected_judge_agreement(path: Path = JUDGE_CHECK) -> tuple[str, str]:
     return measured, threshold_verdict(rho, RHO_BAR, below=False)
 
 
-def expected_outcomes(results: list[Result], sizes: dict[str, int]) -> list[str]:
+def unfinished(definition, results: list[Result]) -> dict[str, list[str]]:
+    """experiment -> its configurations that have no finished run yet: an answer over the others is partial."""
+    finished = {(r.run.experiment, r.run.config) for r in results}
+    pending: dict[str, list[str]] = {}
+    for run in expand(definition):
+        if (run.experiment, run.config) not in finished and run.config not in pending.setdefault(run.experiment, []):
+            pending[run.experiment].append(run.config)
+    return pending
+
+
+def partial(experiment: str, pending: dict[str, list[str]], results: list[Result]) -> str | None:
+    """Why an expectation over the whole experiment cannot be judged yet, or None when every configuration has run."""
+    if not pending.get(experiment):
+        return None
+    ran = len(by_config(results, experiment))
+    return f"{ran} of {ran + len(pending[experiment])} configurations of {experiment} have run (not yet: {', '.join(pending[experiment])})"
+
+
+def expected_outcomes(results: list[Result], sizes: dict[str, int], pending: dict[str, list[str]]) -> list[str]:
+    waiting = lambda experiment, judged: (why, "not measured") if (why := partial(experiment, pending, results)) else judged()
     rows = [(f"validation perplexity < {PERPLEXITY_BAR}", *expected_perplexity(results)),
-            (f"~{EXPECTED_POOL // 1000}K samples give {SHARE_BAR:.0%} of the best", *expected_pool(results, sizes)),
-            ("the 40/30/30 mix is optimal", *expected_mix(results)),
+            (f"~{EXPECTED_POOL // 1000}K samples give {SHARE_BAR:.0%} of the best", *waiting("exp2", lambda: expected_pool(results, sizes))),
+            ("the 40/30/30 mix is optimal", *waiting("exp3", lambda: expected_mix(results))),
             (f"zero-cost metrics correlate > {RHO_BAR} with human judgement", *expected_judge_agreement())]
     return ["| expectation (research plan) | measured | verdict |", "|---|---|---|", *(f"| {a} | {b} | {c} |" for a, b, c in rows),
             "", "met / not met: the whole 95 % interval is on one side of the bar; tied: it includes the bar (or the best is tied with "
@@ -621,8 +718,10 @@ def signal_summary(results: list[Result]) -> str:
 
 
 def markdown(definition, results: list[Result], missing: list[str], table_rho: dict, profile: str, plots: Path, sizes: dict[str, int]) -> str:
+    pending = unfinished(definition, results)
     q2, s2 = answer_quality(results)
     q3, s3 = answer_mix(results)
+    q2, q3 = ([f"Partial: {why}."] + lines if (why := partial(experiment, pending, results)) else lines for experiment, lines in (("exp2", q2), ("exp3", q3)))
     q4, s4 = answer_correlation(table_rho, results)
     out = [f"# Results of the research experiments ({profile} profile)", "",
            f"Generated by `python -m research.report --profile {profile}` from {len(results)} finished runs "
@@ -639,7 +738,7 @@ def markdown(definition, results: list[Result], missing: list[str], table_rho: d
            f"2. **{definition.experiments['exp2'].question}** " + " ".join(q2) if "exp2" in definition.experiments else "",
            f"3. **{definition.experiments['exp3'].question}** " + " ".join(q3) if "exp3" in definition.experiments else "",
            "4. **How well do zero-cost metrics agree with a reference?** " + " ".join(q4), "",
-           "## Expected outcomes", "", *expected_outcomes(results, sizes), "",
+           "## Expected outcomes", "", *expected_outcomes(results, sizes, pending), "",
            "## Surprises", ""]
     out += [f"- {s}" for s in (s2 + s3 + s4 + judged_empty_replies(results))] or ["- None: every comparison went the way the research plan expected."]
     for name, spec in definition.experiments.items():
@@ -659,7 +758,10 @@ def markdown(definition, results: list[Result], missing: list[str], table_rho: d
 def csv_keys(results: list[Result]) -> list[str]:
     """The metrics of runs.csv: the report's, their baselines and chance levels, the task families, and every category's loss and baselines."""
     metrics = [TRAINING_TOKENS, *CHEAP, *REFERENCES]
-    keys = [m.key for m in metrics] + [b.key for m in metrics for b in m.baselines] + [f"tasks_{family}_{what}" for family in TASK_FAMILIES for what in ("accuracy", "chance")]
+    metrics += [CLEAN_BPB, *CLEAN_CATEGORY_BPB]
+    keys = ([m.key for m in metrics] + [b.key for m in metrics for b in m.baselines]
+            + [f"tasks_{family}_{what}" for family in TASK_FAMILIES for what in ("accuracy", "chance", "items")]
+            + [key.removesuffix("_acc") + "_items" for key in BENCHMARKS] + ["reply_empty_rate", "response_words"])
     return list(dict.fromkeys(keys + [prefix + suffix for prefix in category_prefixes(results) for suffix, _ in CATEGORY_COLUMNS]))
 
 
@@ -667,24 +769,25 @@ def write_runs_csv(results: list[Result], path: Path) -> None:
     """Add or replace the results' rows; rows of runs that finished elsewhere (another machine) stay."""
     keys = csv_keys(results)
     rows = []
-    for r in results:
+    for r in models(results):
         label = signal(r.metrics)
         rows.append({"name": r.run.name, "experiment": r.run.experiment, "config": r.run.config, "seed": str(r.run.seed), "rev": r.rev[:7],
                      **{k: f"{r.metrics[k]:.6g}" if k in r.metrics else "" for k in keys},
                      "signal": label.label, "signal_reasons": "; ".join(label.reasons)})
-    save_rows(path, ["name", "experiment", "config", "seed", "rev", *keys, "signal", "signal_reasons"], rows)
+    save_rows(path, [*IDENTITY_COLUMNS, *keys, *LABEL_COLUMNS], rows)
 
 
-def record_runs(profile: str, path: Path) -> list[Result]:
-    """Only the rows of runs.csv, of the runs that finished on HEAD (research.experiments run calls it after each run)."""
-    results, _ = collect(expand(load_definition(profile)), all_commits=False)
+def record_runs(profile: str, path: Path, rev: str | None = None) -> list[Result]:
+    """Only the rows of runs.csv, of the runs based on the commit ``rev`` (research.experiments run calls it after each
+    run with the commit the run started from: HEAD may have moved since)."""
+    results, _ = collect(expand(load_definition(profile)), all_commits=False, rev=rev)  # not rows: it writes them
     write_runs_csv(results, path)
     return results
 
 
 def report(profile: str, out: Path, plots: Path, sizes: dict[str, int]) -> tuple[list[Result], list[str]]:
     definition = load_definition(profile)
-    results, missing = collect(expand(definition))
+    results, missing = collect(expand(definition), rows=out.with_name("runs.csv"))
     if not results:
         raise StageError(f"no finished experiment of the {profile} profile: run `make experiments` (or `make exp1` ...) first")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -705,12 +808,13 @@ def main(argv=None) -> None:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--out", type=Path, help="default: reports/results.md, reports/<profile>/results.md for other profiles")
     parser.add_argument("--plots", type=Path, default=Path("plots/report"))
-    parser.add_argument("--runs-only", action="store_true", help="only add the rows of the runs finished on HEAD to runs.csv")
+    parser.add_argument("--runs-only", action="store_true", help="only add the rows of the runs based on --rev to runs.csv")
+    parser.add_argument("--rev", help="--runs-only: the commit the runs started from (default HEAD)")
     args = parser.parse_args(argv)
     args.out = args.out or report_dir(args.profile) / "results.md"
     if args.runs_only:
-        results = record_runs(args.profile, args.out.with_name("runs.csv"))
-        print(f"report: {len(results)} runs finished on HEAD -> {args.out.with_name('runs.csv')}")
+        results = record_runs(args.profile, args.out.with_name("runs.csv"), args.rev)
+        print(f"report: {len(results)} runs finished on {args.rev or 'HEAD'} -> {args.out.with_name('runs.csv')}")
         return
     results, missing = report(args.profile, args.out, args.plots, load_params(args.params).sample.sizes)
     print(f"report: {len(results)} runs ({len(missing)} missing or failed) -> {args.out}, {args.out.with_name('runs.csv')}, {args.plots}/*.png")

@@ -31,6 +31,7 @@ class Experiment(Section):  # unknown keys fail with a did-you-mean hint, as in 
     grid: dict[str, list[Any]] = Field(default_factory=dict, description="key -> values; every combination is a run")
     fixed: dict[str, Any] = Field(default_factory=dict, description="-S sets of every run of this experiment")
     runs: dict[str, dict[str, Any]] = Field(default_factory=dict, description="run name -> -S sets")
+    seeds: list[int] | None = Field(None, min_length=1, description="this experiment's seeds instead of the definition's")
 
     @model_validator(mode="after")
     def _some_run(self):
@@ -87,20 +88,37 @@ def load_definition(profile: str) -> Definition:
 
 
 def expand(definition: Definition, names: list[str] | None = None) -> list[ExperimentRun]:
-    """Every run of the named experiments (all when None; in the order named), per seed."""
+    """Every run of the named experiments (all when None; in the order named), per seed. A run whose sets
+    equal those of a run of an earlier experiment in the definition is that run: it keeps the earlier
+    name, whichever experiments are named, so it trains once and every experiment reads it."""
     unknown = sorted(set(names or []) - set(definition.experiments))
     if unknown:
         raise StageError(f"unknown experiment {', '.join(unknown)}; the definition has {', '.join(definition.experiments)}")
-    runs = []
-    for experiment in names or definition.experiments:
-        spec = definition.experiments[experiment]
+    runs: dict[str, list[ExperimentRun]] = {}
+    first_named: dict[str, str] = {}  # the sets, as canonical JSON -> the name of the first run with them
+    for experiment, spec in definition.experiments.items():
         configs = {SEPARATOR.join(map(str, values)): dict(zip(spec.grid, values)) for values in itertools.product(*spec.grid.values())}
         configs = {**(configs if spec.grid else {}), **spec.runs}
+        runs[experiment] = []
         for config, sets in configs.items():
-            for seed in definition.seeds:
-                runs.append(ExperimentRun(experiment=experiment, name=f"{experiment}{SEPARATOR}{config}{SEPARATOR}s{seed}", config=config, seed=seed,
-                                sets={**definition.profile, **spec.fixed, **sets, **dict.fromkeys(definition.seed_params, seed)}))
-    return runs
+            for seed in spec.seeds or definition.seeds:
+                sets_of_run = {**definition.profile, **spec.fixed, **sets, **dict.fromkeys(definition.seed_params, seed)}
+                name = first_named.setdefault(json.dumps(sets_of_run, sort_keys=True), f"{experiment}{SEPARATOR}{config}{SEPARATOR}s{seed}")
+                runs[experiment].append(ExperimentRun(experiment=experiment, name=name, config=config, seed=seed, sets=sets_of_run))
+    return [run for experiment in names or definition.experiments for run in runs[experiment]]
+
+
+def first_per_name(items: list, name=lambda run: run.name) -> list:
+    """The first item of each run name, in order: a run two experiments share counts once."""
+    firsts: dict[str, Any] = {}
+    for item in items:
+        firsts.setdefault(name(item), item)
+    return list(firsts.values())
+
+
+def unique_runs(runs: list[ExperimentRun]) -> list[ExperimentRun]:
+    """The runs to train: one per name (a run shared by two experiments trains once)."""
+    return first_per_name(runs)
 
 
 def check_keys(runs: list[ExperimentRun], params: Params) -> None:
@@ -301,9 +319,9 @@ def recorded_runs(path: Path) -> set[str]:
 
 
 def unrecorded(runs: list[ExperimentRun], path: Path) -> list[ExperimentRun]:
-    """The runs still to run: those without a row in runs.csv, in order."""
+    """The runs still to run: those without a row in runs.csv, in order, each name once."""
     recorded = recorded_runs(path)
-    return [run for run in runs if run.name not in recorded]
+    return [run for run in unique_runs(runs) if run.name not in recorded]
 
 
 def save_rows(path: Path, columns: list[str], rows: list[dict[str, str]]) -> None:

@@ -422,8 +422,8 @@ class Quality(Section):
 
 
 class Sample(Section):
-    sizes: dict[str, Int] = Field(default_factory=lambda: {"10K": 10_000, "100K": 100_000, "1M": 1_000_000},
-                                  description="sample name -> records")
+    sizes: dict[str, Int] = Field(default_factory=lambda: {"10K": 10_000, "30K": 30_000, "100K": 100_000, "300K": 300_000, "1M": 1_000_000},
+                                  description="sample name -> records (30K and 300K: exp2's sizes between the plan's)")
     strategy: Literal["top_quality", "random", "diverse"] = "top_quality"
     stratify: Bool = Field(True, description="keep the pool's category shares")
     allow_short: Bool = Field(False, description="a pool smaller than a size: warn and keep what there is, instead of failing")

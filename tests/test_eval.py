@@ -85,6 +85,16 @@ def test_packed_rows_predict_every_token_once():
     assert tokens.tolist() == [[0, 1, 2, 3], [3, 4, 5, 6], [6, 7, 8, 9]] and int(loss[:, 1:].sum()) == 9
 
 
+def token_shard(directory: Path, ids: list[int], seq_len: int = 128) -> Path:
+    """A tokenize-stage output of one shard: ``ids`` in rows of seq_len (the rest dropped), every token in the loss."""
+    rows = np.array(ids[: len(ids) // seq_len * seq_len], dtype=np.uint16).reshape(-1, seq_len)
+    directory.mkdir()
+    np.save(directory / "tokens-00000.npy", rows)
+    np.save(directory / "mask-00000.npy", np.ones_like(rows, dtype=np.uint8))
+    (directory / "index.json").write_text(json.dumps({"shards": [{"tokens": "tokens-00000.npy", "mask": "mask-00000.npy", "sequences": len(rows)}]}))
+    return directory
+
+
 def test_bits_per_byte_of_a_hand_made_record_equals_the_hand_count(tmp_path):
     """Bits per byte sums the loss of each reply's tokens and of the <|im_end|>
     that ends it, and divides by the replies' UTF-8 bytes alone: no role
@@ -115,12 +125,7 @@ def test_bits_per_byte_of_a_hand_made_record_equals_the_hand_count(tmp_path):
 
     # n-gram baselines fitted on the wiki lines the tokenizer learned from, scored on the same tokens as the model
     wiki = [token for line in (SHARED_DATA / "human/wiki-sample.txt").read_text().splitlines()[:500] for token in tokenizer(line)["input_ids"]]
-    rows = np.array(wiki[: len(wiki) // 128 * 128], dtype=np.uint16).reshape(-1, 128)
-    (tmp_path / "tokens").mkdir()
-    np.save(tmp_path / "tokens/tokens-00000.npy", rows)
-    np.save(tmp_path / "tokens/mask-00000.npy", np.ones_like(rows, dtype=np.uint8))
-    (tmp_path / "tokens/index.json").write_text(json.dumps({"shards": [{"tokens": "tokens-00000.npy", "mask": "mask-00000.npy", "sequences": len(rows)}]}))
-    baselines = NgramBaselines.fit(tmp_path / "tokens", len(tokenizer))
+    baselines = NgramBaselines.fit(token_shard(tmp_path / "tokens", wiki), len(tokenizer))
     for assistant_only in (True, False):
         metrics = heldout_metrics(model, tokenizer, [tmp_path / "hand.parquet"], 10, 128, 4, assistant_only, baselines)
         assert metrics["heldout_hand_instruction_bpb"] == pytest.approx(by_hand, abs=6e-5), assistant_only
@@ -129,6 +134,32 @@ def test_bits_per_byte_of_a_hand_made_record_equals_the_hand_count(tmp_path):
             assert figures[0::2] == [figures[0]] * 3 and figures[1::2] == [figures[1]] * 3 and all(0 < f < 20 for f in figures)
         assert metrics["heldout_hand_instruction_tokens"] == (len(ids) - 1 if not assistant_only else
                                                                sum(len(tokenizer(r, add_special_tokens=False)["input_ids"]) + 1 for r in replies))
+
+
+def test_the_clean_heldout_scores_the_same_records_less_those_with_an_injected_flaw(tmp_path):
+    """heldout_clean_* is what a held-out file of the unflawed records alone would score: the flawed
+    record (meta.flaw, the generator's ground truth) is in the source's figures but not in the clean ones."""
+    tokenizer = train_bpe((SHARED_DATA / "human/wiki-sample.txt").read_text().splitlines()[:300], 400, split_digits=True)
+    torch.manual_seed(0)
+    model = build_model(llama_config("1M", len(tokenizer), 128, tokenizer.eos_token_id, tokenizer.pad_token_id)).eval()
+    clean = [make_record("mixed", "instruction", messages=[{"role": "user", "content": "Name a river."}, {"role": "assistant", "content": "The Dune."}]),
+             make_record("mixed", "web", text="The river runs past the old mill and on to the sea.")]
+    flawed = make_record("mixed", "instruction", meta={"flaw": "repetition"},
+                         messages=[{"role": "user", "content": "Name a river."}, {"role": "assistant", "content": "Dune Dune Dune Dune Dune."}])
+    for name, records in (("mixed", [clean[0], flawed, clean[1]]), ("unflawed", clean)):
+        with RecordWriter(tmp_path / f"{name}.parquet") as writer:
+            for record in records:
+                writer.write(record)
+    text = [token for line in (SHARED_DATA / "human/wiki-sample.txt").read_text().splitlines()[:100] for token in tokenizer(line)["input_ids"]]
+    baselines = NgramBaselines.fit(token_shard(tmp_path / "tokens", text), len(tokenizer))
+    mixed = heldout_metrics(model, tokenizer, [tmp_path / "mixed.parquet"], 10, 128, 4, True, baselines)
+    alone = heldout_metrics(model, tokenizer, [tmp_path / "unflawed.parquet"], 10, 128, 4, True, baselines)
+    for scorer in ("", "_unigram", "_bigram"):
+        for kind in ("loss", "bpb"):
+            assert mixed[f"heldout_clean_instruction{scorer}_{kind}"] == alone[f"heldout_unflawed_instruction{scorer}_{kind}"]
+            assert mixed[f"heldout_clean{scorer}_{kind}"] == alone[f"heldout{scorer}_{kind}"]
+    assert mixed["heldout_mixed_instruction_tokens"] > mixed["heldout_clean_instruction_tokens"]
+    assert mixed["heldout_mixed_instruction_loss"] != mixed["heldout_clean_instruction_loss"]
 
 
 # --- behavioural suites --------------------------------------------------------------
@@ -258,7 +289,7 @@ def test_the_stage_writes_flat_metrics_samples_and_plots_and_reports_empty_sets(
     assert len(samples) == metrics["tasks_items"] + metrics["reference_items"] + metrics["behaviour_cases"]
     assert (random_model / "plots/eval/tasks.csv").read_text().startswith("family,accuracy\n")
     assert (random_model / "plots/eval/heldout.csv").read_text().splitlines() == [
-        "set,bpb", *(f"builtin_{c},{metrics[f'heldout_builtin_{c}_bpb']}" for c in ("instruction", "knowledge", "web"))]
+        "set,bpb", *(f"{s}_{c},{metrics[f'heldout_{s}_{c}_bpb']}" for s in ("builtin", "clean") for c in ("instruction", "knowledge", "web"))]
     assert "hellaswag," in (random_model / "plots/eval/benchmarks.csv").read_text()
     assert sorted(p.name for p in (random_model / "data/eval/tasks").glob("*.yaml")) == ["hellaswag.yaml", "mmlu.yaml", "winogrande.yaml"]
 

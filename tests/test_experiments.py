@@ -11,7 +11,7 @@ import yaml
 
 from conftest import REPO
 from research.experiments import link_siblings, main, print_estimate
-from synthtrain.experiments import Definition, expand, format_value, load_definition
+from synthtrain.experiments import Definition, ExperimentRun, expand, format_value, load_definition, unique_runs
 from synthtrain.params import StageError, load_params
 from research.report import correlations, Result, spearman
 
@@ -24,19 +24,25 @@ def in_repo():
     os.chdir(cwd)
 
 
-def test_the_cpu_profile_has_every_experiment_with_three_seeds(in_repo):
+def test_the_cpu_profile_has_every_experiment_with_three_seeds_and_shares_equal_runs(in_repo):
     definition = load_definition("cpu")
     runs = expand(definition)
-    assert len({run.name for run in runs}) == len(runs)  # names are unique: dvc exp show reads well
     configs = {(run.experiment, run.config) for run in runs}
-    assert {experiment for experiment, _ in configs} == {"exp1", "exp2", "exp3"}
+    assert {experiment for experiment, _ in configs} == {"exp1", "exp2", "exp3", "exp4"}
     for experiment, config in configs:
-        assert sorted(r.seed for r in runs if (r.experiment, r.config) == (experiment, config)) == [0, 1, 2]
+        seeds = sorted(r.seed for r in runs if (r.experiment, r.config) == (experiment, config))
+        assert seeds == ([0] if experiment == "exp4" else [0, 1, 2])  # exp4: a population for correlations, not a comparison
     exp2 = {r.config for r in runs if r.experiment == "exp2"}
-    assert {f"{pool}-{strategy}" for pool in ("10K", "100K", "1M") for strategy in ("top_quality", "random")} <= exp2
+    assert exp2 == {f"{pool}-{strategy}" for pool in ("10K", "30K", "100K", "300K", "1M") for strategy in ("top_quality", "random")}
     assert len({r.config for r in runs if r.experiment == "exp3"}) == 6
-    equal_compute = {r.sets["train.tokens"] for r in runs if not r.config.endswith("epoch")}
-    assert len(equal_compute) == 1  # one token budget for every equal-compute run
+    for experiment in ("exp1", "exp2", "exp3"):
+        assert len({r.sets["train.tokens"] for r in runs if r.experiment == experiment}) == 1  # equal compute within an experiment
+    # exp1's two arms are exp3 runs: the same sets, so the same name, trained once
+    shared = {(r.experiment, r.config): r.name for r in runs if r.seed == 0}
+    assert shared["exp3", "instruction_only"] == shared["exp1", "instruction_only"] == "exp1-instruction_only-s0"
+    assert shared["exp3", "plan_40_30_30"] == "exp1-mixed-s0"
+    assert [r.name for r in expand(definition, ["exp3"]) if r.config == "plan_40_30_30"] == [f"exp1-mixed-s{seed}" for seed in (0, 1, 2)]
+    assert len(unique_runs(runs)) == len(runs) - 2 * 3 == len({r.name for r in runs})
     main(["list", "--profile", "cpu"])  # every -S key exists in params.yaml
 
 
@@ -103,10 +109,14 @@ def test_spearman_and_its_bootstrap_interval():
 
 
 def test_correlations_negate_lower_is_better_metrics():
-    results = [Result(run=None, rev="", metrics={"heldout_bpb": 3 - i / 10, "tasks_accuracy": i / 10, "blimp_acc": 0.5}) for i in range(10)]
+    results = [Result(run=ExperimentRun(experiment="e", name=f"e-{i}-s0", config=str(i), seed=0, sets={}), rev="",
+                      metrics={"heldout_bpb": 3 - i / 10, "tasks_accuracy": i / 10, "blimp_acc": 0.5}) for i in range(10)]
     table = correlations(results)
     assert table["heldout_bpb", "tasks_accuracy"][0] == pytest.approx(1.0)  # lower bpb, higher accuracy: agreement
     assert table["heldout_bpb", "blimp_acc"] is None and table["rougeL", "tasks_accuracy"] is None
+    # seven models, each also read by a second experiment: still seven models, too few to rank
+    shared = [Result(r.run.model_copy(update={"experiment": "f"}), r.rev, r.metrics) for r in results[:7]]
+    assert all(value is None for value in correlations(results[:7] + shared).values())
 
 
 def test_the_docs_gpteacher_override_gives_valid_params(tmp_path):

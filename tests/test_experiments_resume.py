@@ -17,7 +17,7 @@ import yaml
 
 from conftest import REPO
 from research.experiments import commit_rows, main
-from research.report import Result, write_runs_csv
+from research.report import Result, collect, models, write_runs_csv
 from synthtrain.experiments import activation_bytes, expand, load_definition, model_size, recorded_runs, save_rows, unrecorded
 from synthtrain.params import StageError
 from synthtrain.records import output_transaction
@@ -218,3 +218,27 @@ def test_the_activation_estimate_matches_what_autograd_keeps(checkpointing):
     measured = (saved_bytes(4) - saved_bytes(2)) / (2 * 64)  # per token: what does not grow with tokens (weights) cancels
     kept, _ = activation_bytes(config, bf16=True, checkpointing=checkpointing)
     assert kept == pytest.approx(measured, rel=0.03)
+
+
+def test_a_fresh_clone_reports_from_the_committed_rows_and_a_shared_run_counts_once(project, monkeypatch):
+    """No DVC experiment on this machine: collect reads each run from its row of runs.csv, a run two experiments
+    share gives each experiment its result, and the correlations and rows count it as one model."""
+    shared = {"seeds": [0], "seed_params": ["train.seed"],
+              "experiments": {"exp1": {"question": "?", "runs": {"mixed": {"mix.pool": "10K", "mix.strategy": "equal"}}},
+                              **TINY["experiments"]}}
+    (project / "experiments/shared.yaml").write_text(yaml.safe_dump(shared))
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    for command in (["git", "init", "-q"], ["dvc", "init", "-q"]):
+        subprocess.run(command, cwd=project, check=True)
+    runs = expand(load_definition("shared"))
+    assert [(run.experiment, run.config, run.name) for run in runs] == [
+        ("exp1", "mixed", "exp1-mixed-s0"), ("exp3", "equal", "exp1-mixed-s0"), ("exp3", "web_heavy", "exp3-web_heavy-s0")]
+    path = project / "reports/shared/runs.csv"
+    save_rows(path, ["name", "rev", "heldout_bpb", "tasks_fact_recall_accuracy"],
+              [{"name": "exp1-mixed-s0", "rev": "abc1234", "heldout_bpb": "2.5", "tasks_fact_recall_accuracy": ""}])
+    results, missing = collect(runs, rows=path)
+    assert missing == ["exp3-web_heavy-s0"]
+    assert [(r.run.experiment, r.rev, r.metrics) for r in results] == [("exp1", "abc1234", {"heldout_bpb": 2.5}),
+                                                                      ("exp3", "abc1234", {"heldout_bpb": 2.5})]
+    assert [r.run.name for r in models(results)] == ["exp1-mixed-s0"]
+    assert unrecorded(runs, path) == [runs[2]] and collect(runs)[0] == []  # without the rows: nothing finished here

@@ -67,7 +67,7 @@ def project(tmp_path_factory):
     params["sample"]["sizes"] = {"small": 300, "large": 1000}
     params["collapse"]["pool"] = "large"
     params["mix"].update(pool="large", tokens=30_000)
-    params["train"].update(model="1M", tokens=2 * 16_384, warmup_steps=1, eval_sequences=16)
+    params["train"].update(model="1M", tokens=2 * 16_384, batch_tokens=8192, warmup_steps=1, eval_sequences=16)
     params["eval"].update(heldout_records=200, tasks_per_family=5, references=10, behaviour_per_suite=3,
                           generation={"max_new_tokens": 16, "batch_size": 16}, judges={"encoder": "hashing", "train_pairs": 300},
                           benchmarks={"winogrande": {"path": str(SHARED_DATA / "eval/icl/winogrande.jsonl"), "format": "winogrande", "limit": 20}})
@@ -139,7 +139,7 @@ def test_repro_evaluates_the_model(project):
     metrics = json.loads((project / "metrics/eval.json").read_text())
     heldout = pq.read_metadata(project / "data/heldout/builtin.parquet").num_rows  # 1 % of the source: fewer than heldout_records
     assert metrics["winogrande_items"] == 20 and metrics["tasks_items"] == 25 and metrics["heldout_builtin_records"] == heldout > 0
-    # two training steps: the loss is still near an untrained model's ln(vocabulary)
+    # four training steps (32,768 tokens in batches of 8,192): the loss is still near an untrained model's ln(vocabulary)
     assert 0 < metrics["heldout_loss"] < math.log(params["tokenizer"]["vocab_size"]) + 0.5 and 0 <= metrics["judge_relevance_score"] <= 1
     assert json.loads((project / "metrics/judges.json").read_text())["encoder"] == "hashing"
 
@@ -219,6 +219,11 @@ def test_a_queued_grid_runs_with_run_all_and_reports(project):
            for commit in shown for e in commit.get("experiments") or [] if e["name"] in ("exp3-equal-s0", "exp3-web_heavy-s0")}
     assert len(bpb) == 2
 
+    # a commit while the runs ran (the runner commits each row): their rows come from the commit they started from
+    baseline = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project, capture_output=True, text=True, check=True).stdout.strip()
+    subprocess.run(["git", "commit", "-q", "--allow-empty", "-m", "moved on while the runs ran"], cwd=project, check=True)
+    assert "report: 0 runs finished on HEAD" in python("research.report", "--profile", "tiny", "--runs-only")
+    assert f"report: 2 runs finished on {baseline}" in python("research.report", "--profile", "tiny", "--runs-only", "--rev", baseline)
     assert "report: 2 runs (0 missing or failed)" in python("research.report", "--profile", "tiny")
     results = (project / "reports/tiny/results.md").read_text()  # a profile other than cpu: reports/<profile>/
     rows = {}  # each configuration's first row: the results table (the per-category table follows it)

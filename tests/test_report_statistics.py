@@ -99,11 +99,17 @@ def test_the_report_writes_baselines_and_old_runs_as_unknown(tmp_path, monkeypat
     results += [run(f"{pool}-random", seed, "exp2", {"mix.pool": pool, "sample.strategy": "random"}, heldout_bpb=1.5 + seed / 100,
                     heldout_loss=3.3, tasks_arithmetic_accuracy=0.5, training_tokens=1000.0) for pool in sizes for seed in range(3)]
     definition = Definition.model_validate({"seeds": [0, 1, 2], "seed_params": ["train.seed"], "experiments": {
-        "exp2": {"question": "Quality?", "grid": {"mix.pool": ["10K", "100K"]}}, "exp3": {"question": "Mix?", "grid": {"mix.strategy": ["equal"]}}}})
+        "exp2": {"question": "Quality?", "grid": {"mix.pool": ["10K", "100K"], "sample.strategy": ["random"]}},
+        "exp3": {"question": "Mix?", "grid": {"mix.strategy": ["plan_40_30_30", "equal"]}}}})
     text = markdown(definition, results, [], {}, "tiny", tmp_path, sizes)
     assert "Of the 12 runs, 6 show signal, 0 no signal and 6 are unknown" in text
     assert "| the 40/30/30 mix is optimal | by held-out bits/byte, the lowest held-out bits/byte is **plan_40_30_30**" in text
-    assert text.count("| met |") == 1 and "| ~50K samples give 80% of the best | no pool of 50,000 records in exp2 (pools: 10K, 100K) | not measured |" in text
+    assert text.count("| met |") == 1 and "| ~50K samples give 80% of the best | unigram baselines unknown" in text
+    # a mix that has not run yet: no verdict on the whole experiment, and its answer says it is partial
+    definition.experiments["exp3"].grid["mix.strategy"].append("web_heavy")
+    partial = markdown(definition, results, [], {}, "tiny", tmp_path, sizes)
+    assert "| the 40/30/30 mix is optimal | 2 of 3 configurations of exp3 have run (not yet: web_heavy) | not measured |" in partial
+    assert "3. **Mix?** Partial: 2 of 3 configurations of exp3 have run (not yet: web_heavy). Among the mixes" in partial
     exp3 = {config: [r for r in results if r.run.config == config] for config in ("plan_40_30_30", "equal")}
     header = table(exp3)[0]
     assert "held-out bits/byte ↓ | unigram bits/byte | bigram bits/byte | held-out loss (nats/token) ↓ | unigram loss | bigram loss" in header
@@ -125,7 +131,14 @@ def test_a_50k_pool_is_judged_by_its_share_of_the_best_gain_over_the_unigram_bas
     gains = {"50K": 0.85, "1M": 1.0}  # bits/byte below each run's own unigram baseline of 3.0
     results = [run(f"{pool}-random", seed, "exp2", {"mix.pool": pool}, heldout_bpb=3.0 - gain, heldout_unigram_bpb=3.0, **LEARNED)
                for pool, gain in gains.items() for seed in range(3)]
-    assert expected_pool(results, sizes) == ("50K-random: 85% of 1M-random's gain in held-out bits/byte over its unigram baseline", "met")
+    assert expected_pool(results, sizes) == ("50K records (between 50K and 50K); share of 1M-random's gain over the unigram baseline in "
+                                             "held-out bits/byte, per pool: 50K 85% [85%, 85%], 1M 100% [100%, 100%]", "met")
+    sizes = {"10K": 10_000, "30K": 30_000, "100K": 100_000}
+    noisy = {"10K": [0.5, 0.55, 0.6], "30K": [0.75, 0.85, 0.95], "100K": [1.0, 1.0, 1.0]}  # 30K's interval straddles 80 %
+    results = [run(f"{pool}-random", seed, "exp2", {"mix.pool": pool}, heldout_bpb=3.0 - gain, heldout_unigram_bpb=3.0, **LEARNED)
+               for pool, values in noisy.items() for seed, gain in enumerate(values)]
+    text, verdict = expected_pool(results, sizes)
+    assert text.startswith("30K records (between 30K and 100K); ") and verdict == "met"  # 50K lies between
     old = [run(r.run.config, r.run.seed, "exp2", r.run.sets, heldout_bpb=r.metrics["heldout_bpb"], **LEARNED) for r in results]
     assert expected_pool(old, sizes)[1] == "not measured"  # no unigram baseline: no share
 

@@ -178,7 +178,7 @@ def test_the_same_params_give_the_same_mix(pooled):
     ({"instruction": 0, "knowledge": 0, "web": 0}, "the weights instruction, knowledge and web are all 0"),
     ({"web": -1}, "mix.web = -1: Input should be greater than or equal to 0"),
     ({"strategy": "webby"}, "mix.strategy = 'webby': Input should be 'custom', 'instruction_only'"),
-    ({"pool": "5K"}, "mix.pool = '5K' is not a sample; choose one of 10K, 100K, 1M (sample.sizes)"),
+    ({"pool": "5K"}, "mix.pool = '5K' is not a sample; choose one of 10K, 30K, 100K, 300K, 1M (sample.sizes)"),
 ])
 def test_bad_mix_params_fail_naming_the_key(mix, message):
     with pytest.raises(ParamsError) as error:

@@ -10,6 +10,7 @@ documents, each with the token that ends it) against the content's UTF-8
 bytes, so chat markup is in neither.
 """
 
+import json
 import logging
 import math
 from pathlib import Path
@@ -92,6 +93,12 @@ def named(prefix: str, scorer: str, figures: dict) -> dict:
     return {f"{prefix}_{scorer}_{key}": value for key, value in figures.items() if key in ("loss", "bpb")}
 
 
+def is_clean(meta: str | None) -> bool:
+    """A record without an injected flaw: the built-in generator names its flaw in ``meta.flaw``
+    (read for scoring only, never for training); records of other sources have none."""
+    return not meta or json.loads(meta).get("flaw") is None
+
+
 def heldout_metrics(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, paths: list[Path], limit: int,
                     seq_len: int, batch_size: int, assistant_only: bool, baselines: NgramBaselines) -> dict:
     """Flat metrics ``heldout_<source>[_<category>]_{loss,ppl,bpb,tokens}`` and the
@@ -99,8 +106,12 @@ def heldout_metrics(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
     ``heldout_<source>_records: 0`` and no loss. Loss, perplexity and tokens are
     over the loss mask; bits per byte over the content mask and bytes. The n-gram
     baselines fitted on the training tokens are scored on the same tokens:
-    ``..._unigram_{loss,bpb}`` and ``..._bigram_{loss,bpb}`` beside each."""
+    ``..._unigram_{loss,bpb}`` and ``..._bigram_{loss,bpb}`` beside each.
+    ``heldout_clean[_<category>]_*`` score the same records less those with an injected
+    flaw (all sources together): a fixed yardstick that does not reward a model for
+    predicting flawed text, the same for every run whatever its sample."""
     metrics, grand = {}, {name: np.zeros(4) for name in SCORERS}  # nats and tokens of the loss mask, nats and bytes of the content
+    clean = {category: {name: np.zeros(4) for name in SCORERS} for category in CATEGORIES}
     for path in paths:
         source = path.stem
         table = first_records(path, limit)
@@ -108,24 +119,18 @@ def heldout_metrics(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
         if table.num_rows == 0:
             log.warning("held-out set %s is empty: no loss reported for it", path)
             continue
+        unflawed = np.array([is_clean(meta) for meta in table.column("meta").to_pylist()], dtype=bool)
         totals = {name: np.zeros(4) for name in SCORERS}
         for category in tqdm(CATEGORIES, desc=f"held-out {source}", leave=False):
-            subset = table.filter(pa.compute.equal(table.column("category"), category))
-            if subset.num_rows == 0:
-                continue
-            encoded = encode(tokenizer, subset, assistant_only, content=True)
-            tokens, mask = packed(encoded.tokens, encoded.loss, seq_len, tokenizer.pad_token_id)
-            _, content = packed(encoded.tokens, encoded.content, seq_len, tokenizer.pad_token_id)
-            counted = int(mask[:, 1:].sum())
-            if counted == 0:
-                continue
-            nbytes = content_bytes(tokenizer, subset)
-            losses = {"model": token_losses(model, tokens, batch_size), "unigram": baselines.unigram_losses(tokens),
-                      "bigram": baselines.bigram_losses(tokens)}  # fmt: skip
-            for name, scored in losses.items():
-                part = np.array([(scored * mask[:, 1:]).sum(), counted, (scored * content[:, 1:]).sum(), nbytes])
-                metrics.update(named(f"heldout_{source}_{category}", name, summary(*part)))
-                totals[name] += part
+            in_category = pa.compute.equal(table.column("category"), category).to_numpy(zero_copy_only=False)
+            for subset, sums in ((table.filter(in_category), totals), (table.filter(in_category & unflawed), clean[category])):
+                parts = scored_parts(model, tokenizer, subset, seq_len, batch_size, assistant_only, baselines)
+                if parts is None:
+                    continue
+                for name, part in parts.items():
+                    sums[name] += part
+                    if sums is totals:
+                        metrics.update(named(f"heldout_{source}_{category}", name, summary(*part)))
         if totals["model"][1]:
             for name in SCORERS:
                 metrics.update(named(f"heldout_{source}", name, summary(*totals[name])))
@@ -135,5 +140,30 @@ def heldout_metrics(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
             metrics.update(named("heldout", name, summary(*grand[name])))
     else:
         log.warning("no held-out tokens to score: heldout_loss, ppl and bpb are not reported")
+    clean_total = {name: sum(clean[category][name] for category in CATEGORIES) for name in SCORERS}
+    for name in SCORERS:
+        for category in CATEGORIES:
+            if clean[category]["model"][1]:
+                metrics.update(named(f"heldout_clean_{category}", name, summary(*clean[category][name])))
+        if clean_total["model"][1]:
+            metrics.update(named("heldout_clean", name, summary(*clean_total[name])))
     metrics["heldout_tokens"] = int(grand["model"][1])
     return metrics
+
+
+def scored_parts(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, subset: pa.Table, seq_len: int, batch_size: int,
+                 assistant_only: bool, baselines: NgramBaselines) -> dict[str, np.ndarray] | None:
+    """Per scorer, [nats and tokens of the loss mask, nats and bytes of the content] of a set of records
+    packed as training packs them; None when it has no loss token."""
+    if subset.num_rows == 0:
+        return None
+    encoded = encode(tokenizer, subset, assistant_only, content=True)
+    tokens, mask = packed(encoded.tokens, encoded.loss, seq_len, tokenizer.pad_token_id)
+    _, content = packed(encoded.tokens, encoded.content, seq_len, tokenizer.pad_token_id)
+    counted = int(mask[:, 1:].sum())
+    if counted == 0:
+        return None
+    nbytes = content_bytes(tokenizer, subset)
+    losses = {"model": token_losses(model, tokens, batch_size), "unigram": baselines.unigram_losses(tokens),
+              "bigram": baselines.bigram_losses(tokens)}  # fmt: skip
+    return {name: np.array([(scored * mask[:, 1:]).sum(), counted, (scored * content[:, 1:]).sum(), nbytes]) for name, scored in losses.items()}

@@ -25,7 +25,7 @@ import torch
 from synthtrain.world.facts import World
 from synthtrain.evaluation import behaviour, benchmarks, judges, textmetrics
 from synthtrain.generation import Generator, load_model
-from synthtrain.evaluation.heldout import first_records, heldout_metrics
+from synthtrain.evaluation.heldout import first_records, heldout_metrics, is_clean
 from synthtrain.evaluation.ngram import NgramBaselines
 from synthtrain.evaluation.answers import task_accuracy, task_chance
 from synthtrain.evaluation import preference_judge
@@ -98,7 +98,7 @@ def reference_pairs(paths: list[Path], count: int) -> list[tuple[str, str]]:
         table = first_records(path, 50 * count + 1000)
         for messages, meta in zip(table.column("messages").to_pylist(), table.column("meta").to_pylist()):
             pair = judges.single_turn(messages) if messages else None
-            if pair and json.loads(meta).get("flaw") is None:
+            if pair and is_clean(meta):
                 pairs.append(pair)
                 if len(pairs) == count:
                     return pairs
@@ -145,11 +145,12 @@ def evaluate(params: Params, model_dir: Path) -> dict:
         metrics.update(timed("heldout", seconds, heldout_metrics, model, tokenizer, heldout, config.heldout_records, seq_len,
                              config.batch_size, params.tokenize.assistant_only, baselines))
 
+    world = World(params.world)
     problems = task_problems(config.tasks_per_family)
     replies = timed("tasks", seconds, generate, [p["prompt"] for p in problems], "tasks")
     accuracy, correct = task_accuracy(problems, [r.text for r in replies])
     metrics.update(accuracy)
-    metrics.update(task_chance(problems, World(params.world).values_of))
+    metrics.update(task_chance(problems, world.values_of))
     samples += [{"suite": f"tasks_{p['meta']['family']}", "prompt": p["prompt"], "reply": r.text, "expected": p["meta"].get("answer"),
                  "passed": ok} for p, r, ok in zip(problems, replies, correct)]
 
@@ -166,7 +167,7 @@ def evaluate(params: Params, model_dir: Path) -> dict:
         log.warning("no single-turn held-out instructions: generation metrics, diversity and judge scores are not reported")
     metrics["reference_items"] = len(pairs)
 
-    suites, suite_samples = timed("behaviour", seconds, behaviour.run_suites, generate, World(params.world), config.behaviour_per_suite, config.seed)
+    suites, suite_samples = timed("behaviour", seconds, behaviour.run_suites, generate, world, config.behaviour_per_suite, config.seed)
     metrics.update(suites)
     samples += suite_samples
     metrics.update(generate.speed())
