@@ -160,8 +160,9 @@ def check(definition: Definition, runs: list[ExperimentRun], params: Params, met
     estimate = definition.estimate
     own = {run.name: run_params(run, params) for run in runs}
     checks = {run.name: check_run(run, own[run.name], estimate, metrics) for run in runs}
-    for pool, source in sorted({(own[name].mix.pool, result.pool_source) for name, result in checks.items()}):
-        print(f"pool {pool}: {source}")
+    pools = lambda mix: f"sources {'+'.join(mix.sources)}" if mix.sources else f"pool {mix.pool}"
+    for pool, source in sorted({(pools(own[name].mix), result.pool_source) for name, result in checks.items()}):
+        print(f"{pool}: {source}")
     memory = f"most memory on the {estimate.gpu} ({MEMORY_HEADROOM:.0%} of {dict(GPU_MEMORY_GIB)[estimate.gpu]} GiB usable)" if estimate else ""
     print(f"{'experiment':<12}{'runs':>5}  {'most passes (mix.max_epochs)':<31}{memory}".rstrip())
     for experiment in dict.fromkeys(run.experiment for run in runs):

@@ -30,7 +30,7 @@ from synthtrain.sources.formats import Parsed
 from synthtrain.sources.local import read as read_local
 from synthtrain.parallel import parallel_map
 from synthtrain.params import LocalSource, NearDuplicates, Params, StageError
-from synthtrain.records import DEDUP_REJECT_SCHEMA, ParquetSink, RecordWriter, content_of, meta_field, open_parquet, output_directory
+from synthtrain.records import DEDUP_REJECT_SCHEMA, OUTSIDE_POOL, ParquetSink, RecordWriter, content_of, meta_field, open_parquet, output_directory
 from synthtrain.text import content_column, mix64, ngram_hashes, word_hashes
 
 log = logging.getLogger("dedup")
@@ -410,7 +410,10 @@ def contamination(state: dict, job):
 def dedup(params: Params) -> dict:
     config = params.dedup
     workers = config.workers or os.cpu_count() or 1
-    inputs = Inputs(list(params.sources))
+    # Sources outside the pool come last: a duplicate is always a later record, so they never remove a pool record
+    pool_sources = [name for name, source in params.sources.items() if source.pool]
+    inputs = Inputs(pool_sources + [name for name, source in params.sources.items() if not source.pool])
+    in_pool = np.arange(inputs.count) < inputs.bounds[len(pool_sources)]
     if inputs.count == 0:
         raise StageError(f"no records to deduplicate: {', '.join(map(str, inputs.paths))} are all empty")
     words_by_benchmark = benchmark_words(params)  # first, so that a bad benchmark file fails fast
@@ -441,7 +444,14 @@ def dedup(params: Params) -> dict:
     similarity = jaccard(pairs, sets) if len(pairs) else np.empty(0)
     del sets
     verified = pairs[similarity >= config.near.threshold]
-    root = union_find(inputs.count, verified)[first]
+    within_pool = in_pool[verified].all(axis=1)
+    root = union_find(inputs.count, verified[within_pool])
+    # a record outside the pool near an earlier one joins its cluster, but links no two pool records:
+    # the pool's clusters are what they would be without it (pairs by their later record, so roots are final)
+    outside = np.sort(verified[~within_pool], axis=1)
+    for i, j in outside[np.argsort(outside[:, 1], kind="stable")].tolist():
+        root[j] = min(root[j], root[i])
+    root = root[first]
     near_duplicate = ~exact_duplicate & (root != np.arange(inputs.count))
     survivor = root == np.arange(inputs.count)
 
@@ -449,7 +459,7 @@ def dedup(params: Params) -> dict:
     heldout = np.zeros(inputs.count, dtype=bool)
     held_score = mix64(keys ^ mix64(np.full(inputs.count, config.heldout.seed, dtype=np.uint64)))
     limit = np.uint64(min(int(config.heldout.fraction * 2.0**64), 2**64 - 1))
-    for s in range(len(inputs.sources)):
+    for s in range(len(pool_sources)):  # only the pool's records are scored
         rows = np.arange(inputs.bounds[s], inputs.bounds[s + 1])
         rows = rows[survivor[rows] & (held_score[rows] < limit)]
         rows = rows[np.argsort(held_score[rows], kind="stable")][: config.heldout.max_per_source]
@@ -471,8 +481,9 @@ def dedup(params: Params) -> dict:
                   max_matches=config.decontaminate.max_matches, capped=capped)
     records_per_entry = np.zeros(len(entry_benchmarks), dtype=np.int64)
     found = []
-    for entries, records, matches in each_job(contamination, state, inputs.jobs, workers, "decontaminate"):
-        records_per_entry[entries] += records
+    for job, (entries, records, matches) in zip(inputs.jobs, each_job(contamination, state, inputs.jobs, workers, "decontaminate")):
+        if job[0] < len(pool_sources):  # common phrasing is counted in the pool alone: a source outside it changes no pool record
+            records_per_entry[entries] += records
         found.append(matches)
     leaks = np.concatenate(found) if found else np.empty((0, 2), np.int64)
     leaks = leaks[(records_per_entry[leaks[:, 1]] <= config.decontaminate.max_matches) | ~capped[leaks[:, 1]]]
@@ -496,7 +507,7 @@ def dedup(params: Params) -> dict:
     members = np.isin(root, cluster_roots)
     cluster_id[members] = np.searchsorted(cluster_roots, root[members])
     duplicate_of = np.where(exact_duplicate, first, root)
-    counts = write_outputs(inputs, train, heldout, exact_duplicate, near_duplicate, decontaminated, contaminated_by, cluster_id, duplicate_of, ids)
+    counts = write_outputs(inputs, len(pool_sources), train, heldout, exact_duplicate, near_duplicate, decontaminated, contaminated_by, cluster_id, duplicate_of, ids)
 
     per_benchmark = Counter(b for names in contaminated_by.values() for b in names)
     metrics = {
@@ -506,6 +517,7 @@ def dedup(params: Params) -> dict:
         "heldout": int(heldout.sum()),
         "decontaminated": int(decontaminated.sum()),
         "kept": int(train.sum()),
+        "kept_outside_pool": int((train & ~in_pool).sum()),
         "clusters": len(cluster_roots),
         "lsh": {"bands": minhasher.bands, "rows": minhasher.rows, "candidate_pairs": len(pairs),
                 "verified_pairs": len(verified)},
@@ -615,22 +627,26 @@ def contamination_table(texts: dict[str, tuple | None], decontaminate) -> tuple[
     return table, entry_benchmarks, coverage
 
 
-def write_outputs(inputs: Inputs, train, heldout, exact_duplicate, near_duplicate, decontaminated, contaminated_by, cluster_id, duplicate_of, ids) -> dict:
-    """One sequential pass in input order: train, held-out and reject files. data/heldout is
-    written whole and replaces the old one when the stage succeeds, so the file of a source
-    that is gone goes then, and a failed stage leaves every old file in place."""
+def write_outputs(inputs: Inputs, pool_sources: int, train, heldout, exact_duplicate, near_duplicate, decontaminated, contaminated_by,
+                  cluster_id, duplicate_of, ids) -> dict:
+    """One sequential pass in input order: train, held-out and reject files; the kept records of the
+    sources after the first ``pool_sources`` go to data/dedup/sources/<source>.parquet instead of train.
+    data/heldout and data/dedup/sources are written whole and replace the old ones when the stage
+    succeeds, so the file of a source that is gone goes then, and a failed stage leaves every old file in place."""
     counts = {}
-    with (output_directory(HELDOUT) as heldout_dir, RecordWriter(TRAIN) as train_writer,
+    with (output_directory(HELDOUT) as heldout_dir, output_directory(OUTSIDE_POOL) as outside_dir, RecordWriter(TRAIN) as train_writer,
           ParquetSink(REJECTS, DEDUP_REJECT_SCHEMA) as reject_writer):
-        heldout_writers = {}
+        writers = {}  # per source: its held-out records (pool) or its kept records (outside the pool)
         for job in tqdm(inputs.jobs, desc="write", unit="job"):
             source = inputs.sources[job[0]]
             table = inputs.read(job)
             rows = np.arange(job[2], job[2] + table.num_rows)
-            train_writer.write_table(table.filter(train[rows]))
-            if source not in heldout_writers:
-                heldout_writers[source] = RecordWriter(heldout_dir / f"{source}.parquet")
-            heldout_writers[source].write_table(table.filter(heldout[rows]))
+            in_pool = job[0] < pool_sources
+            if source not in writers:
+                writers[source] = RecordWriter((heldout_dir if in_pool else outside_dir) / f"{source}.parquet")
+            if in_pool:
+                train_writer.write_table(table.filter(train[rows]))
+            writers[source].write_table(table.filter((heldout if in_pool else train)[rows]))
             rejected = rows[exact_duplicate[rows] | near_duplicate[rows] | decontaminated[rows]]
             if len(rejected):
                 reason = np.where(exact_duplicate[rejected], "exact_duplicate", np.where(near_duplicate[rejected], "near_duplicate", "decontaminated"))
@@ -651,7 +667,7 @@ def write_outputs(inputs: Inputs, train, heldout, exact_duplicate, near_duplicat
             c["exact_duplicates"] += int(exact_duplicate[rows].sum())
             c["near_duplicates"] += int(near_duplicate[rows].sum())
             c["decontaminated"] += int(decontaminated[rows].sum())
-        for writer in heldout_writers.values():
+        for writer in writers.values():
             writer.close()
     for source in inputs.sources:
         if source not in counts or counts[source]["kept"] == 0:

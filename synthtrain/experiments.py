@@ -70,8 +70,15 @@ class ExperimentRun(BaseModel):
             ("-S", f"{key}={format_value(value)}") for key, value in self.sets.items())]
 
 
-def format_value(value: Any) -> str:
-    """A -S value as DVC's override grammar reads it (YAML scalars: null, true, numbers, strings)."""
+def format_value(value: Any, nested: bool = False) -> str:
+    """A -S value as DVC's (Hydra's) override grammar reads it: null, true, numbers, strings, and
+    {key: value} and [values] with their strings quoted."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{key}: {format_value(item, True)}" for key, item in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(format_value(item, True) for item in value) + "]"
+    if isinstance(value, str) and nested:
+        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
     return "null" if value is None else json.dumps(value) if isinstance(value, bool) else str(value)
 
 
@@ -122,22 +129,27 @@ def unique_runs(runs: list[ExperimentRun]) -> list[ExperimentRun]:
 
 
 def check_keys(runs: list[ExperimentRun], params: Params) -> None:
-    """Fail before queueing anything if a run sets a key that params.yaml does not have (a typo would run the baseline)."""
+    """Fail before queueing anything if a run sets a key that params.yaml does not have (a typo would run the
+    baseline), or adds one (``+key``, DVC's append) that it has or whose parent it lacks."""
     known = params.model_dump()
     for run in runs:
         for key in run.sets:
+            *parents, last = key.removeprefix("+").split(".")
             node = known
-            for part in key.split("."):
+            for part in parents:
                 if not isinstance(node, dict) or part not in node:
-                    raise StageError(f"run {run.name}: -S {key}: params.yaml has no such key")
+                    raise StageError(f"run {run.name}: -S {key}: params.yaml has no key {part!r} there")
                 node = node[part]
+            if not isinstance(node, dict) or (last in node) == key.startswith("+"):
+                raise StageError(f"run {run.name}: -S {key}: " + ("params.yaml has it already: drop the +" if key.startswith("+")
+                                                                   else "params.yaml has no such key (+key adds one)"))
 
 
 def run_params(run: ExperimentRun, params: Params) -> Params:
     """``params`` with the run's -S sets applied, validated as a params file is (check_keys first: every key exists)."""
     tree = params.model_dump()
     for key, value in run.sets.items():
-        *parents, last = key.split(".")
+        *parents, last = key.removeprefix("+").split(".")
         node = tree
         for part in parents:
             node = node[part]
@@ -183,6 +195,8 @@ def measured_pool(params: Params, metrics: Path) -> tuple[dict[str, int] | None,
     """Tokens per category of the run's pool as its sample stage counted them (mix counts them the same way),
     or None and why not: no such metrics file, or metrics/ come from another params file (another tokenizer
     size, other sources or another sample size)."""
+    if params.mix.sources:
+        return None, f"the run trains on mix.sources ({', '.join(params.mix.sources)}), whose tokens only its mix stage counts"
     pool = params.mix.pool
     sample = metrics / "sample" / f"{pool}.json"
     if not sample.is_file():
@@ -207,6 +221,8 @@ def pool_draws(params: Params, estimate: Estimate | None, metrics: Path) -> tupl
     category short of data is repeated more. None when neither is known."""
     tokens, source = measured_pool(params, metrics)
     if tokens is None:
+        if params.mix.sources:
+            return None, f"not checked: {source}"
         if estimate is None or estimate.tokens_per_record is None:
             return None, f"not checked: {source}, and the definition gives no estimate.tokens_per_record"
         records = params.sample.sizes[params.mix.pool]

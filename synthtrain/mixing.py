@@ -13,9 +13,10 @@ import logging
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 
 from synthtrain.params import Params, StageError
-from synthtrain.records import BATCH_ROWS, CATEGORIES, SCHEMA, RecordWriter, open_parquet
+from synthtrain.records import BATCH_ROWS, CATEGORIES, OUTSIDE_POOL, SCHEMA, RecordWriter, open_parquet
 from synthtrain.tokens.encoding import count_tokens, load_tokenizer
 
 log = logging.getLogger("mix")
@@ -37,30 +38,43 @@ def allocate(tokens: np.ndarray, budget: float, rng: np.random.Generator) -> tup
     return np.concatenate(chosen), passes
 
 
+def read_pool(config) -> tuple[pa.Table, str]:
+    """The records the mix draws from, and what they are: the sample ``mix.pool``, or every kept record of ``mix.sources``."""
+    if config.sources:
+        paths, name = [OUTSIDE_POOL / f"{source}.parquet" for source in config.sources], "+".join(config.sources)
+        missing = [path for path in paths if not path.is_file()]
+        if missing:
+            raise StageError(f"{missing[0]} is missing: run `dvc repro dedup` first")
+    else:
+        paths, name = [Path(f"data/sample/{config.pool}.parquet")], config.pool
+        if not paths[0].is_file():
+            raise StageError(f"{paths[0]} is missing: run `dvc repro sample@{config.pool}` first")
+    pool = pa.concat_tables([open_parquet(path).read().select(SCHEMA.names) for path in paths])
+    if pool.num_rows == 0:
+        raise StageError(f"{' and '.join(map(str, paths))} hold no records")
+    return pool, name
+
+
 def mix(params: Params) -> dict:
     config = params.mix
-    pool_path = Path(f"data/sample/{config.pool}.parquet")
-    if not pool_path.is_file():
-        raise StageError(f"{pool_path} is missing: run `dvc repro sample@{config.pool}` first")
-    pool = open_parquet(pool_path).read()
-    if pool.num_rows == 0:
-        raise StageError(f"{pool_path} has no records")
+    pool, pool_name = read_pool(config)
     tokens, loss_tokens = count_tokens(load_tokenizer(), pool, params.tokenize.assistant_only)
     category = pool.column("category").to_numpy(zero_copy_only=False)
     available = {c: int(tokens[category == c].sum()) for c in CATEGORIES}
     requested = int(tokens.sum()) if config.tokens is None else config.tokens
-    shares = {c: available[c] / requested for c in CATEGORIES} if config.tokens is None else config.shares()
+    own_shares = {c: available[c] / int(tokens.sum()) for c in CATEGORIES}
+    shares = own_shares if config.tokens is None or config.strategy == "natural" else config.shares()
 
     for c, share in shares.items():
         if share > 0 and available[c] == 0:
-            raise StageError(f"mix: {c} has a share of {share:.2f} but the pool {config.pool} has no {c} records; "
+            raise StageError(f"mix: {c} has a share of {share:.2f} but the pool {pool_name} has no {c} records; "
                              f"set mix.{c}: 0 or pick another mix.strategy")
     needed = {c: requested * share for c, share in shares.items()}
     fits = {c: available[c] * config.max_epochs / needed[c] for c in CATEGORIES if needed[c] > 0}
     scale = min(1.0, *fits.values())
     if scale < 1.0:
         short = min(fits, key=fits.get)
-        message = (f"mix.tokens = {requested:,}: {short} needs {needed[short]:,.0f} tokens but the pool {config.pool} has "
+        message = (f"mix.tokens = {requested:,}: {short} needs {needed[short]:,.0f} tokens but the pool {pool_name} has "
                    f"{available[short]:,}, {config.max_epochs} passes at most (mix.max_epochs)")
         if not config.scale_down:
             raise StageError(message + f"; lower mix.tokens to {int(requested * scale):,}, raise mix.max_epochs, "
@@ -101,6 +115,6 @@ def mix(params: Params) -> dict:
             "passes": round(int(tokens[rows].sum()) / available[c], 3) if available[c] else 0.0,
             "available_tokens": available[c],
         }
-    return {"strategy": config.strategy, "pool": config.pool, "requested_tokens": requested, "tokens": total,
+    return {"strategy": config.strategy, "pool": pool_name, "requested_tokens": requested, "tokens": total,
             "scale": round(scale, 4), "records": len(order), "repeated_records": len(order) - sum(len(np.unique(p)) for p in parts.values()),
             "by_category": by_category}

@@ -143,6 +143,8 @@ class BuiltinSource(Section):
     kind: Literal["builtin"]
     max_samples: Int = Field(1_500_000, ge=1, description="records to generate")
     seed: Int = 0
+    pool: Bool = Field(True, description="false: deduplicated and decontaminated against the pool but kept out of it (no held-out "
+                       "split, quality, samples or tokenizer) in data/dedup/sources/<name>.parquet, for mix.sources")
     shares: CategoryShares = CategoryShares()
     flaws: FlawRates = FlawRates()
 
@@ -158,6 +160,8 @@ class HubSource(Section):
         None, description="implied by a known dataset name"
     )
     min_int_score: Int | None = Field(None, ge=0, le=5, description="FineWeb-Edu only")
+    pool: Bool = Field(True, description="false: deduplicated and decontaminated against the pool but kept out of it (no held-out "
+                       "split, quality, samples or tokenizer) in data/dedup/sources/<name>.parquet, for mix.sources")
 
 
 class LocalSource(Section):
@@ -167,6 +171,8 @@ class LocalSource(Section):
     max_samples: Int = Field(ge=1)
     format: Format = "auto"
     split: Literal["block", "line"] = Field("block", description="plain text: one document per blank-line block or per line")
+    pool: Bool = Field(True, description="false: deduplicated and decontaminated against the pool but kept out of it (no held-out "
+                       "split, quality, samples or tokenizer) in data/dedup/sources/<name>.parquet, for mix.sources")
 
 
 class TeacherSampling(Section):
@@ -206,6 +212,8 @@ class GenerateSource(Section):
     shard_prompts: Int = Field(256, ge=1, description="prompts per shard: the unit that an interrupted run keeps")
     max_attempts: Int = Field(4, ge=1, le=100, description="stop after n x this many prompts even if fewer than n records were kept")
     preferences: Preferences | None = None
+    pool: Bool = Field(True, description="false: deduplicated and decontaminated against the pool but kept out of it (no held-out "
+                       "split, quality, samples or tokenizer) in data/dedup/sources/<name>.parquet, for mix.sources")
 
     @model_validator(mode="after")
     def _seed_file_for_seeded_methods(self):
@@ -455,8 +463,10 @@ MIX_STRATEGIES = {  # (instruction, knowledge, web) token shares; README explain
 
 class Mix(Section):
     pool: str = Field("100K", description="the sample the mix draws from (a key of sample.sizes)")
+    sources: list[str] = Field([], description="instead of mix.pool: every kept record of these sources (each with pool: false), "
+                               "for a control trained on other data, such as human-written text")
     tokens: Int | None = Field(6_000_000, ge=1, description="token budget of the training set; null: every record of the pool once, in the pool's own shares")
-    strategy: Literal["custom", *MIX_STRATEGIES] = "custom"
+    strategy: Literal["custom", "natural", *MIX_STRATEGIES] = "custom"
     instruction: Float = Field(0.4, ge=0.0, description="custom: relative weight (normalised)")
     knowledge: Float = Field(0.3, ge=0.0)
     web: Float = Field(0.3, ge=0.0)
@@ -471,7 +481,7 @@ class Mix(Section):
         return self
 
     def shares(self) -> dict[str, float]:
-        """Token share per category, summing to 1 (``tokens: null`` uses the pool's shares instead)."""
+        """Token share per category, summing to 1 (``natural`` and ``tokens: null`` use the pool's own shares instead)."""
         weights = MIX_STRATEGIES.get(self.strategy) or (self.instruction, self.knowledge, self.web)
         return {c: w / sum(weights) for c, w in zip(CATEGORIES, weights)}
 
@@ -734,6 +744,13 @@ class Params(Section):
         for key, pool in (("mix.pool", self.mix.pool), ("collapse.pool", self.collapse.pool)):
             if pool is not None and pool not in self.sample.sizes:
                 raise ValueError(f"{key} = '{pool}' is not a sample; choose one of {', '.join(self.sample.sizes)} (sample.sizes)")
+        if all(not source.pool for source in self.sources.values()):
+            raise ValueError(f"every source has pool: false ({', '.join(self.sources)}); at least one must make the pool")
+        outside = [name for name, source in self.sources.items() if not source.pool]
+        for name in self.mix.sources:
+            if name not in outside:
+                raise ValueError(f"mix.sources has '{name}', which is not a source with pool: false "
+                                 f"(allowed: {', '.join(outside) or 'none: set pool: false on a source'})")
         return self
 
     @model_validator(mode="after")

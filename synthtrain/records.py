@@ -39,6 +39,8 @@ from synthtrain.text import normalize
 CATEGORIES = ("instruction", "knowledge", "web")
 ROLES = ("system", "user", "assistant")
 BATCH_ROWS = 10_000
+# The kept records of each source with pool: false (written by dedup, read by mix with mix.sources)
+OUTSIDE_POOL = Path("data/dedup/sources")
 
 MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
 SCHEMA = pa.schema(

@@ -126,8 +126,9 @@ def workdir(tmp_path):
     return tmp_path
 
 
-def params_file(workdir, heldout=None, sources=("a", "b"), **dedup):
-    sources = {name: {"kind": "local", "path": f"{name}.jsonl", "category": "knowledge", "max_samples": 100} for name in sources}
+def params_file(workdir, heldout=None, sources=("a", "b"), outside=(), **dedup):
+    sources = {name: {"kind": "local", "path": f"{name}.jsonl", "category": "knowledge", "max_samples": 100, "pool": name not in outside}
+               for name in (*sources, *outside)}
     section = {"heldout": heldout or {"fraction": 0.1, "max_per_source": 2},
                "decontaminate": {"benchmarks": {"quiz": {"path": "bench.jsonl", "fields": ["q"]}}}, "workers": 2, **dedup}
     path = workdir / "params.yaml"
@@ -302,3 +303,50 @@ def test_builtin_injected_near_duplicates_are_found(tmp_path):
     stage(tmp_path, "stages.dedup")
     accuracy = json.loads((tmp_path / "metrics/dedup.json").read_text())["accuracy"]["builtin_injected"]
     assert accuracy["positives"] > 500 and accuracy["f1"] >= 0.95, accuracy
+
+
+def edited_at(text: str, positions: list[int]) -> str:
+    words = text.split()
+    for k in positions:
+        words[k] = "changed"
+    return " ".join(words)
+
+
+def test_a_source_outside_the_pool_is_deduplicated_and_decontaminated_against_it_and_changes_nothing_in_it(workdir):
+    one_each = {"fraction": 0.1, "max_per_source": 1, "seed": 2}  # a seed that holds out none of p's 4 records
+    decontaminate = {"max_matches": 3, "benchmarks": {"quiz": {"path": "bench.jsonl", "fields": ["q"]}}}
+    params_file(workdir, one_each, decontaminate=decontaminate)
+    stage(workdir, "stages.dedup")
+    quote = " ".join(rows(workdir / "data/heldout/a.parquet")[0]["text"].split()[:13])
+    # pool source p: two records quoting the held-out record (2 <= max_matches: a leak), and A and B, 4 edits
+    # apart (Jaccard ~0.7: not near duplicates), which H, 2 edits from each (~0.85), would link into one cluster
+    first = essay(5000)
+    near_a, near_b = edited_at(first, [20, 45]), edited_at(first, [20, 45, 70, 95])
+    write_source(workdir / "data/raw/p.parquet", [doc(f"Quoted {k}: {quote}", "p") for k in range(2)] + [doc(first, "p"), doc(near_b, "p")])
+    params_file(workdir, one_each, sources=("a", "b", "p"), decontaminate=decontaminate)
+    stage(workdir, "stages.dedup")
+    pool = {p.relative_to(workdir): p.read_bytes() for p in (workdir / "data").rglob("*.parquet") if p.parts[-2] in ("dedup", "heldout")}
+    before = json.loads((workdir / "metrics/dedup.json").read_text())
+    assert before["by_source"]["p"]["heldout"] == 0 and before["by_source"]["p"]["decontaminated"] == 2
+    assert before["near_duplicates"] == 2  # the fixture's own two
+
+    a = rows(workdir / "data/raw/a.parquet")
+    fresh = [doc(essay(6000 + i), "c") for i in range(3)]
+    outside = [doc(a[5]["text"].upper(), "c"), doc(near_a, "c"), *[doc(f"{essay(7000 + k, 40)} {quote}", "c") for k in range(2)], *fresh]
+    write_source(workdir / "data/raw/c.parquet", outside)
+    params_file(workdir, one_each, sources=("a", "b", "p"), outside=("c",), decontaminate=decontaminate)
+    stage(workdir, "stages.dedup")
+    # the pool is what it was: same training and held-out files, the same records decontaminated
+    assert pool == {p.relative_to(workdir): p.read_bytes() for p in (workdir / "data").rglob("*.parquet")
+                    if p.parts[-2] in ("dedup", "heldout")}
+    metrics = json.loads((workdir / "metrics/dedup.json").read_text())
+    assert metrics["by_source"]["p"] == before["by_source"]["p"] and not (workdir / "data/heldout/c.parquet").exists()
+    # and the source outside it lost its copy, its near duplicate and its two leaks, and kept the rest apart
+    assert [r["text"] for r in rows(workdir / "data/dedup/sources/c.parquet")] == [r["text"] for r in fresh]
+    assert metrics["kept_outside_pool"] == 3 and metrics["by_source"]["c"] == {"in": 7, "kept": 3, "heldout": 0, "exact_duplicates": 1,
+                                                                               "near_duplicates": 1, "decontaminated": 2}
+    rejects = {r["id"]: r for r in rows(workdir / "data/rejects/dedup.parquet")}
+    p = rows(workdir / "data/raw/p.parquet")
+    assert rejects[outside[0]["id"]]["duplicate_of"] == a[5]["id"] and rejects[outside[1]["id"]]["duplicate_of"] == p[2]["id"]
+    assert [rejects[r["id"]]["detail"] for r in outside[2:4]] == ["heldout", "heldout"]
+    assert metrics["in"] == metrics["kept"] + metrics["heldout"] + metrics["exact_duplicates"] + metrics["near_duplicates"] + metrics["decontaminated"]

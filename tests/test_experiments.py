@@ -11,7 +11,7 @@ import yaml
 
 from conftest import REPO
 from research.experiments import link_siblings, main, print_estimate
-from synthtrain.experiments import Definition, ExperimentRun, expand, format_value, load_definition, unique_runs
+from synthtrain.experiments import Definition, ExperimentRun, check_keys, expand, format_value, load_definition, run_params, unique_runs
 from synthtrain.params import StageError, load_params
 from research.report import correlations, Result, spearman
 
@@ -58,6 +58,24 @@ def test_a_run_sets_profile_then_fixed_then_its_own_then_the_seed():
     assert "mix.tokens=null" in runs[2].command() and format_value(True) == "true" and format_value(0.5) == "0.5"
     with pytest.raises(StageError, match="unknown experiment nope; the definition has e"):
         expand(definition, ["nope"])
+
+
+def test_a_run_adds_a_source_outside_the_pool_with_a_plus_key(in_repo):
+    params = load_params(REPO / "params.yaml")
+    human = {"kind": "local", "path": "../shared/data/human/c4-sample.jsonl", "category": "web", "max_samples": 10, "pool": False}
+    run = ExperimentRun(experiment="e", name="e-h-s0", config="h", seed=0, sets={"+sources.human": human, "mix.sources": ["human"]})
+    check_keys([run], params)
+    own = run_params(run, params)
+    assert not own.sources["human"].pool and own.mix.sources == ["human"] and own.sources["builtin"] == params.sources["builtin"]
+    command = run.command()  # DVC's Hydra override grammar: +key appends, strings quoted inside a mapping or list
+    assert "+sources.human={kind: 'local', path: '../shared/data/human/c4-sample.jsonl', category: 'web', max_samples: 10, pool: false}" in command
+    assert "mix.sources=['human']" in command
+    for sets, message in (({"+mix.pool": "10K"}, "-S +mix.pool: params.yaml has it already: drop the +"),
+                          ({"+nope.x": 1}, "-S +nope.x: params.yaml has no key 'nope' there")):
+        with pytest.raises(StageError, match=re.escape(message)):
+            check_keys([run.model_copy(update={"sets": sets})], params)
+    human_arm = [r for r in expand(load_definition("cpu"), ["exp1"]) if r.config == "human"]
+    assert len(human_arm) == 3 and all(not run_params(r, params).sources["human_web"].pool for r in human_arm)
 
 
 def test_bad_definitions_and_keys_fail_with_the_name(in_repo, tmp_path, monkeypatch):

@@ -11,14 +11,15 @@ import yaml
 
 from conftest import stage
 from synthtrain.params import ParamsError, parse_params
+from synthtrain.records import SCHEMA
 from synthtrain.sampling import quotas
 from synthtrain.tokens.encoding import count_tokens, load_tokenizer
 
 SIZES = {"small": 400, "large": 1500}
 
 
-def write_params(root, sample=None, mix=None):
-    params = {"sources": {"builtin": {"kind": "builtin", "max_samples": 3000}},
+def write_params(root, sample=None, mix=None, sources=None):
+    params = {"sources": {"builtin": {"kind": "builtin", "max_samples": 3000}, **(sources or {})},
               "download": {"workers": 2},
               "quality": {"classifier": {"train_records": 500}, "reference_lm": {"train_records": 1000, "calibration_records": 100}},
               "sample": {"sizes": SIZES, **(sample or {})},
@@ -166,6 +167,23 @@ def test_named_strategies_and_the_curriculum_order(pooled):
     assert set(categories[:switch]) == {"knowledge", "web"} and set(categories[switch:]) == {"instruction"}
 
 
+def test_mix_sources_train_on_a_source_outside_the_pool_in_its_own_shares(pooled):
+    # what dedup writes for a source with pool: false: its kept records, outside the samples
+    outside = pq.read_table(pooled / "data/sample/large.parquet").slice(0, 300).select(SCHEMA.names)
+    (pooled / "data/dedup/sources").mkdir(parents=True)
+    pq.write_table(outside, pooled / "data/dedup/sources/human.parquet")
+    tokens, _ = count_tokens(load_tokenizer(pooled / "models/tokenizer"), outside, True)
+    human = {"human": {"kind": "local", "path": "human.jsonl", "category": "web", "max_samples": 300, "pool": False}}
+    write_params(pooled, mix={"sources": ["human"], "strategy": "natural", "tokens": 2 * int(tokens.sum()), "max_epochs": 3}, sources=human)
+    stage(pooled, "stages.mix")
+    result = metrics(pooled, "mix")
+    assert result["pool"] == "human" and result["tokens"] <= 2 * int(tokens.sum())
+    assert set(pq.read_table(pooled / "data/mix/train.parquet").column("id").to_pylist()) <= set(outside.column("id").to_pylist())
+    for category, entry in result["by_category"].items():  # natural: every category twice over, in the source's own shares
+        assert entry["available_tokens"] == int(tokens[np.array(outside.column("category").to_pylist()) == category].sum())
+        assert abs(entry["passes"] - 2) < 0.05 and abs(entry["requested_share"] - entry["available_tokens"] / tokens.sum()) < 1e-4
+
+
 def test_the_same_params_give_the_same_mix(pooled):
     write_params(pooled)
     stage(pooled, "stages.mix")
@@ -177,7 +195,8 @@ def test_the_same_params_give_the_same_mix(pooled):
 @pytest.mark.parametrize("mix, message", [
     ({"instruction": 0, "knowledge": 0, "web": 0}, "the weights instruction, knowledge and web are all 0"),
     ({"web": -1}, "mix.web = -1: Input should be greater than or equal to 0"),
-    ({"strategy": "webby"}, "mix.strategy = 'webby': Input should be 'custom', 'instruction_only'"),
+    ({"strategy": "webby"}, "mix.strategy = 'webby': Input should be 'custom', 'natural', 'instruction_only'"),
+    ({"sources": ["b"]}, "mix.sources has 'b', which is not a source with pool: false (allowed: none: set pool: false on a source)"),
     ({"pool": "5K"}, "mix.pool = '5K' is not a sample; choose one of 10K, 30K, 100K, 300K, 1M (sample.sizes)"),
 ])
 def test_bad_mix_params_fail_naming_the_key(mix, message):

@@ -170,7 +170,7 @@ class CorpusGenerator:
         table = ["| name | " + " | ".join(attributes) + " |", "|" + "---|" * (len(attributes) + 1)]
         table += ["| " + " | ".join([r.name] + [r.facts[a] for a in attributes]) + " |" for r in rows]
         row, attribute = rng.choice(rows), rng.choice(attributes)
-        lesson = (f"Reading a table\n\n" + "\n".join(table) + f"\n\nTo read a value, find the row of {row.name} and the column "
+        lesson = ("Reading a table\n\n" + "\n".join(table) + f"\n\nTo read a value, find the row of {row.name} and the column "
                   f"'{attribute}'. {Fact(row, attribute, row.facts[attribute]).statement(rng, p)}")
         numeric = [a for a in attributes if row.facts[a].lstrip("-").isdigit()]
         if numeric:
