@@ -505,7 +505,9 @@ def answer_mix(results: list[Result]) -> tuple[list[str], list[str]]:
 
 
 # exp1's controls: the same compute on ...
-EXP1_CONTROLS = {"mixed": "the same compute on the plan mix", "human": "the same compute on human-written text"}
+EXP1_CONTROLS = {"mixed": "the same compute on the plan mix", "human": "the same compute on human-written text",
+                 "distilled": "the same compute on a real teacher's Self-Instruct data (SmolLM2-135M-Instruct)"}
+EXP1_OUTSIDERS = {"human": "human-text model", "distilled": "model trained on the teacher's data"}  # trained on no world text
 
 
 def answer_synthetic(results: list[Result]) -> list[str]:
@@ -528,9 +530,10 @@ def answer_synthetic(results: list[Result]) -> list[str]:
             for metric in (INSTRUCTION_CLEAN_BPB, *TASK_METRICS):
                 words.append(f"; {metric.label}, against {what}: "
                              f"{Family({'instruction_only': pure, control: groups[control]}, metric).compare('instruction_only', control)[1]}")
-    if "human" in groups:
-        words.append(". The human-text model never saw the fictional world the held-out sets and tasks are about: it shows what "
-                     "language alone, without the world's facts, gives on them")
+    outsiders = [EXP1_OUTSIDERS[config] for config in EXP1_OUTSIDERS if config in groups]
+    if outsiders:
+        words.append(f". The {' and '.join(outsiders)} never saw the fictional world the held-out sets and tasks are about: "
+                     "they show what language alone, without the world's facts, gives on them")
     return ["".join(words) + "."]
 
 
