@@ -62,9 +62,9 @@ experiments: venv
 	python -m research.experiments run exp1 exp4 exp3 exp2 --profile $(PROFILE) --commit
 	python -m research.report --profile $(PROFILE)
 
-# The distillation flywheel (docs/experiments.md: Model collapse): generations 0..collapse.generations,
-# each trained on the last one's generated data; needs the pipeline's sample, tokenizer
-# and judges. An interrupted run continues where it stopped.
+# Model collapse on the teacher (docs/experiments.md: Model collapse): generations 0..collapse.generations,
+# each fine-tuning the teacher afresh on the last one's text; each finished run is committed to
+# reports/collapse_runs.jsonl, so a clone elsewhere continues. An interrupted run continues where it stopped.
 collapse: venv
-	dvc repro sample train_tokenizer builtin_eval judges
-	python -m research.collapse
+	dvc repro teacher builtin_eval
+	python -m research.collapse --commit

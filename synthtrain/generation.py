@@ -81,20 +81,21 @@ class Generator:
         """Sampling from here on depends on ``seed`` and the batch number only (a resumed shard repeats itself)."""
         self.seed, self.batches = seed, 0
 
-    def complete(self, texts: list[str], desc: str = "generating", stop: list[str] | None = None) -> list[Reply]:
+    def complete(self, texts: list[str], desc: str = "generating", stop: list[str] | None = None, min_new_tokens: int = 0) -> list[Reply]:
         """Continuations of already rendered texts (special tokens included), in order;
-        a continuation also ends at any of the ``stop`` strings (kept in its text)."""
+        a continuation also ends at any of the ``stop`` strings (kept in its text), and not at
+        an end token before ``min_new_tokens``."""
         ids = [self.tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths together: less padding
         replies: list[Reply | None] = [None] * len(ids)
         size = self.config.batch_size
         for start in tqdm(range(0, len(order), size), desc=desc, unit="batch", leave=False):
             batch = order[start : start + size]
-            for i, reply in zip(batch, self._generate([ids[i] for i in batch], stop)):
+            for i, reply in zip(batch, self._generate([ids[i] for i in batch], stop, min_new_tokens)):
                 replies[i] = reply
         return replies
 
-    def _generate(self, batch: list[list[int]], stop: list[str] | None = None) -> list[Reply]:
+    def _generate(self, batch: list[list[int]], stop: list[str] | None = None, min_new_tokens: int = 0) -> list[Reply]:
         longest = max(map(len, batch))
         max_new = self.config.max_new_tokens
         if self.context:  # a prompt longer than the context keeps its end (where the question and the turn start are)
@@ -109,6 +110,8 @@ class Generator:
                     if self.config.do_sample else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None})
         if stop:
             sampling.update(stop_strings=stop, tokenizer=self.tokenizer)
+        if min_new_tokens:
+            sampling.update(min_new_tokens=min(min_new_tokens, max_new))
         torch.manual_seed(self.seed + self.batches)  # sampling depends on the batch, not on what ran before
         device = self.model.device
         started = time.perf_counter()

@@ -692,20 +692,31 @@ class Eval(Section):
 
 
 class Collapse(Section):
-    """make collapse (research/collapse.py): the distillation flywheel, each generation trained on the last one's data."""
+    """make collapse (research/collapse.py): model collapse (Shumailov et al., 2023) replicated on a pretrained model:
+    every generation fine-tunes ``teacher`` afresh, generation 0 on human text, each later one on text that the
+    previous generation's model wrote (arm pure) or with ``real_fraction`` of the human text (arm mixed)."""
 
-    generations: Int = Field(3, ge=1, le=10, description="generations after generation 0, which trains on original data")
-    records: Int = Field(1000, ge=10, description="training records of every generation (the same size throughout)")
-    real_fraction: Fraction = Field(0.2, description="the mixed arm: this share of every later generation's records is original data")
-    pool: str | None = Field(None, description="original data: the instruction records of this sample; null: the smallest of sample.sizes")
-    method: Literal["self_instruct", "evol_instruct", "magpie"] = "magpie"
-    seed_file: str | None = Field(None, description="self_instruct and evol_instruct: their seed instructions")
-    sampling: TeacherSampling = TeacherSampling(max_new_tokens=128, batch_size=64, temperature=1.0, top_p=1.0)
+    teacher: str = Field("smollm2-135m-instruct", min_length=1, description="the pretrained model every generation fine-tunes (a teacher name or a save_pretrained folder)")
+    text: str = Field("../shared/data/human/wiki-sample.txt", min_length=1, description="the human text: a plain-text file, one document per line")
+    heldout_documents: Int = Field(6, ge=1, description="documents held out (seeded) for the perplexity of every generation")
+    block_tokens: Int = Field(64, ge=8, le=1024, description="tokens of every training record and of every prompt (the teacher's tokenizer)")
+    blocks: Int = Field(400, ge=10, description="training records of every generation and arm (each block_tokens long)")
+    generations: Int = Field(3, ge=1, le=10, description="generations after generation 0")
+    real_fraction: Fraction = Field(0.1, description="the mixed arm: this share of every later generation's records is human text")
+    seeds: list[Int] = Field([0, 1], min_length=1, description="each seed repeats the whole chain (fine-tuning order and sampling)")
+    sampling: TeacherSampling = TeacherSampling(max_new_tokens=64, batch_size=32, temperature=1.0, top_p=1.0)
     train: dict = Field({}, description="train: keys set for every generation (validated as train:)")
     tokenize: dict = Field({}, description="tokenize: keys set for every generation")
     eval: dict = Field({}, description="eval: keys set for every generation")
-    spread_records: Int = Field(1000, ge=10, description="generated records embedded for the MiniLM spread (mean pairwise cosine distance)")
-    seed: Int = 0
+    rare_count: Int = Field(1, ge=1, description="the tails: tokens and bigrams seen at most this often in the human training text")
+    spread_records: Int = Field(400, ge=10, description="records embedded for the MiniLM spread (mean pairwise cosine distance)")
+
+    @model_validator(mode="after")
+    def _continuations_fill_a_block(self):
+        if self.sampling.max_new_tokens != self.block_tokens:
+            raise ValueError(f"sampling.max_new_tokens = {self.sampling.max_new_tokens} must equal block_tokens = {self.block_tokens}: "
+                             "every generated record is one block, so that record lengths are the same in every generation")
+        return self
 
 
 class JudgeCheck(Section):
@@ -741,9 +752,8 @@ class Params(Section):
 
     @model_validator(mode="after")
     def _pool_is_a_sample(self):
-        for key, pool in (("mix.pool", self.mix.pool), ("collapse.pool", self.collapse.pool)):
-            if pool is not None and pool not in self.sample.sizes:
-                raise ValueError(f"{key} = '{pool}' is not a sample; choose one of {', '.join(self.sample.sizes)} (sample.sizes)")
+        if self.mix.pool not in self.sample.sizes:
+            raise ValueError(f"mix.pool = '{self.mix.pool}' is not a sample; choose one of {', '.join(self.sample.sizes)} (sample.sizes)")
         if all(not source.pool for source in self.sources.values()):
             raise ValueError(f"every source has pool: false ({', '.join(self.sources)}); at least one must make the pool")
         outside = [name for name, source in self.sources.items() if not source.pool]

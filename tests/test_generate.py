@@ -4,13 +4,14 @@ and the collapse driver's pieces (research/collapse.py)."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -18,12 +19,12 @@ from datasets import load_dataset
 from rouge_score import rouge_scorer
 
 from conftest import REPO, SHARED_DATA, build_teacher, split_builtin_records, stage
-from research.collapse import CollapseRun, data_metrics, plan, training_records
+from research.collapse import CollapseRun, collapse, data_metrics, plan, rare_units, training_texts
 from synthtrain.sources.download import download
 from synthtrain.synthesis.self_instruct import Pool, rouge_l
 from synthtrain.synthesis.preferences import preferences
 from synthtrain.params import Collapse, StageError, parse_params
-from synthtrain.records import make_record
+from synthtrain.tokens.bpe import train_bpe
 
 SEEDS = str(SHARED_DATA / "human/self-instruct-seed-tasks.jsonl")
 
@@ -185,42 +186,62 @@ def test_the_pool_rejects_near_copies_and_keeps_new_instructions():
 
 
 # --- the collapse driver's pieces -----------------------------------------------------
-def records(count: int, text: str) -> list[dict]:
-    return [make_record("x", "instruction", messages=[{"role": "user", "content": f"{text} {i}"},
-                                                      {"role": "assistant", "content": f"reply {i}"}]) for i in range(count)]  # fmt: skip
+def test_the_plan_chains_each_arm_from_generation_0_per_seed():
+    runs = plan(Collapse(generations=2, seeds=[0, 1]))
+    assert [(r.name, r.parent) for r in runs[:5]] == [("s0-gen0", None), ("s0-gen1-pure", "s0-gen0"), ("s0-gen2-pure", "s0-gen1-pure"),
+                                                     ("s0-gen1-mixed", "s0-gen0"), ("s0-gen2-mixed", "s0-gen1-mixed")]  # fmt: skip
+    assert [r.name for r in runs[5:]] == ["s1-gen0", "s1-gen1-pure", "s1-gen2-pure", "s1-gen1-mixed", "s1-gen2-mixed"]
 
 
-def test_the_plan_chains_each_arm_from_generation_0():
-    runs = plan(Collapse(generations=2))
-    assert [(r.name, r.parent) for r in runs] == [("gen0", None), ("gen1-pure", "gen0"), ("gen2-pure", "gen1-pure"),
-                                                 ("gen1-mixed", "gen0"), ("gen2-mixed", "gen1-mixed")]  # fmt: skip
-
-
-def test_the_mixed_arm_keeps_the_real_fraction_of_original_records(tmp_path, monkeypatch):
-    import pyarrow as pa
-
-    from synthtrain.records import SCHEMA
-
+def test_the_mixed_arm_keeps_the_real_fraction_of_human_blocks(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "data/collapse/gen0/data/raw").mkdir(parents=True)
-    pq.write_table(pa.Table.from_pylist(records(100, "generated"), SCHEMA), tmp_path / "data/collapse/gen0/data/raw/generated.parquet")
-    original = pa.Table.from_pylist(records(50, "original"), SCHEMA)
-    config = Collapse(records=50, real_fraction=0.2)
-    for arm, real in (("pure", 0), ("mixed", 10)):
-        table = training_records(CollapseRun(f"gen1-{arm}", 1, arm, "gen0"), config, original)
-        users = [m[0]["content"] for m in table["messages"].to_pylist()]
-        assert table.num_rows == 50 and sum(u.startswith("original") for u in users) == real
+    (tmp_path / "data/collapse/s0-gen0").mkdir(parents=True)
+    pq.write_table(pa.table({"text": [f"generated {i}" for i in range(50)]}), tmp_path / "data/collapse/s0-gen0/generated.parquet")
+    human = [f"human {i}" for i in range(50)]
+    config = Collapse(blocks=50, real_fraction=0.1)
+    for arm, real in (("pure", 0), ("mixed", 5)):
+        texts = training_texts(CollapseRun(f"s0-gen1-{arm}", 0, 1, arm, "s0-gen0"), config, human)
+        assert len(texts) == 50 and sum(t.startswith("human") for t in texts) == real
+    assert training_texts(CollapseRun("s0-gen0", 0, 0, "original", None), config, human) == human
 
 
-def test_data_metrics_see_a_collapsed_set_as_narrow():
-    import pyarrow as pa
-
-    from synthtrain.records import SCHEMA
-
-    varied = pa.Table.from_pylist([make_record("x", "instruction", messages=[{"role": "user", "content": text}, {"role": "assistant", "content": "ok then"}])
-                                   for text in ("How do plants grow?", "Write a poem about rain.", "What is 17 times 3?", "Name a red fruit.")], SCHEMA)  # fmt: skip
-    same = pa.Table.from_pylist(records(4, "Name a red fruit."), SCHEMA)
+def test_the_tails_are_the_rare_tokens_and_bigrams_and_a_narrow_text_keeps_fewer(tmp_path):
+    tokens, bigrams = rare_units([[1, 2, 3, 1], [2, 3, 4]], rare_count=1)
+    assert tokens == {4} and bigrams == {(1, 2), (3, 1), (3, 4)}
+    tokenizer = train_bpe((SHARED_DATA / "human/wiki-sample.txt").read_text().splitlines(), 1024, split_digits=True)
+    varied = ["How do plants grow in winter?", "Write a poem about rain and the sea.", "What is seventeen times three?", "Name a red fruit."]
+    same = ["Name a red fruit."] * 4
+    tails = rare_units([tokenizer(t, add_special_tokens=False)["input_ids"] for t in varied], 1)
     config = Collapse(spread_records=10)
-    wide, narrow = data_metrics(varied, config), data_metrics(same, config)
+    wide, narrow = data_metrics(varied, tokenizer, tails, config), data_metrics(same, tokenizer, tails, config)
+    assert wide["rare_tokens_kept"] == 1.0 > narrow["rare_tokens_kept"] and wide["rare_bigrams_kept"] > narrow["rare_bigrams_kept"]
     assert wide["spread"] > narrow["spread"] and wide["distinct_2"] > narrow["distinct_2"] and narrow["self_bleu"] > wide["self_bleu"]
-    assert np.isfinite(wide["spread"])
+
+
+def test_make_collapse_fine_tunes_the_teacher_per_generation_records_each_run_and_skips_it_after(tmp_path, monkeypatch):
+    teacher = build_teacher(tmp_path / "teacher")
+    monkeypatch.chdir(tmp_path)
+    tiny = {"teacher": str(teacher), "text": str(SHARED_DATA / "human/wiki-sample.txt"), "heldout_documents": 2, "block_tokens": 16,
+            "blocks": 32, "generations": 1, "seeds": [0], "spread_records": 20, "sampling": {"max_new_tokens": 16, "batch_size": 32},
+            "train": {"tokens": 1024, "batch_tokens": 256, "micro_batch": 4, "lr": 0.0001, "warmup_steps": 1, "eval_every": 4,
+                      "eval_sequences": 4, "checkpoint_every": 4},
+            "tokenize": {"seq_len": 64, "assistant_only": False},
+            "eval": {"heldout_records": 1, "tasks_per_family": 0, "references": 0, "behaviour_per_suite": 0, "benchmarks": {}}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"sources": {"builtin": {"kind": "builtin", "max_samples": 100}},
+                                                          "builtin_eval": {"per_family": 5}, "collapse": tiny}))
+    stage(tmp_path, "stages.builtin_eval")
+    results = collapse()
+    assert list(results) == ["s0-gen0", "s0-gen1-pure", "s0-gen1-mixed"]
+    assert [json.loads(line)["name"] for line in Path("reports/collapse_runs.jsonl").read_text().splitlines()] == list(results)
+    generated = pq.read_table("data/collapse/s0-gen0/generated.parquet").column("text").to_pylist()
+    assert len(generated) == 32 and all(generated)
+    # every generation trains on as many records as long as the human blocks, each fine-tuning the teacher afresh
+    lengths = [r["training_data"]["tokens_per_record"] for r in results.values()]
+    assert all(r["training_data"]["records"] == 32 for r in results.values()) and max(lengths) - min(lengths) < 4, lengths
+    for name in results:
+        assert json.loads(Path(f"data/collapse/{name}/metrics/train/metrics.json").read_text())["init"] == str(teacher)
+    rows = [line for line in Path("reports/collapse.md").read_text().splitlines() if line.startswith("| s0-gen")]
+    assert results["s0-gen0"]["heldout_ppl"] > 1 and len(rows) == 3
+    # recorded runs are skipped: with their directories gone, nothing trains again and the report is the same
+    shutil.rmtree("data/collapse")
+    assert collapse() == results and not Path("data/collapse").exists()

@@ -65,7 +65,6 @@ def project(tmp_path_factory):
     }
     params["builtin_eval"]["per_family"] = 20
     params["sample"]["sizes"] = {"small": 300, "large": 1000}
-    params["collapse"]["pool"] = "large"
     params["mix"].update(pool="large", tokens=30_000)
     params["train"].update(model="1M", tokens=2 * 16_384, batch_tokens=8192, warmup_steps=1, eval_sequences=16)
     params["eval"].update(heldout_records=200, tasks_per_family=5, references=10, behaviour_per_suite=3,
