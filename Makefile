@@ -38,6 +38,7 @@ bench: venv
 	python bench/experiment_parallelism.py
 	python bench/generate_speed.py
 	python bench/world_learnability.py --minutes 3 --records 30000 --problems 50
+	python bench/repro_time.py
 	python -m bench.report
 
 # Check an experiment's runs, run each one that has no row in the profile's runs.csv (one at a
