@@ -18,8 +18,9 @@ $(VENV)/.installed: requirements.txt
 repro: venv
 	dvc repro
 
+# --durations: the slowest tests in every CI log, to keep the suite's time in view
 test: venv
-	python -m pytest -q tests
+	python -m pytest -q --durations=15 tests
 
 # The fuzz test of kind: local (tests/test_fuzz.py) with FUZZ_EXAMPLES cases per file
 # type instead of CI's 300; the statistics say what the cases reached.
