@@ -137,7 +137,6 @@ def test_a_reference_line_without_a_field_fails_naming_the_file_and_line(tmp_pat
         judge_check.read_reference(tmp_path / "missing")
 
 
-
 def test_each_distinct_text_is_scored_once_and_the_result_does_not_depend_on_the_workers(tmp_path, monkeypatch):
     texts, rows = judge_check.distinct_texts(["a", "b", "a"], ["b", "c"])
     assert texts == ["a", "b", "c"] and [r.tolist() for r in rows] == [[0, 1, 0], [1, 2]]
