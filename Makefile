@@ -24,8 +24,9 @@ $(VENV)/.installed: requirements.txt
 repro: venv
 	dvc repro
 
+# --durations: the slowest tests in every CI log, to keep the suite's time in view
 test: venv
-	python -m pytest -q tests
+	python -m pytest -q --durations=15 tests
 
 # The fuzz test of kind: local (tests/test_fuzz.py) with FUZZ_EXAMPLES cases per file
 # type instead of CI's 300; the statistics say what the cases reached.
@@ -44,6 +45,7 @@ bench: venv
 	python bench/experiment_parallelism.py
 	python bench/generate_speed.py
 	python bench/world_learnability.py --minutes 3 --records 30000 --problems 50
+	python bench/repro_time.py
 	python -m bench.report
 
 # Check an experiment's runs, run each one that has no row in the profile's runs.csv (one at a

@@ -24,7 +24,7 @@ DOCS = REPO / "docs/benchmarks.md"
 METRICS = REPO / "metrics"
 # Sections in the order `make bench` runs them; other scripts follow by name.
 ORDER = ["builtin_generator", "local_loader", "dedup_speed", "quality_speed", "tokenize_speed", "train_speed",
-         "eval_speed", "experiment_parallelism", "generate_speed", "world_learnability"]
+         "eval_speed", "experiment_parallelism", "generate_speed", "world_learnability", "repro_time"]
 NOT_BENCHMARKS = {"__init__", "machine", "report"}
 
 INTRO = """\
@@ -169,7 +169,7 @@ def bench_section(name: str, script: Path | None, result: dict | None) -> str:
     lines.append(f"- **Command:** `{result.get('command')}`")
     lines.append(f"- **Machine:** {machine_line(result.get('machine', {}))}")
     lines.append(f"- **Settings:** {settings or '–'}\n")
-    lines.append(table(("figure", "value"), [(f"`{key}`", value) for key, value in result.get("figures", {}).items()]))
+    lines.append(table(("figure", "value"), [(f"`{key}`", value) for key, value in flatten(result.get("figures", {})).items()]))
     return "\n".join(lines)
 
 

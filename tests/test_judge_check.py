@@ -136,3 +136,23 @@ def test_a_reference_line_without_a_field_fails_naming_the_file_and_line(tmp_pat
     with pytest.raises(StageError, match=r"leaderboard\.csv: no such file"):
         judge_check.read_reference(tmp_path / "missing")
 
+
+def test_each_distinct_text_is_scored_once_and_the_result_does_not_depend_on_the_workers(tmp_path, monkeypatch):
+    texts, rows = judge_check.distinct_texts(["a", "b", "a"], ["b", "c"])
+    assert texts == ["a", "b", "c"] and [r.tolist() for r in rows] == [[0, 1, 0], [1, 2]]
+    write_reference(tmp_path / "ref")
+    # as in AlpacaEval: one reference reply per prompt shared by every pair, and pair replies that are replies too
+    path = tmp_path / "ref/preferences.jsonl.gz"
+    own = {(row["model"], row["index"]): row["output"] for row in map(json.loads, gzip.decompress((tmp_path / "ref/outputs.jsonl.gz").read_bytes()).splitlines())}
+    pairs = [json.loads(line) for line in gzip.decompress(path.read_bytes()).splitlines()]
+    for pair in pairs:
+        pair["output_1"], pair["output_2"] = f"the reference reply to question {pair['index']}", own[pair["model"], pair["index"]]
+    path.write_bytes(gzip.compress("".join(json.dumps(pair) + "\n" for pair in pairs).encode()))
+    monkeypatch.chdir(tmp_path)
+    written = {}
+    for chunk in (7, 10**9):  # many worker jobs, or one
+        monkeypatch.setattr(judge_check, "CHUNK_TEXTS", chunk)
+        result = judge_check.run_judge_check(params_for(tmp_path / "ref"))
+        del result["seconds"]
+        written[chunk] = json.dumps(result, sort_keys=True), {p.name: p.read_bytes() for p in DIRECTORY.iterdir()}
+    assert written[7] == written[10**9]

@@ -24,6 +24,7 @@ import dataclasses
 import gzip
 import json
 import logging
+import os
 import re
 import time
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ from tqdm import tqdm
 from synthtrain.evaluation.judges import judge_probabilities
 from synthtrain.evaluation.preference_judge import DIRECTORY as JUDGE, TARGETS, Features, LinearJudge, PreferenceJudge, mean_by_group, rank_target
 from synthtrain.evaluation.textmetrics import gzip_ratio, is_repetition_loop, words
+from synthtrain.parallel import parallel_map
 from synthtrain.params import JudgeCheck, Params, StageError
 from synthtrain.records import output_file, write_metrics
 
@@ -54,6 +56,7 @@ PREFERENCE_FIELDS = ("model", "index", "instruction", "output_1", "output_2", "p
 # name with none of them is its own family (its first word). Folds only.
 FAMILIES = ("gemma", "llama", "qwen", "mixtral", "mistral", "zephyr", "claude", "gpt", "yi-", "yi_", "vicuna", "internlm", "tulu",
             "starling", "deepseek", "nanbeige", "samba", "storm", "moa", "hermes", "dbrx", "wizard", "blendax")
+CHUNK_TEXTS = 2000  # texts per worker job: the fixed metrics and the n-gram hashing run on every core
 CHARS, WORDS = Features(), Features(analyzer="word", ngrams=(1, 2))  # hash_bits from params
 # The variants of the learned judge, to show what each choice buys across folds.
 VARIANTS = {
@@ -118,6 +121,13 @@ def read_reference(directory: Path) -> Reference:
         pair_instructions=[row["instruction"] for row in preferences],
         pair_reference=[row["output_1"] or "" for row in preferences], pair_reply=[row["output_2"] or "" for row in preferences],
         pair_preference=np.array([float(row["preference"]) for row in preferences]))
+
+
+def distinct_texts(*groups: list[str]) -> tuple[list[str], list[np.ndarray]]:
+    """The distinct texts of ``groups`` in first-seen order and, per group, each text's position among them."""
+    position: dict[str, int] = {}
+    rows = [np.array([position.setdefault(text, len(position)) for text in group], dtype=np.int64) for group in groups]
+    return list(position), rows
 
 
 def model_family(name: str) -> str:
@@ -249,19 +259,25 @@ def run_judge_check(params: Params) -> dict:
     log.info("%d models, %d replies, %d preference pairs", count, len(reference.replies), len(reference.pair_model))
     schemes = fold_schemes(reference.models, config)
     per_model = lambda values: np.bincount(reference.reply_model, weights=values, minlength=count) / np.bincount(reference.reply_model, minlength=count)
+    # The 57,750 texts scored (replies, then the pairs' two sides) hold 40,413 distinct ones: the
+    # reference replies repeat (805 of 12,075) and many pair replies are replies too.
+    texts, (reply_rows, reference_rows, model_rows) = distinct_texts(reference.replies, reference.pair_reference, reference.pair_reply)
+    chunks = [texts[start : start + CHUNK_TEXTS] for start in range(0, len(texts), CHUNK_TEXTS)]
+    workers = os.cpu_count() or 1
     reply_scores, pair_differences = {}, {}
     for name, metric in FIXED_METRICS.items():
-        reply_scores[name] = np.array([metric(reply) for reply in tqdm(reference.replies, desc=name, mininterval=5)], dtype=float)
-        pair_differences[name] = (np.array([metric(r) for r in reference.pair_reply], dtype=float)
-                                  - np.array([metric(r) for r in reference.pair_reference], dtype=float))
+        values = np.concatenate(list(tqdm(parallel_map(lambda chunk: np.array([metric(text) for text in chunk], dtype=float), chunks, workers),
+                                          total=len(chunks), desc=name, mininterval=5)))
+        reply_scores[name], pair_differences[name] = values[reply_rows], values[model_rows] - values[reference_rows]
 
     log.info("fixed metrics done after %.0f s", time.perf_counter() - started)
     vectors = {}  # per feature kind: the vectors of the replies, the pairs' reference replies and their model replies
     for features, _ in VARIANTS.values():
         if features not in vectors:
-            log.info("hashing %s %s-grams", features.analyzer, features.ngrams)
             sized = dataclasses.replace(features, hash_bits=config.hash_bits)
-            vectors[features] = tuple(sized.transform(texts) for texts in (reference.replies, reference.pair_reference, reference.pair_reply))
+            matrix = sparse.vstack(list(tqdm(parallel_map(sized.transform, chunks, workers), total=len(chunks),
+                                             desc=f"hashing {features.analyzer} {features.ngrams}-grams", mininterval=5)), format="csr")
+            vectors[features] = tuple(matrix[rows] for rows in (reply_rows, reference_rows, model_rows))
     log.info("features done after %.0f s", time.perf_counter() - started)
 
     folds_report, ablation = {}, {}
