@@ -46,10 +46,10 @@ import yaml
 matplotlib.use("Agg")  # files only: no display on a server or in CI
 import matplotlib.pyplot as plt  # noqa: E402
 
-from research.experiments import commit_rows  # noqa: E402
 from synthtrain.cli import run_stage, stage_arguments  # noqa: E402
 from synthtrain.evaluation.judges import minilm_encoder  # noqa: E402
 from synthtrain.evaluation.textmetrics import distinct_n, self_bleu  # noqa: E402
+from synthtrain.experiments import commit_rows  # noqa: E402
 from synthtrain.generation import Generator, load_model  # noqa: E402
 from synthtrain.params import Collapse, StageError, load_params, parse_params  # noqa: E402
 from synthtrain.records import SCHEMA, make_record, write_metrics  # noqa: E402

@@ -27,8 +27,8 @@ from typing import Any
 import yaml
 
 from synthtrain.cli import run_stage
-from synthtrain.experiments import (GIB, MEMORY_HEADROOM, Definition, ExperimentRun, check_keys, check_run, expand, unique_runs,
-                                    load_definition, recorded_runs, report_dir, run_params, training_cost, unrecorded)
+from synthtrain.experiments import (GIB, MEMORY_HEADROOM, Definition, ExperimentRun, check_keys, check_run, commit_rows, expand,
+                                    unique_runs, load_definition, recorded_runs, report_dir, run_params, training_cost, unrecorded)
 from synthtrain.hardware import GPU_MEMORY_GIB
 from synthtrain.params import Params, StageError, load_params
 
@@ -92,14 +92,6 @@ def record_rows(profile: str, baseline: str) -> None:
     done = subprocess.run([sys.executable, "-m", "research.report", "--profile", profile, "--runs-only", "--rev", baseline])
     if done.returncode != 0:
         raise StageError("python -m research.report --runs-only failed (its error is above)")
-
-
-def commit_rows(path: Path, name: str) -> None:
-    """Commit runs.csv alone (whatever else is staged stays staged), so that a clone elsewhere skips the run."""
-    for command in (["git", "add", str(path)], ["git", "commit", "-q", "-m", f"experiments: {name}", "--", str(path)]):
-        done = subprocess.run(command, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise StageError(f"{' '.join(command)} failed: {(done.stderr or done.stdout).strip()}")
 
 
 def run_all(runs: list[ExperimentRun], profile: str, params_path: Path, commit: bool, dry_run: bool) -> None:

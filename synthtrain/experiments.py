@@ -9,6 +9,7 @@ import io
 import itertools
 import json
 import math
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -356,3 +357,12 @@ def save_rows(path: Path, columns: list[str], rows: list[dict[str, str]]) -> Non
     writer.writeheader()
     writer.writerows(merged)
     write_output_text(path, text.getvalue())
+
+
+def commit_rows(path: Path, name: str) -> None:
+    """Commit one results file alone (whatever else is staged stays staged), so that a clone elsewhere skips the
+    runs it records."""
+    for command in (["git", "add", str(path)], ["git", "commit", "-q", "-m", f"experiments: {name}", "--", str(path)]):
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise StageError(f"{' '.join(command)} failed: {(done.stderr or done.stdout).strip()}")
