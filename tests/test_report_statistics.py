@@ -6,7 +6,7 @@ import pytest
 from scipy import stats
 
 from research.report import (PRIMARY, Family, Result, category_table, expected_pool, markdown, plot_loss_curves, plot_mix,
-                             plot_quality_vs_quantity, table, write_runs_csv)
+                             plot_quality_vs_quantity, table, unexpected, write_runs_csv)
 from synthtrain.statistics import NO_SIGNAL, SIGNAL, UNKNOWN, holm, signal, t_interval, welch
 from synthtrain.experiments import Definition, ExperimentRun
 
@@ -147,3 +147,12 @@ def test_welch_without_spread_or_with_one_seed():
     assert welch([0.0, 0.0, 0.0], [0.0, 0.0, 0.0]).p == 1.0 and welch([0.0, 0.0], [1.0, 1.0]).p == 0.0
     one = welch([1.0], [2.0, 2.1])
     assert one.p == 1.0 and one.crosses_zero  # no noise estimate from one seed: never significant
+
+
+def test_an_expectation_that_is_tied_or_not_met_is_a_surprise_and_one_not_measured_is_not():
+    rows = [("the 40/30/30 mix is optimal", "plan_40_30_30 0.844 tied with web_heavy", "tied"),
+            ("perplexity < 20", "12.0", "met"), ("~50K samples give 80% of the best", "exp2 has not run", "not measured"),
+            ("zero-cost metrics correlate > 0.8", "0.5", "not met")]
+    assert unexpected(rows) == ["The research plan expected the 40/30/30 mix is optimal; measured: tied (plan_40_30_30 0.844 tied with web_heavy).",
+                                "The research plan expected zero-cost metrics correlate > 0.8; measured: not met (0.5)."]
+    assert unexpected(rows[1:3]) == []
