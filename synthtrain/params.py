@@ -49,7 +49,8 @@ Float = Annotated[float, _not_a_boolean("a number")]
 Bool = Annotated[bool, Strict(), BeforeValidator(_only_a_boolean)]
 
 Category = Literal[CATEGORIES]
-Format = Literal["auto", "alpaca", "sharegpt", "messages", "prompt_completion", "self_instruct", "text"]  # local files
+Format = Literal["auto", "alpaca", "sharegpt", "messages", "prompt_completion", "self_instruct", "text",
+                 "preference", "hh_rlhf", "sharegpt_preference", "turns"]  # local files: synthtrain/sources/formats.py
 Fraction = Annotated[Float, Field(ge=0.0, le=1.0)]
 SOURCE_KINDS = ("builtin", "hub", "local", "generate")
 SOURCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -173,6 +174,8 @@ class LocalSource(Section):
     split: Literal["block", "line"] = Field("block", description="plain text: one document per blank-line block or per line")
     pool: Bool = Field(True, description="false: deduplicated and decontaminated against the pool but kept out of it (no held-out "
                        "split, quality, samples or tokenizer) in data/dedup/sources/<name>.parquet, for mix.sources")
+    pairs: Literal["keep", "chosen"] = Field("keep", description="preference pairs: keep the rejected reply in meta, or chosen: "
+                                             "the chosen side only (SFT), the rejected replies dropped and counted")
 
 
 class TeacherSampling(Section):

@@ -162,6 +162,18 @@ def invalid_utf8_field(value: object, name: str) -> str | None:
     return None
 
 
+def check_turns(messages: list[dict], name: str) -> None:
+    """Raise InvalidRecord naming the first turn of ``messages`` (called ``name``)
+    whose role is unknown or whose content is not a non-empty string."""
+    for i, message in enumerate(messages):
+        if message.get("role") not in ROLES:
+            raise InvalidRecord("bad_role", f"{name}[{i}].role is {shown(message.get('role'))}, not one of {', '.join(ROLES)}")
+        if not isinstance(message.get("content"), str):
+            raise InvalidRecord("bad_type", f"{name}[{i}].content is {type(message.get('content')).__name__}, not a string")
+        if not message["content"].strip():
+            raise InvalidRecord("empty_text", f"{name}[{i}].content is empty")
+
+
 def make_record(
     source: str,
     category: str,
@@ -179,13 +191,7 @@ def make_record(
     if messages is not None:
         if not messages:
             raise InvalidRecord("empty_messages", "messages is an empty list")
-        for i, message in enumerate(messages):
-            if message.get("role") not in ROLES:
-                raise InvalidRecord("bad_role", f"messages[{i}].role is {shown(message.get('role'))}, not one of {', '.join(ROLES)}")
-            if not isinstance(message.get("content"), str):
-                raise InvalidRecord("bad_type", f"messages[{i}].content is {type(message.get('content')).__name__}, not a string")
-            if not message["content"].strip():
-                raise InvalidRecord("empty_text", f"messages[{i}].content is empty")
+        check_turns(messages, "messages")
         if not any(m["role"] == "assistant" for m in messages):
             raise InvalidRecord("no_assistant_turn", "the conversation has no assistant turn")
         messages = [{"role": m["role"], "content": m["content"]} for m in messages]

@@ -66,10 +66,45 @@ def test_missing_path_fails_naming_it(tmp_path):
 
 def test_unknown_file_type_and_unknown_format_fail_naming_the_file(tmp_path):
     (tmp_path / "data.csv").write_text("a,b\n")
-    one_line_failure(tmp_path, {"mine": {"kind": "local", "path": "data.csv", "category": "web", "max_samples": 1}}, "data.csv: unknown file type '.csv'")
+    one_line_failure(tmp_path, {"mine": {"kind": "local", "path": "data.csv", "category": "web", "max_samples": 1}},
+                     "data.csv: unknown file type '.csv' (expected one of .jsonl, .ndjson, .json, .parquet, .txt, .md; "
+                     "format: text reads any file as plain text)")
     (tmp_path / "odd.jsonl").write_text('{"question": "q", "answer": "a"}\n')
     one_line_failure(tmp_path, {"mine": {"kind": "local", "path": "odd.jsonl", "category": "web", "max_samples": 1}},
-                     "odd.jsonl:1: cannot tell the format from the fields (answer, question)")
+                     "odd.jsonl:1: cannot tell the format from the fields (answer, question); set format: in the source "
+                     "(supported formats: alpaca, sharegpt, messages, prompt_completion, self_instruct, text, preference, hh_rlhf")
+
+
+def test_a_prompts_file_fails_saying_where_it_belongs(tmp_path):
+    (tmp_path / "question.jsonl").write_text(json.dumps({"question_id": 81, "category": "writing", "turns": ["Write a poem."]}) + "\n")
+    one_line_failure(tmp_path, {"mine": {"kind": "local", "path": "question.jsonl", "category": "instruction", "max_samples": 1}},
+                     "question.jsonl: a file of prompts without answers (format turns, as MT-bench's question.jsonl), which makes "
+                     "no training record; use it as the seed_file of a kind: generate source")
+
+
+def test_bad_preference_pairs_are_rejected_naming_the_side(tmp_path, write_params):
+    def row(rejected):
+        return json.dumps({"prompt": [{"role": "user", "content": "Hi"}], "chosen": [{"role": "assistant", "content": "Hello!"}],
+                           "rejected": rejected}).encode()
+
+    lines = [row([{"role": "assistant", "content": "Go away."}]),
+             row([{"role": "assistant", "content": "  "}]),                                       # empty reply
+             row([{"role": "user", "content": "Hello?"}]),                                        # not the assistant's
+             row([]),                                                                             # no reply
+             row("Go away."),                                                                     # a string in a conversational pair
+             row([{"role": "assistant", "content": "bad BYTES here"}]).replace(b"BYTES", b"\xff\xfe")]  # invalid UTF-8
+    (tmp_path / "pairs.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    write_params({"mine": {"kind": "local", "path": "pairs.jsonl", "category": "instruction", "max_samples": 100}})
+    stage(tmp_path, "stages.download", "mine")
+    metrics = json.loads((tmp_path / "metrics/download/mine.json").read_text())
+    assert metrics["read"] == 6 == metrics["kept"] + metrics["rejected"] and metrics["kept"] == metrics["pairs"] == 1
+    rejects = pq.read_table(tmp_path / "data/rejects/download-mine.parquet").to_pylist()
+    assert [(r["reason"], r["detail"]) for r in rejects] == [
+        ("empty_text", "rejected[0].content is empty"),
+        ("bad_role", "rejected[0].role is 'user'; a reply holds assistant turns"),
+        ("missing_field", "rejected has no reply after the prompt"),
+        ("bad_type", "field 'rejected' is str, expected list"),
+        ("invalid_utf8", "meta.rejected[0].content is not valid UTF-8 (invalid bytes or a lone surrogate)")]
 
 
 def test_zero_valid_records_fails_naming_the_file(tmp_path):

@@ -25,7 +25,8 @@ from synthtrain.sources.download import download
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "300"))  # per test; about 20 s for the three on 2 cores
 FUZZ = settings(max_examples=EXAMPLES, derandomize=True, database=None, deadline=None, print_blob=True,
                 suppress_health_check=list(HealthCheck))
-FORMATS = ("auto",) * 6 + ("text",) * 2 + ("alpaca", "sharegpt", "messages", "prompt_completion", "self_instruct")
+FORMATS = ("auto",) * 6 + ("text",) * 2 + ("alpaca", "sharegpt", "messages", "prompt_completion", "self_instruct", "preference", "hh_rlhf",
+                                           "sharegpt_preference", "turns")
 BOM = b"\xef\xbb\xbf"
 
 # Text with what breaks loaders: lone surrogates (a "\ud800" escape), NUL, line
@@ -33,10 +34,14 @@ BOM = b"\xef\xbb\xbf"
 ODD = st.sampled_from(["\ud800", "\udcff", "\x00", "\n", "\r", "\u2028", "\x85", "\ufeff", "é", "\U0001f600", '"', "\\"])
 TEXT = st.lists(st.characters(exclude_categories=()) | ODD, max_size=12).map("".join)  # st.text would seldom draw from ODD
 KEYS = st.sampled_from(["text", "instruction", "input", "output", "response", "messages", "conversations", "prompt", "completion",
-                        "instances", "role", "content", "from", "value", "meta", "source_url"]) | TEXT
+                        "instances", "role", "content", "from", "value", "meta", "source_url", "chosen", "rejected", "turns"]) | TEXT
 SCALAR = st.none() | st.booleans() | st.integers(-(2**80), 2**80) | st.floats() | TEXT
 JSON = st.recursive(SCALAR, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(KEYS, inner, max_size=4), max_leaves=12)
 ROLE = st.sampled_from(["system", "user", "assistant", "human", "gpt", "bot", ""]) | JSON
+MESSAGES = st.lists(st.fixed_dictionaries({"role": ROLE, "content": TEXT | JSON}), max_size=3)
+SHAREGPT_TURN = st.fixed_dictionaries({"from": ROLE, "value": TEXT | JSON})
+HH_TRANSCRIPT = st.lists(st.tuples(st.sampled_from(["\n\nHuman: ", "\n\nAssistant: ", "\n\nAssistant:", "Human:"]), TEXT),
+                         max_size=3).map(lambda turns: "".join(speaker + text for speaker, text in turns))
 # Rows shaped like the formats, with random values where the parsers look, and rows of anything.
 ROW = st.one_of(
     st.dictionaries(KEYS, JSON, max_size=5),
@@ -45,6 +50,11 @@ ROW = st.one_of(
     st.fixed_dictionaries({"messages": st.lists(st.fixed_dictionaries({"role": ROLE, "content": TEXT | JSON}), max_size=3) | JSON}),
     st.fixed_dictionaries({"conversations": st.lists(st.fixed_dictionaries({"from": ROLE, "value": TEXT | JSON}), max_size=3) | JSON}),
     st.fixed_dictionaries({"instruction": TEXT, "instances": st.lists(st.dictionaries(KEYS, JSON, max_size=3), max_size=3) | JSON}),
+    st.fixed_dictionaries({"chosen": MESSAGES | TEXT | JSON, "rejected": MESSAGES | TEXT | JSON}, optional={"prompt": MESSAGES | TEXT | JSON}),
+    st.fixed_dictionaries({"chosen": HH_TRANSCRIPT, "rejected": HH_TRANSCRIPT}),
+    st.fixed_dictionaries({"conversations": st.lists(SHAREGPT_TURN, max_size=3) | JSON, "chosen": SHAREGPT_TURN | JSON,
+                           "rejected": SHAREGPT_TURN | JSON}),
+    st.fixed_dictionaries({"turns": st.lists(TEXT | JSON, max_size=3) | JSON}, optional={"question_id": JSON}),
     JSON,
 )
 # Rows that pass when their extra fields (meta) are sound: with random extras, they make runs that finish.

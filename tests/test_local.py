@@ -1,14 +1,20 @@
-"""kind: local on every data file of ../shared/data/synthetic and ../shared/data/human."""
+"""kind: local on every data file of ../shared/data/synthetic and ../shared/data/human, and on small
+files in the upstream schemas of the formats no shared file has: preference pairs (TRL, HH-RLHF,
+LLaMA-Factory), MT-bench's turns, plain text under any extension."""
 
 import json
 import re
+from typing import get_args
 
 import pyarrow.parquet as pq
 import pytest
 
 from conftest import SHARED_DATA
+from synthtrain.sources import local
 from synthtrain.sources.download import download
-from synthtrain.params import parse_params
+from synthtrain.sources.formats import FORMATS, Parsed, Rejected, preference_columns
+from synthtrain.synthesis.generate import read_seeds
+from synthtrain.params import Format, GenerateSource, LocalSource, StageError, parse_params
 
 
 def run(tmp_path, path, category, **extra):
@@ -87,3 +93,176 @@ def test_formats_are_detected_in_jsonl_and_parquet(tmp_path, fmt, row, expected)
     for name in ("in.jsonl", "in.parquet"):
         _, rows = run(tmp_path / name.replace(".", "_"), tmp_path / name, "instruction")
         assert rows[0]["messages"] == expected and json.loads(rows[0]["meta"])["format"] == fmt
+
+
+# --- preference pairs, prompts files, any text extension ------------------------------------
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def user(content):
+    return {"role": "user", "content": content}
+
+
+def assistant(content):
+    return {"role": "assistant", "content": content}
+
+
+def pair_rows(rows):
+    """TRL's conversational columns of each kept record (formats.preference_columns)."""
+    return [preference_columns(row) for row in rows]
+
+
+SKY = [user("What color is the sky?")]
+# TRL's preference format, as its docs show it: standard (strings with a prompt), conversational with an
+# explicit prompt, conversational with an implicit prompt (chosen and rejected are whole conversations).
+TRL_STANDARD = [{"prompt": "The sky is", "chosen": " blue.", "rejected": " green."},
+                {"prompt": "The sun is", "chosen": " a star.", "rejected": " a planet."},
+                {"prompt": "Grass is", "chosen": " green.", "rejected": " green."}]
+TRL_EXPLICIT = [{"prompt": SKY, "chosen": [assistant("It is blue.")], "rejected": [assistant("It is green.")]},
+                {"prompt": [{"role": "system", "content": "Be brief."}, user("Is the sun a star?")], "chosen": [assistant("Yes.")],
+                 "rejected": [assistant("No, a planet.")]},
+                {"prompt": SKY, "chosen": [assistant("Blue.")], "rejected": [assistant("Blue.")]}]
+TRL_IMPLICIT = [{"chosen": SKY + [assistant("It is blue.")], "rejected": SKY + [assistant("It is green.")]},
+                {"chosen": [user("Hi"), assistant("Hello!"), user("Is the sun a star?"), assistant("Yes.")],
+                 "rejected": [user("Hi"), assistant("Hello!"), user("Is the sun a star?"), assistant("No, a planet.")]},
+                {"chosen": SKY + [assistant("Blue.")], "rejected": SKY + [assistant("Blue.")]}]
+TRL_PAIRS = {  # the first two rows of each, as TRL's columns
+    "standard": [{"prompt": [user("The sky is")], "chosen": [assistant(" blue.")], "rejected": [assistant(" green.")]},
+                 {"prompt": [user("The sun is")], "chosen": [assistant(" a star.")], "rejected": [assistant(" a planet.")]}],
+    "explicit": [{k: TRL_EXPLICIT[i][k] for k in ("prompt", "chosen", "rejected")} for i in range(2)],
+    "implicit": [{"prompt": SKY, "chosen": [assistant("It is blue.")], "rejected": [assistant("It is green.")]},
+                 {"prompt": [user("Hi"), assistant("Hello!"), user("Is the sun a star?")], "chosen": [assistant("Yes.")],
+                  "rejected": [assistant("No, a planet.")]}],
+}
+
+
+@pytest.mark.parametrize("kind, rows", [("standard", TRL_STANDARD), ("explicit", TRL_EXPLICIT), ("implicit", TRL_IMPLICIT)])
+def test_trl_preference_pairs_keep_both_sides(tmp_path, kind, rows):
+    metrics, records = run(tmp_path, write_jsonl(tmp_path / "pairs.jsonl", rows), "instruction")
+    assert metrics["read"] == 3 and metrics["kept"] == 2 and metrics["rejected_by_reason"] == {"identical_pair": 1}
+    assert metrics["pairs"] == 2 and metrics["pairs_rejected_dropped"] == 0
+    assert pair_rows(records) == TRL_PAIRS[kind]
+    for record, columns in zip(records, TRL_PAIRS[kind]):
+        meta = json.loads(record["meta"])
+        assert record["messages"] == columns["prompt"] + columns["chosen"]  # SFT trains on the chosen side
+        assert meta["rejected"] == columns["rejected"] and meta["format"] == "preference"
+    rejected = pq.read_table(tmp_path / "data/rejects/download-src.parquet").to_pylist()
+    assert json.loads(rejected[0]["raw"]) == rows[2] and "the same reply" in rejected[0]["detail"]
+
+
+HH = "\n\nHuman: {}\n\nAssistant: {}"
+HH_ROWS = [  # Anthropic HH-RLHF: transcripts whose last Assistant turn differs
+    {"chosen": HH.format("What is a good name for a cat?", "Many people like Luna or Milo."),
+     "rejected": HH.format("What is a good name for a cat?", "Cats do not need names.")},
+    {"chosen": HH.format("Can you help me bake bread?", "Sure. Do you have yeast?") + HH.format("Yes, dry yeast.", "Great: mix it with warm water first."),
+     "rejected": HH.format("Can you help me bake bread?", "Sure. Do you have yeast?") + HH.format("Yes, dry yeast.", "Then you cannot bake.")},
+    {"chosen": HH.format("How tall is Everest?", "About 8,849 metres."),  # prompts differ: no pair
+     "rejected": HH.format("How tall is K2?", "About 8,611 metres.")},
+    {"chosen": HH.format("Hi", "Hello!"), "rejected": HH.format("Hi", "Hello!")},
+]
+
+
+def test_hh_rlhf_transcripts_become_pairs_with_the_shared_prefix_as_prompt(tmp_path):
+    metrics, records = run(tmp_path, write_jsonl(tmp_path / "hh.jsonl", HH_ROWS), "instruction")
+    assert metrics["read"] == 4 == metrics["kept"] + metrics["rejected"] and metrics["kept"] == metrics["pairs"] == 2
+    assert metrics["rejected_by_reason"] == {"identical_pair": 1, "prompt_mismatch": 1}
+    assert pair_rows(records) == [
+        {"prompt": [user("What is a good name for a cat?")], "chosen": [assistant("Many people like Luna or Milo.")],
+         "rejected": [assistant("Cats do not need names.")]},
+        {"prompt": [user("Can you help me bake bread?"), assistant("Sure. Do you have yeast?"), user("Yes, dry yeast.")],
+         "chosen": [assistant("Great: mix it with warm water first.")], "rejected": [assistant("Then you cannot bake.")]}]
+    assert all(json.loads(r["meta"])["format"] == "hh_rlhf" for r in records)
+    detail = pq.read_table(tmp_path / "data/rejects/download-src.parquet").to_pylist()[0]["detail"]
+    assert "do not answer one prompt" in detail
+
+
+LLAMA_FACTORY = [  # LLaMA-Factory's sharegpt preference data (data/README.md)
+    {"conversations": [{"from": "human", "value": "Name a primary colour."}], "chosen": {"from": "gpt", "value": "Red."},
+     "rejected": {"from": "gpt", "value": "Green."}},
+    {"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello!"}, {"from": "human", "value": "2+2?"}],
+     "chosen": {"from": "gpt", "value": "4"}, "rejected": {"from": "gpt", "value": "5"}, "system": "Be brief."},
+    {"conversations": [{"from": "human", "value": "2+3?"}], "chosen": {"from": "gpt", "value": "5"}},  # no rejected side
+]
+
+
+def test_sharegpt_preference_pairs(tmp_path):
+    (tmp_path / "dpo.json").write_text(json.dumps(LLAMA_FACTORY, indent=2))  # a JSON array, as LLaMA-Factory's files are
+    metrics, records = run(tmp_path, tmp_path / "dpo.json", "instruction")
+    assert metrics["read"] == 3 and metrics["kept"] == metrics["pairs"] == 2 and metrics["rejected_by_reason"] == {"missing_field": 1}
+    assert pair_rows(records) == [
+        {"prompt": [user("Name a primary colour.")], "chosen": [assistant("Red.")], "rejected": [assistant("Green.")]},
+        {"prompt": [user("Hi"), assistant("Hello!"), user("2+2?")], "chosen": [assistant("4")], "rejected": [assistant("5")]}]
+    meta = json.loads(records[1]["meta"])
+    assert meta["format"] == "sharegpt_preference" and meta["system"] == "Be brief."
+
+
+def test_pairs_chosen_keeps_the_chosen_side_and_counts_the_dropped_replies(tmp_path):
+    metrics, records = run(tmp_path, write_jsonl(tmp_path / "hh.jsonl", HH_ROWS), "instruction", pairs="chosen")
+    assert metrics["kept"] == metrics["pairs"] == metrics["pairs_rejected_dropped"] == 2
+    assert records[0]["messages"] == [user("What is a good name for a cat?"), assistant("Many people like Luna or Milo.")]
+    assert all("rejected" not in json.loads(r["meta"]) for r in records) and pair_rows(records) == [None, None]
+
+
+def test_records_that_are_not_pairs_count_no_pairs(tmp_path):
+    metrics, records = run(tmp_path, write_jsonl(tmp_path / "chat.jsonl", [{"prompt": "2+2=", "completion": "4"}]), "instruction")
+    assert "pairs" not in metrics and pair_rows(records) == [None]
+
+
+MT_BENCH = [  # MT-bench's question.jsonl
+    {"question_id": 81, "category": "writing", "turns": [
+        "Compose an engaging travel blog post about a recent trip to Hawaii, highlighting cultural experiences and must-see attractions.",
+        "Rewrite your previous response. Start every sentence with the letter A."]},
+    {"question_id": 111, "category": "math", "turns": [
+        "The vertices of a triangle are at points (0, 0), (-1, 1), and (3, 3). What is the area of the triangle?",
+        "What's area of the circle circumscribing the triangle?"], "reference": ["Area is 3", "5pi"]},
+    {"question_id": 999, "category": "broken", "turns": "not a list"},
+]
+
+
+def test_turns_are_prompts_for_generation_not_training_records(tmp_path):
+    path = write_jsonl(tmp_path / "question.jsonl", MT_BENCH)
+    with pytest.raises(StageError) as error:
+        run(tmp_path, path, "instruction")
+    assert str(error.value) == (f"{path}: a file of prompts without answers (format turns, as MT-bench's question.jsonl), which makes "
+                                "no training record; use it as the seed_file of a kind: generate source")
+    assert not (tmp_path / "metrics/download/src.json").exists() and not (tmp_path / "data/raw/src.parquet").exists()
+    # Where prompts are read, read = kept + rejected: each question is user turns, the broken row a counted reject.
+    items = list(local.read(LocalSource(kind="local", path=str(path), category="instruction", max_samples=1), prompts=True))
+    parsed = [item for item in items if isinstance(item, Parsed)]
+    assert len(items) == len(MT_BENCH) and [item.reason for item in items if isinstance(item, Rejected)] == ["bad_type"]
+    assert [item.messages for item in parsed] == [[user(turn) for turn in row["turns"]] for row in MT_BENCH[:2]]
+    assert parsed[1].meta == {"question_id": 111, "category": "math", "reference": ["Area is 3", "5pi"], "file": str(path), "format": "turns"}
+    # ... and a kind: generate source takes the first turn of each question as a seed.
+    source = GenerateSource(kind="generate", teacher="teacher", method="self_instruct", n=1, seed_file=str(path))
+    assert read_seeds(source) == [row["turns"][0] for row in MT_BENCH[:2]]
+
+
+@pytest.mark.parametrize("name", ["notes.raw", "server.log", "README"])
+def test_format_text_reads_any_extension_as_plain_text(tmp_path, name):
+    path = tmp_path / name
+    path.write_text("First document,\nover two lines.\n\nSecond document.\n")
+    metrics, records = run(tmp_path / "text", path, "web", format="text")
+    assert [r["text"] for r in records] == ["First document,\nover two lines.", "Second document."] and metrics["rejected"] == 0
+    _, records = run(tmp_path / "lines", path, "web", format="text", split="line")
+    assert [r["text"] for r in records] == ["First document,", "over two lines.", "Second document."]
+    with pytest.raises(StageError) as error:
+        run(tmp_path / "auto", path, "web")
+    extension = f"'{path.suffix}'" if path.suffix else "(no extension)"
+    assert str(error.value) == (f"{path}: unknown file type {extension} (expected one of .jsonl, .ndjson, .json, .parquet, .txt, .md; "
+                                "format: text reads any file as plain text)")
+
+
+def test_an_unknown_format_names_the_fields_and_the_supported_formats(tmp_path):
+    path = write_jsonl(tmp_path / "odd.jsonl", [{"chosen": "yes", "rejected": "no"}])  # strings without a prompt, not a transcript
+    with pytest.raises(StageError) as error:
+        run(tmp_path, path, "instruction")
+    assert str(error.value) == (f"{path}:1: cannot tell the format from the fields (chosen, rejected); set format: in the source "
+                                "(supported formats: alpaca, sharegpt, messages, prompt_completion, self_instruct, text, preference, "
+                                "hh_rlhf, sharegpt_preference, turns; docs/sources.md lists their fields)")
+
+
+def test_the_format_param_allows_exactly_the_formats_there_are():
+    assert set(get_args(Format)) == {"auto", *FORMATS}

@@ -50,6 +50,14 @@ def test_local_source_needs_a_category():
     assert "sources.mine.category" in message and "Field required" in message
 
 
+def test_local_source_pairs_and_format_name_the_value_and_what_is_allowed():
+    local = {"kind": "local", "path": "x.jsonl", "category": "instruction", "max_samples": 1}
+    assert "sources.mine.pairs = 'both': Input should be 'keep' or 'chosen'" in error_of({"sources": {"mine": {**local, "pairs": "both"}}})
+    message = error_of({"sources": {"mine": {**local, "format": "dpo"}}})
+    assert "sources.mine.format = 'dpo'" in message and "'preference', 'hh_rlhf', 'sharegpt_preference' or 'turns'" in message
+    assert parse_params({"sources": {"mine": local}}).sources["mine"].pairs == "keep"
+
+
 def test_flaw_rates_are_bounded_in_total():
     flaws = {"exact_duplicate": 0.3, "near_duplicate": 0.3}
     assert "sum to 0.690" in error_of({"sources": {"builtin": {**BUILTIN, "flaws": flaws}}})

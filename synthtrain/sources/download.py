@@ -10,6 +10,7 @@ The kinds and their settings: docs/sources.md.
 
 import logging
 import time
+from collections import Counter
 
 from tqdm import tqdm
 
@@ -25,8 +26,11 @@ log = logging.getLogger("download")
 def ingest(items, name: str, category: str, max_samples: int, max_chars: int, records: RecordWriter, rejects: RejectWriter,
            origin: str) -> dict:
     """Validate parsed rows into records until ``max_samples`` are kept; ``origin``
-    (the path or dataset read) is named when none is valid."""
+    (the path or dataset read) is named when none is valid. Kept records made from
+    preference pairs are counted, and so are those whose rejected reply was left
+    out on purpose (LocalSource.pairs: chosen)."""
     read = kept = 0
+    pairs = Counter()
     with tqdm(total=max_samples, unit="rec", desc=f"download {name}", mininterval=1) as bar:
         for item in items:
             read += 1
@@ -40,12 +44,17 @@ def ingest(items, name: str, category: str, max_samples: int, max_chars: int, re
                 continue
             records.write(record)
             kept += 1
+            if item.pair:
+                pairs[item.pair] += 1
             bar.update()
             if kept >= max_samples:
                 break
     if kept == 0:
         raise StageError(f"source '{name}' ({origin}): no valid records (rejected {dict(rejects.by_reason)})")
-    return {"read": read, "kept": kept, "by_category": {category: kept}}
+    counts = {"read": read, "kept": kept, "by_category": {category: kept}}
+    if pairs:
+        counts.update(pairs=pairs.total(), pairs_rejected_dropped=pairs["chosen"])
+    return counts
 
 
 def download(params: Params, name: str, root: str = ".") -> dict:

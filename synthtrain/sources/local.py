@@ -1,11 +1,15 @@
 """``kind: local``: the user's own files (a path or a glob) as JSON, JSONL,
-Parquet or plain text, in any of the formats of ``formats.py``.
+Parquet or plain text, in any of the formats of ``formats.py``. With
+``format: text`` a file of any other extension is plain text too.
 
 Bytes are decoded with ``surrogateescape`` so that invalid UTF-8 reaches the
 record check (and is rejected there, with its line) instead of aborting the read.
 A UTF-8 byte-order mark at the start of a file is skipped. A problem with a
 whole file (unreadable, not JSON, not Parquet) fails the stage with one line
-naming the file; a problem with one line or row is a counted reject.
+naming the file; a problem with one line or row is a counted reject. A file of
+prompts without answers (``PROMPT_FORMATS``) is such a whole-file problem where
+records are made, and read only where prompts are wanted (``read(prompts=True)``:
+a generate source's seed file).
 """
 
 import glob
@@ -16,7 +20,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from synthtrain.sources.formats import Parsed, Rejected, detect, parse_row
+from synthtrain.sources.formats import FORMATS, PROMPT_FORMATS, Parsed, Rejected, detect, parse_row
 from synthtrain.params import LocalSource, StageError
 from synthtrain.records import InvalidRecord, open_parquet
 
@@ -35,10 +39,15 @@ def resolve(pattern: str) -> list[Path]:
     return paths
 
 
-def file_type(path: Path) -> str:
-    if path.suffix.lower() not in FILE_TYPES:
-        raise StageError(f"{path}: unknown file type '{path.suffix}' (expected one of {', '.join(FILE_TYPES)})")
-    return FILE_TYPES[path.suffix.lower()]
+def file_type(path: Path, fmt: str) -> str:
+    """The file type of ``path`` by its extension; any other extension is plain text with ``format: text``."""
+    if path.suffix.lower() in FILE_TYPES:
+        return FILE_TYPES[path.suffix.lower()]
+    if fmt == "text":
+        return "text"
+    extension = f"'{path.suffix}'" if path.suffix else "(no extension)"
+    raise StageError(f"{path}: unknown file type {extension} (expected one of {', '.join(FILE_TYPES)}; "
+                     "format: text reads any file as plain text)")
 
 
 def parse_json(text: str) -> object:
@@ -162,16 +171,19 @@ def text_rows(path: Path, split: str) -> Iterator[tuple[str, object, str]]:
         yield f"{path}:{start}", {"text": "\n".join(block)}, "\n".join(block)
 
 
-def read(source: LocalSource) -> Iterator[Parsed | Rejected]:
+def read(source: LocalSource, prompts: bool = False) -> Iterator[Parsed | Rejected]:
+    """The rows of every file of ``source``. ``prompts``: the rows are prompts for
+    generation, so a file of prompts without answers (PROMPT_FORMATS) is read too;
+    elsewhere it fails, as it makes no record."""
     for path in resolve(source.path):
         try:
-            yield from read_file(path, source)
+            yield from read_file(path, source, prompts)
         except OSError as exc:  # unreadable, or gone since resolve()
             raise StageError(f"{path}: cannot read it ({os.strerror(exc.errno) if exc.errno else exc})") from None
 
 
-def read_file(path: Path, source: LocalSource) -> Iterator[Parsed | Rejected]:
-    kind = file_type(path)
+def read_file(path: Path, source: LocalSource, prompts: bool = False) -> Iterator[Parsed | Rejected]:
+    kind = file_type(path, source.format)
     rows = {"json": lambda: json_rows(path), "jsonl": lambda: jsonl_rows(path), "parquet": lambda: parquet_rows(path),
             "text": lambda: text_rows(path, source.split)}[kind]()
     fmt = "text" if kind == "text" else (None if source.format == "auto" else source.format)
@@ -182,14 +194,18 @@ def read_file(path: Path, source: LocalSource) -> Iterator[Parsed | Rejected]:
             continue
         location, row, raw = item
         if fmt is None:
-            fmt = detect(set(row)) if isinstance(row, dict) else None
+            fmt = detect(row) if isinstance(row, dict) else None
             if fmt is None:
                 # The keys are the input's: escaped, so that the message stays one line.
                 names = [json.dumps(k, ensure_ascii=False)[1:-1] for k in sorted(row)] if isinstance(row, dict) else [type(row).__name__]
                 keys = ", ".join(names[:20] + ["..."] * (len(names) > 20))
-                raise StageError(f"{location}: cannot tell the format from the fields ({keys}); set format: in the source")
+                raise StageError(f"{location}: cannot tell the format from the fields ({keys}); set format: in the source "
+                                 f"(supported formats: {', '.join(FORMATS)}; docs/sources.md lists their fields)")
+        if fmt in PROMPT_FORMATS and not prompts:
+            raise StageError(f"{path}: a file of prompts without answers (format {fmt}, as MT-bench's question.jsonl), which "
+                             "makes no training record; use it as the seed_file of a kind: generate source")
         try:
-            parsed = parse_row(row, fmt, location, raw, {"file": str(path), "format": fmt})
+            parsed = parse_row(row, fmt, location, raw, {"file": str(path), "format": fmt}, source.pairs)
         except InvalidRecord as exc:
             yield Rejected(location, exc.reason, str(exc), raw)
             continue

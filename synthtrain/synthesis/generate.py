@@ -37,20 +37,21 @@ SHARD_SCHEMA = pa.schema([("reason", pa.string()), ("detail", pa.string()), ("ca
 
 
 def read_seeds(source: GenerateSource) -> list[str]:
-    """The seed file's instructions (its first user turns, each on one line), unique, in file order."""
+    """The seed file's instructions (its first user turns, each on one line), unique, in file order.
+    Prompts without answers (MT-bench's turns) are seeds too."""
     supported = f"supported formats: {', '.join(FORMATS)} in {', '.join(local.FILE_TYPES)} files"
     settings = LocalSource(kind="local", path=source.seed_file, category="instruction", max_samples=1, format=source.seed_format,
                            split="line")
     seeds: dict[str, None] = {}
     try:
-        for item in local.read(settings):
+        for item in local.read(settings, prompts=True):
             if isinstance(item, Rejected) or item.messages is None:
                 continue
             user = next((m["content"] for m in item.messages if m.get("role") == "user" and isinstance(m.get("content"), str)), "")
             if user.strip():
                 seeds[" ".join(user.split())] = None
-    except StageError as exc:
-        raise StageError(f"seed_file: {exc} ({supported})") from None
+    except StageError as exc:  # it says what is supported where that is the problem (a file type, a format)
+        raise StageError(f"seed_file: {exc}") from None
     if not seeds:
         raise StageError(f"seed_file {source.seed_file}: no instructions (no user turns) in it; {supported}")
     return list(seeds)

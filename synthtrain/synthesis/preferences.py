@@ -22,13 +22,13 @@ from synthtrain.evaluation.judges import judge_probabilities
 from synthtrain.evaluation.textmetrics import is_empty_reply
 from synthtrain.params import TEACHER_OR_FOLDER, GenerateSource, Params
 from synthtrain.records import RejectWriter, open_parquet, output_directory, write_metrics
+from synthtrain.sources.formats import PREFERENCE_COLUMNS
 
 log = logging.getLogger("preferences")
 JUDGES = Path("models/judges")
 OUTPUT = Path("data/preferences")
 REJECTS = Path("data/rejects/preferences.parquet")
 METRICS = Path("metrics/preferences.json")
-COLUMNS = ("prompt", "chosen", "rejected")  # TRL DPOTrainer, conversational format with an explicit prompt
 TEACHER_QUESTION = "Instruction: {instruction}\n\nResponse: {response}\n\nIs this a good response to the instruction? Answer Yes or No."
 
 
@@ -88,7 +88,7 @@ def pairs_for(name: str, source: GenerateSource, rejects: RejectWriter, root: Pa
                 continue
             pair = {"prompt": prompt, "chosen": [{"role": "assistant", "content": responses[best][p]}],
                     "rejected": [{"role": "assistant", "content": responses[worst][p]}]}
-            out.write(json.dumps({column: pair[column] for column in COLUMNS}, ensure_ascii=False) + "\n")
+            out.write(json.dumps({column: pair[column] for column in PREFERENCE_COLUMNS}, ensure_ascii=False) + "\n")
             pairs += 1
             margins.append(margin)
             chosen_temperatures[str(config.temperatures[best])] += 1
