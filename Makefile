@@ -6,7 +6,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 # The research experiments (docs/experiments.md): PROFILE picks experiments/<PROFILE>.yaml.
 PROFILE ?= cpu
 
-.PHONY: repro test fuzz bench venv exp1 exp2 exp3 exp4 experiments report collapse
+.PHONY: repro test fuzz bench venv exp1 exp2 exp3 exp4 experiments report collapse distilled
 
 venv: $(VENV)/.installed
 
@@ -54,6 +54,10 @@ exp1 exp2 exp3 exp4: venv
 	python -m research.experiments check $@ --profile $(PROFILE)
 	python -m research.experiments run $@ --profile $(PROFILE) --commit
 	python -m research.report --profile $(PROFILE)
+
+# exp1's distilled arm: what the teacher wrote, with its rejection statistics (reports/distilled.md, the README)
+distilled: venv
+	python -m research.distilled --profile $(PROFILE)
 
 # The report from the committed runs.csv and this machine's experiments; exp4 correlates every model's metrics.
 report: venv
