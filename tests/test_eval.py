@@ -80,6 +80,16 @@ def test_chance_is_a_uniform_guess_among_the_attributes_values_and_any_word_for_
     assert task_chance(problems, values) == {"tasks_fact_recall_chance": 0.25, "tasks_arithmetic_chance": 0.0, "tasks_format_chance": 0.5}
 
 
+def test_an_open_answer_that_many_problems_share_is_the_chance_of_always_replying_it():
+    """Counting a letter of a word: "1" is the answer of most, so a model that always says 1 passes them."""
+    count = lambda answer: {"meta": {"family": "string", "extract": "final_answer", "answer": answer}}
+    problems = [count("1"), count("1"), count("1"), count("2"), count("elbat"), {"meta": SUM}]
+    chance = task_chance(problems, {}.__getitem__)
+    assert chance == {"tasks_string_chance": 0.6, "tasks_arithmetic_chance": 0.0}
+    metrics, _ = task_accuracy(problems[:5], ["Final answer: 1"] * 5)
+    assert metrics["tasks_string_accuracy"] == chance["tasks_string_chance"]  # the constant reply scores exactly chance
+
+
 def test_packed_rows_predict_every_token_once():
     tokens, loss = packed(pa.array(range(10), pa.uint16()).to_numpy(), pa.array([1] * 10, pa.uint8()).to_numpy(), 4, 0)
     assert tokens.tolist() == [[0, 1, 2, 3], [3, 4, 5, 6], [6, 7, 8, 9]] and int(loss[:, 1:].sum()) == 9

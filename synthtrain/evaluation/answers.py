@@ -7,6 +7,7 @@ key exactly. The rules: docs/evaluation.md.
 
 import json
 import re
+from collections import Counter
 from collections.abc import Callable
 
 FIRST_WORD = re.compile(r"[\w'-]+")
@@ -83,19 +84,30 @@ def task_accuracy(problems: list[dict], replies: list[str]) -> tuple[dict, list[
     return metrics, correct
 
 
-def guess_accuracy(meta: dict, values_of: Callable[[str], list[str]]) -> float:
+def guess_accuracy(meta: dict, values_of: Callable[[str], list[str]]) -> float | None:
     """The chance a reply that knows nothing passes: a uniform guess among the world's values of the
-    asked attribute (fact recall), any single word (the one-word format check); 0 where the answer is an
-    open number, string or structure."""
+    asked attribute (fact recall), any single word (the one-word format check), 0 for the other format
+    checks; None where the answer is open (a number or a string), whose chance task_chance sets."""
     if meta["family"] == "fact_recall":
         return 1 / len(values_of(meta["attribute"]))
-    return 1.0 if meta.get("check", {}).get("kind") == "one_word" else 0.0
+    if "check" in meta:
+        return 1.0 if meta["check"].get("kind") == "one_word" else 0.0
+    return None
 
 
 def task_chance(problems: list[dict], values_of: Callable[[str], list[str]]) -> dict:
     """``tasks_<family>_chance``: the mean guess_accuracy of each family's problems; values_of gives the
-    values an attribute of the world takes (World.values_of)."""
-    families: dict[str, list[float]] = {}
+    values an attribute of the world takes (World.values_of). An open answer is guessed by the best
+    constant reply: the family's most common answer among these problems, when several share it, passes
+    that many of them (a letter appears once in most words, so "1" answers a fifth of the string tasks)."""
+    families: dict[str, list[dict]] = {}
     for problem in problems:
-        families.setdefault(problem["meta"]["family"], []).append(guess_accuracy(problem["meta"], values_of))
-    return {f"tasks_{family}_chance": round(sum(guesses) / len(guesses), 4) for family, guesses in sorted(families.items())}
+        families.setdefault(problem["meta"]["family"], []).append(problem["meta"])
+    chance = {}
+    for family, metas in sorted(families.items()):
+        guesses = [guess_accuracy(meta, values_of) for meta in metas]
+        open_answers = Counter(meta["answer"] for meta, guess in zip(metas, guesses) if guess is None)
+        most_common = max(open_answers.values(), default=0)
+        constant = most_common if most_common > 1 else 0  # an answer no other problem shares is no pattern to guess
+        chance[f"tasks_{family}_chance"] = round((sum(g for g in guesses if g is not None) + constant) / len(metas), 4)
+    return chance
