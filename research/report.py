@@ -98,6 +98,7 @@ TABLE = [TRAINING_TOKENS, PRIMARY, *PRIMARY.baselines, CLEAN_BPB, *CLEAN_BPB.bas
 RHO_BAR = 0.8  # the research plan's bar for a cheap metric to stand in for a reference
 MIN_MODELS = 8  # fewer models give a rank correlation whose bootstrap interval says nothing (3 models: 6 orders in all)
 BOOTSTRAP = 2000
+TASK_CHANCE_REFERENCE = Path("metrics/eval.json")  # the default evaluation: the built-in problems every run scores
 JUDGE_CHECK = Path("metrics/judge_check.json")  # the judge_check stage: the cheap metrics against GPT-4 on real chat models
 # The research plan's other expected outcomes (the "Expected outcomes" table).
 PERPLEXITY_BAR = 20
@@ -156,6 +157,18 @@ def recorded_metrics(path: Path) -> dict[str, tuple[str, dict[str, float]]]:
                 for row in csv.DictReader(handle)}
 
 
+def current_chance(metrics: dict[str, float], reference: dict) -> dict[str, float]:
+    """The run's task chance as answers.task_chance gives it now. Chance is a property of the scored problems, and
+    every run scores the built-in problems the default evaluation (``reference``, metrics/eval.json) scores, since no
+    experiment sets builtin_eval or eval.tasks_per_family. A run evaluated before the rule for open answers changed
+    (string chance 0 until the best constant reply counted) gets the reference's values, when its item counts and
+    its fact recall and format chance, which that change left alone, show that it scored the same problems."""
+    families = [key.removesuffix("_chance") for key in reference if key.startswith("tasks_") and key.endswith("_chance")]
+    same = all(metrics.get(f"{family}_items") == reference.get(f"{family}_items") for family in families) and all(
+        metrics.get(key) == reference.get(key) for key in ("tasks_fact_recall_chance", "tasks_format_chance"))
+    return {**metrics, **{f"{family}_chance": float(reference[f"{family}_chance"]) for family in families}} if families and same else metrics
+
+
 def collect(runs: list[ExperimentRun], all_commits: bool = True, rows: Path | None = None, rev: str | None = None) -> tuple[list[Result], list[str]]:
     """Finished experiments named like ``runs`` (the newest of each name), and the names that are missing or failed.
     A run that has no DVC experiment here but a row in ``rows`` (runs.csv: it finished on another machine, or its
@@ -174,10 +187,12 @@ def collect(runs: list[ExperimentRun], all_commits: bool = True, rows: Path | No
             if name not in newest or data["timestamp"] > newest[name][1]["timestamp"]:
                 newest[name] = (revision["rev"], data)
     recorded = recorded_metrics(rows) if rows else {}
+    reference = json.loads(TASK_CHANCE_REFERENCE.read_text()) if TASK_CHANCE_REFERENCE.is_file() else {}
     results, missing = [], []
     for name, shared in wanted.items():
         rev, metrics = (newest[name][0], run_metrics(newest[name][1])) if name in newest else recorded.get(name, ("", {}))
         if metrics:
+            metrics = current_chance(metrics, reference)
             curve = loss_curve(rev)
             results += [Result(run, rev, metrics, curve) for run in shared]  # a shared run: one result per experiment
         else:

@@ -5,7 +5,7 @@ import math
 import pytest
 from scipy import stats
 
-from research.report import (PRIMARY, Family, Result, category_table, expected_pool, markdown, plot_loss_curves, plot_mix,
+from research.report import (PRIMARY, Family, Result, category_table, current_chance, expected_pool, markdown, plot_loss_curves, plot_mix,
                              plot_quality_vs_quantity, table, unexpected, write_runs_csv)
 from synthtrain.statistics import NO_SIGNAL, SIGNAL, UNKNOWN, holm, signal, t_interval, welch
 from synthtrain.experiments import Definition, ExperimentRun
@@ -156,3 +156,15 @@ def test_an_expectation_that_is_tied_or_not_met_is_a_surprise_and_one_not_measur
     assert unexpected(rows) == ["The research plan expected the 40/30/30 mix is optimal; measured: tied (plan_40_30_30 0.844 tied with web_heavy).",
                                 "The research plan expected zero-cost metrics correlate > 0.8; measured: not met (0.5)."]
     assert unexpected(rows[1:3]) == []
+
+
+def test_a_run_scored_before_the_open_answer_chance_gets_the_current_chance_and_loses_a_signal_it_owed_to_it():
+    reference = {"tasks_fact_recall_chance": 0.1477, "tasks_fact_recall_items": 40, "tasks_string_chance": 0.1, "tasks_string_items": 40,
+                 "tasks_format_chance": 0.35, "tasks_format_items": 40}
+    old = {**reference, "tasks_string_chance": 0.0, "tasks_fact_recall_accuracy": 0.15, "tasks_format_accuracy": 0.3,
+           "tasks_string_accuracy": 0.1, "heldout_builtin_web_loss": 3.0, "heldout_builtin_web_bigram_loss": 4.0}
+    assert signal(old).label == SIGNAL  # string 0.1 against a chance of 0
+    rescored = current_chance(old, reference)
+    assert rescored["tasks_string_chance"] == 0.1 and signal(rescored).label == NO_SIGNAL
+    other_problems = {**old, "tasks_string_items": 20}
+    assert current_chance(other_problems, reference) == other_problems  # not the same problems: left as it was scored
