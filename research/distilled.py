@@ -4,19 +4,20 @@
 
 exp1's ``distilled`` arm generates the source once (``experiments/cpu.yaml``: SmolLM2-135M-Instruct,
 Self-Instruct from the 175 human seed tasks). This reads that run's commit (its ``rev`` in
-``reports/<profile>/runs.csv`` or ``reports/runs.csv``): the download metrics from git, the kept and
-rejected records from the DVC cache by the md5 in the run's ``dvc.lock``. It writes
+``reports/<profile>/runs.csv`` or ``reports/runs.csv``) with ``dvc.api``: the download metrics from git, the
+kept and rejected records from the DVC cache. It writes
 ``reports/distilled.md`` (the statistics, an example of each rejection reason and random kept records)
 and the README's section between ``<!-- distilled -->`` and ``<!-- /distilled -->``.
 """
 
 import argparse
 import csv
+import io
 import json
-import subprocess
 import textwrap
 from pathlib import Path
 
+import dvc.api
 import numpy as np
 import pyarrow.parquet as pq
 import yaml
@@ -30,14 +31,15 @@ SOURCE = "distilled"
 REPORT = Path("reports/distilled.md")
 README = Path("README.md")
 MARKERS = ("<!-- distilled -->", "<!-- /distilled -->")
-CACHE = Path(".dvc/cache/files/md5")
 
 
-def git_show(rev: str, path: str) -> str:
-    shown = subprocess.run(["git", "show", f"{rev}:{path}"], capture_output=True, text=True)
-    if shown.returncode != 0:
-        raise StageError(f"git show {rev}:{path} failed: {shown.stderr.strip()} (the run's experiment ref is on the machine that ran it)")
-    return shown.stdout
+def read_at(rev: str, path: str, mode: str = "r"):
+    """A file of the run's commit: git-tracked, or a DVC output from the cache (dvc.api resolves both)."""
+    try:
+        return dvc.api.read(path, repo=".", rev=rev, mode=mode)
+    except Exception as exc:  # dvc raises its own errors for a missing revision, path or cache entry
+        raise StageError(f"{path} of {rev[:10]} cannot be read ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                         "the run's experiment and its outputs are on the machine that ran it") from None
 
 
 def run_rev(runs_csv: Path, name: str) -> str:
@@ -49,16 +51,8 @@ def run_rev(runs_csv: Path, name: str) -> str:
     return rows[name]["rev"]
 
 
-def cached_table(rev: str, path: str):
-    """An output of the run, from the DVC cache by its md5 in the run's dvc.lock."""
-    for stage in yaml.safe_load(git_show(rev, "dvc.lock"))["stages"].values():
-        for out in stage.get("outs", []):
-            if out["path"] == path:
-                cached = CACHE / out["md5"][:2] / out["md5"][2:]
-                if not cached.is_file():
-                    raise StageError(f"{path} of {rev} ({cached}) is not in the DVC cache")
-                return pq.read_table(cached)
-    raise StageError(f"{rev}: dvc.lock has no output {path}")
+def table_at(rev: str, path: str):
+    return pq.read_table(io.BytesIO(read_at(rev, path, "rb")))
 
 
 def shown_record(messages: list[dict], width: int = 600) -> str:
@@ -106,10 +100,10 @@ def main(argv=None) -> None:
     parser.add_argument("--samples", type=int, default=5)
     args = parser.parse_args(argv)
     rev = run_rev(report_dir(args.profile) / "runs.csv", args.run)
-    metrics = json.loads(git_show(rev, f"metrics/download/{SOURCE}.json"))
-    teacher = yaml.safe_load(git_show(rev, "params.yaml"))["sources"][SOURCE]["teacher"]
-    kept = cached_table(rev, f"data/raw/{SOURCE}.parquet").to_pylist()
-    rejects = cached_table(rev, f"data/rejects/download-{SOURCE}.parquet").to_pylist()
+    metrics = json.loads(read_at(rev, f"metrics/download/{SOURCE}.json"))
+    teacher = yaml.safe_load(read_at(rev, "params.yaml"))["sources"][SOURCE]["teacher"]
+    kept = table_at(rev, f"data/raw/{SOURCE}.parquet").to_pylist()
+    rejects = table_at(rev, f"data/rejects/download-{SOURCE}.parquet").to_pylist()
     report, section = markdown(args.run, rev, teacher, metrics, kept, rejects, args.samples)
     write_output_text(REPORT, report)
     write_output_text(README, replace_section(README.read_text(), section))
