@@ -52,6 +52,7 @@ Category = Literal[CATEGORIES]
 Format = Literal["auto", "alpaca", "sharegpt", "messages", "prompt_completion", "self_instruct", "text",
                  "preference", "hh_rlhf", "sharegpt_preference", "turns"]  # local files: synthtrain/sources/formats.py
 Fraction = Annotated[Float, Field(ge=0.0, le=1.0)]
+Positive = Annotated[Float, Field(gt=0.0)]
 SOURCE_KINDS = ("builtin", "hub", "local", "generate")
 SOURCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 # Teachers the teacher stage converts from a pip package into TEACHERS/<name> (synthtrain/teacher.py);
@@ -379,6 +380,7 @@ class QualityLimits(Section):
     max_mojibake: Int = Field(0, ge=0, description="mis-decoded character pairs allowed")
     min_stopwords: Int = Field(1, ge=0, le=8, description="distinct Gopher stop words a document needs (Gopher: 2)")
     max_end_surprisal: Float = Field(5.0, gt=0.0, description="-log P(end of reply) under the reference LM, in nats; above: cut off")
+    max_document_end_surprisal: Float = Field(14.0, gt=0.0, description="-log P(end of text) after a document the LM scorer read, in nats; above: cut off")
     max_answer_errors: Int = Field(0, ge=0, description="wrong equations or unsupported final answers allowed")
     max_refusal: Fraction = Field(0.5, description="refusal scores above this are refusals")
     min_response_ratio: Float = Field(0.0, ge=0.0, description="reply words / question words")
@@ -419,6 +421,28 @@ class ScoredFile(InputFile):
     max_records: Int = Field(5_000, ge=1)
 
 
+class LMScorer(Section):
+    """A real small LM reads the records of every source that is not built in, and the
+    comparison files; its perplexity and IFD replace the trigram reference LM's in the
+    decision (docs/quality.md, "The LM scorer")."""
+
+    model: str | None = Field("smollm2-135m-instruct", description="a teacher name or save_pretrained folder; null: off")
+    max_records: Int = Field(20_000, ge=0, description="more records of real sources than this: none is read by the LM (a warning says so)")
+    max_tokens: Int = Field(256, ge=16, le=8192, description="tokens read of a record (a prompt and its reply together); longer replies are cut")
+    batch_tokens: Int = Field(4096, ge=1, description="tokens per forward pass (padding included)")
+    precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto: whichever a timed forward pass finds faster")
+    perplexity: list[Positive] = Field([30.0, 1000.0], min_length=2, max_length=2, description="[good, bad]: the component is 1 at good or below, 0 at bad or above, log-linear between")
+    ifd: list[Positive] = Field([0.6, 1.0], min_length=2, max_length=2, description="[good, bad] IFD: 1 at good or below, 0 at bad (1.0: the instruction does not help, Cherry LLM's cut)")
+
+    @model_validator(mode="after")
+    def _good_below_bad(self):
+        for name in ("perplexity", "ifd"):
+            good, bad = getattr(self, name)
+            if not good < bad:
+                raise ValueError(f"{name} = [{good}, {bad}]: the good end must be below the bad one")
+        return self
+
+
 class Quality(Section):
     threshold: Fraction = Field(0.4, description="records with a lower quality are rejected (below_threshold)")
     seed: Int = 0
@@ -429,6 +453,7 @@ class Quality(Section):
     rules: QualityRules = QualityRules()
     classifier: QualityClassifier = QualityClassifier()
     reference_lm: ReferenceLM = ReferenceLM()
+    lm_scorer: LMScorer = LMScorer()
     files: dict[str, ScoredFile] = {}
 
 

@@ -85,6 +85,9 @@ QUALITY_SCORES = pa.schema(
         pa.field("perplexity", pa.float32()),
         pa.field("end_surprisal", pa.float32()),
         pa.field("ifd", pa.float32()),
+        pa.field("lm_perplexity", pa.float32()),  # the LM scorer's (quality.lm_scorer); null where it did not read the record
+        pa.field("lm_ifd", pa.float32()),
+        pa.field("lm_end_surprisal", pa.float32()),
     ]
 )
 # What dedup removed: the record, why (exact_duplicate, near_duplicate,

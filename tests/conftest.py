@@ -103,6 +103,16 @@ def write_preference_judge(root: Path) -> Path:
     return root / DIRECTORY
 
 
+@pytest.fixture(scope="session")
+def teacher_project(tmp_path_factory) -> Path:
+    """A project where the teacher stage ran (about half a minute): models/teachers/smollm2-135m-instruct."""
+    root = tmp_path_factory.mktemp("teacher")
+    (root / "params.yaml").write_text(yaml.safe_dump({"sources": {"builtin": {"kind": "builtin"}}}))
+    result = stage(root, "stages.teacher")
+    assert "de-quantized into models/teachers/smollm2-135m-instruct/" in result.stderr
+    return root
+
+
 @pytest.fixture
 def write_params(tmp_path):
     """Write a params file with the given sources (and other sections) into tmp_path."""

@@ -4,17 +4,24 @@ Trains the classifier and the reference LM on a seeded sample of
 ``data/dedup/train.parquet`` and scores every record on all cores into
 ``data/quality/scores.parquet``: the QUALITY_SCORES columns, row for row and
 row group for row group with the input, no decision in it. Also scores the real
-files under ``quality.files``. Only ``quality.seed``, ``workers``, ``dup_ngram``,
-``classifier``, ``reference_lm`` and ``files`` matter here; the outputs and
-metrics: docs/quality.md.
+files under ``quality.files``. Then the LM scorer (``quality.lm_scorer``, a real
+small LM) reads the records of every source that is not built in, when they are at
+most ``max_records`` in all, and every file record, and fills its columns
+(``lm_score``); built-in records keep them null: the trigram reference LM was
+trained on their world and the LM scorer would take hours over a 1M-record pool on
+a CPU. Only ``quality.seed``, ``workers``, ``dup_ngram``, ``classifier``,
+``reference_lm``, ``files`` and ``lm_scorer``'s model, max_records, max_tokens,
+batch_tokens and precision matter here; the outputs and metrics: docs/quality.md.
 """
 
 import logging
 import os
+import time
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
@@ -22,8 +29,11 @@ from synthtrain.sources import local
 from synthtrain.sources.formats import Rejected
 from synthtrain.parallel import parallel_map
 from synthtrain.params import LocalSource, Params, Quality, StageError
-from synthtrain.arrays import save_arrays
-from synthtrain.quality.scorer import Scorer, score_columns, sample_rows, train
+from synthtrain.arrays import load_arrays, save_arrays
+from synthtrain.quality.classifier import QualityClassifier
+from synthtrain.quality.lm_scorer import LMScorer, items_of
+from synthtrain.quality.reference_lm import ReferenceLM
+from synthtrain.quality.scorer import LM_SCORER_COLUMNS, Scorer, score_columns, sample_rows, train
 from synthtrain.records import FILE_SCORES_SCHEMA, QUALITY_SCORES, SCHEMA, InvalidRecord, ParquetSink, make_record, open_parquet, write_metrics
 
 log = logging.getLogger("quality")
@@ -49,6 +59,74 @@ def train_scorer(parquet: pq.ParquetFile, params: Quality) -> tuple[Scorer, dict
     roles = sample_rows(parquet.read(columns=["source", "category"]), params)
     sampled = np.unique(np.concatenate(list(roles.values())))
     return train(read_rows(parquet, sampled), {role: np.searchsorted(sampled, rows) for role, rows in roles.items()}, params)
+
+
+def load_scorer(params: Quality, root: str | os.PathLike = ".") -> Scorer:
+    """The scorers the quality_score stage trained and saved under ``root``."""
+    classifier, lm = load_arrays(Path(root) / CLASSIFIER), load_arrays(Path(root) / REFERENCE_LM)
+    calibration = {k.removeprefix("calibration_"): v for k, v in lm.items() if k.startswith("calibration_")}
+    return Scorer(params, QualityClassifier(classifier), ReferenceLM({k: v for k, v in lm.items() if not k.startswith("calibration_")}),
+                  calibration)
+
+
+def lm_items(table: pa.Table) -> list:
+    """What the LM scorer reads of each record (None: nothing to read)."""
+    return [items_of(messages, text) for messages, text in zip(table.column("messages").to_pylist(), table.column("text").to_pylist())]
+
+
+def real_rows(parquet: pq.ParquetFile, params: Params) -> np.ndarray:
+    """Rows of the records whose source is not built in."""
+    builtin = [name for name, source in params.sources.items() if source.kind == "builtin"]
+    sources = parquet.read(columns=["source"]).column("source")
+    return np.flatnonzero(~pc.is_in(sources, pa.array(builtin, pa.string())).to_numpy(zero_copy_only=False))
+
+
+def fill_lm_columns(path: Path, rows: np.ndarray, values: dict[str, np.ndarray], schema: pa.Schema) -> None:
+    """Rewrite the score file at ``path`` row group by row group with the LM scorer's
+    ``values`` at ``rows`` (sorted indices)."""
+    parquet = open_parquet(path)
+    with ParquetSink(path, schema) as writer:
+        start = 0
+        for group in range(parquet.num_row_groups):
+            table = parquet.read_row_group(group)
+            mine = (rows >= start) & (rows < start + table.num_rows)
+            for name in LM_SCORER_COLUMNS:
+                column = pc.cast(table.column(name), pa.float64()).to_numpy(zero_copy_only=False).copy()
+                column[rows[mine] - start] = values[name][mine]
+                table = table.set_column(table.schema.get_field_index(name), name,
+                                         pa.array(column.astype(np.float32), mask=np.isnan(column), type=pa.float32()))
+            writer.write_table(table)
+            start += table.num_rows
+
+
+def lm_score(params: Params, parquet: pq.ParquetFile, files: pa.Table, root: Path) -> dict:
+    """The LM scorer's pass over the scores already written of ``parquet`` (its real records)
+    and of the ``files`` records; its metrics."""
+    lm = params.quality.lm_scorer
+    if lm.model is None:
+        return {"model": None}
+    rows = real_rows(parquet, params)
+    report = {"model": lm.model, "real_records": len(rows), "max_records": lm.max_records}
+    if len(rows) > lm.max_records:
+        log.warning("quality.lm_scorer: %d records of real sources, more than max_records = %d; they are scored "
+                    "without the LM scorer (raise quality.lm_scorer.max_records to read them)", len(rows), lm.max_records)
+        rows = rows[:0]
+    report["pool_records_read"] = len(rows)
+    if not len(rows) and not files.num_rows:
+        return report
+    scorer = LMScorer(lm.model, lm.max_tokens, lm.batch_tokens, lm.precision)
+    started = time.perf_counter()
+    if len(rows):
+        fill_lm_columns(root / SCORES, rows, scorer(lm_items(read_rows(parquet, rows))), QUALITY_SCORES)
+    if files.num_rows:
+        fill_lm_columns(root / FILE_SCORES, np.arange(files.num_rows), scorer(lm_items(files)), FILE_SCORES_SCHEMA)
+    seconds = time.perf_counter() - started
+    records = len(rows) + files.num_rows
+    report.update({"file_records_read": files.num_rows, **scorer.speed(),
+                   "records_per_s": round(records / seconds, 2), "wall_seconds": round(seconds, 1)})
+    log.info("LM scorer %s (%s): %d pool and %d file records, %.1f records/s", lm.model, report["precision"], len(rows),
+             files.num_rows, report["records_per_s"])
+    return report
 
 
 def file_records(params: Quality) -> tuple[pa.Table, dict]:
@@ -107,7 +185,7 @@ def score_stage(params: Params, input_path: str | os.PathLike = INPUT, root: str
         if files.num_rows:
             columns = [files.column("source"), files.column("category")] + score_columns(scorer.score(files))
             writer.write_table(pa.Table.from_arrays(columns, schema=FILE_SCORES_SCHEMA))
-    metrics = {"scored": parquet.metadata.num_rows, **training, "files": report}
+    metrics = {"scored": parquet.metadata.num_rows, **training, "files": report, "lm_scorer": lm_score(params, parquet, files, root)}
     write_metrics(root / "metrics/quality_scores.json", metrics)
     log.info("scored %d records -> %s; %d records of %d files -> %s", parquet.metadata.num_rows, SCORES, files.num_rows,
              len(report), FILE_SCORES)

@@ -17,6 +17,8 @@ from synthtrain.quality.classifier import QualityClassifier, features
 from synthtrain.quality.reference_lm import ReferenceLM, ifd
 from synthtrain.records import CATEGORIES, QUALITY_SCORES
 
+LM_SCORER_COLUMNS = ("lm_perplexity", "lm_ifd", "lm_end_surprisal")  # lm_scorer.LMScorer's scores
+
 
 class Scorer:
     def __init__(self, params: Quality, classifier: QualityClassifier, lm: ReferenceLM, calibration: dict[str, np.ndarray]):
@@ -29,6 +31,7 @@ class Scorer:
                   "answer_errors": heuristics.answer_check(units)}
         scores["classifier"] = self.classifier.probability(features(units, self.classifier.hash_bits))
         scores.update(lm_scores(self.lm, units, self.params.reference_lm.question_weight))
+        scores.update({name: np.full(units.records, np.nan) for name in LM_SCORER_COLUMNS})  # enrich.lm_score fills them
         return scores
 
 
@@ -160,13 +163,25 @@ def judged(scores: dict[str, np.ndarray], category: np.ndarray, calibration: dic
     """The scores the decision reads: ``end_surprisal`` counts only where the
     reference LM knows the text (perplexity up to the 90th percentile of its
     category); on other text (code, another domain) its guess about endings is noise.
-    Also returns the LM's excess log perplexity, in units of (p90 - median)."""
+    Where the LM scorer read a reply, its end surprisal replaces the reference LM's (it
+    knows real text); after a document it is ``document_end_surprisal``, with a limit of
+    its own: a text ends less surely than a turn. Also returns the LM's excess log perplexity,
+    in units of (p90 - median)."""
     known = np.isin(category, calibration["category"])
     at = np.searchsorted(calibration["category"], np.where(known, category, calibration["category"][0]))
     median, p90 = calibration["log_perplexity_median"][at], calibration["log_perplexity_p90"][at]
     excess = np.where(known, np.maximum(np.log(scores["perplexity"]) - median, 0) / np.maximum(p90 - median, 1e-6), np.nan)
     with np.errstate(invalid="ignore"):
-        return {**scores, "end_surprisal": np.where(excess <= 1, scores["end_surprisal"], np.nan), "lm_excess": excess}
+        end_surprisal = np.where(excess <= 1, scores["end_surprisal"], np.nan)
+    read_reply, read_document = ~np.isnan(scores["lm_ifd"]), ~np.isnan(scores["lm_perplexity"]) & np.isnan(scores["lm_ifd"])
+    return {**scores, "end_surprisal": np.where(read_reply, scores["lm_end_surprisal"], end_surprisal),
+            "document_end_surprisal": np.where(read_document, scores["lm_end_surprisal"], np.nan), "lm_excess": excess}
+
+
+def log_scale(value: np.ndarray, good: float, bad: float) -> np.ndarray:
+    """1 at ``good`` or better, 0 at ``bad`` or worse, linear in log(value) between."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.clip(np.log(bad / value) / np.log(bad / good), 0, 1)
 
 
 def components(scores: dict[str, np.ndarray], params: Quality, calibration: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -180,6 +195,7 @@ def components(scores: dict[str, np.ndarray], params: Quality, calibration: dict
                             ("dup_ngram_fraction", None, limits.max_dup_ngram_fraction),
                             ("boilerplate_fraction", None, limits.max_boilerplate_fraction), ("mojibake", None, limits.max_mojibake),
                             ("stopwords", limits.min_stopwords, None), ("unfinished", None, 0), ("end_surprisal", None, limits.max_end_surprisal),
+                            ("document_end_surprisal", None, limits.max_document_end_surprisal),
                             ("answer_errors", None, limits.max_answer_errors),
                             ("response_ratio", limits.min_response_ratio, None)):
         value = scores[name].astype(np.float64)  # NaN compares false with any limit, so it passes
@@ -189,14 +205,19 @@ def components(scores: dict[str, np.ndarray], params: Quality, calibration: dict
             heuristic *= _at_most(value, high)
 
     # Perplexity is judged against held-out records of the same category (``judged``); IFD
-    # against held-out conversations, of whichever category has them.
+    # against held-out conversations, of whichever category has them. Where the LM scorer
+    # read a record, its perplexity and IFD replace the reference LM's, on fixed scales
+    # (quality.lm_scorer.perplexity, ifd): the reference LM knows only the built-in world.
     ifd_median, ifd_p95 = np.nanmax(calibration["ifd_median"]), np.nanmax(calibration["ifd_p95"])
+    read = ~np.isnan(scores["lm_perplexity"])
+    lm = params.lm_scorer
     return {
         "heuristics": heuristic,
         "refusal": 1 - scores["refusal"],
         "classifier": scores["classifier"],
-        "reference_lm": np.exp(-scores["lm_excess"]),
-        "ifd": np.clip((ifd_p95 - scores["ifd"]) / max(ifd_p95 - ifd_median, 1e-6), 0, 1),
+        "reference_lm": np.where(read, log_scale(scores["lm_perplexity"], *lm.perplexity), np.exp(-scores["lm_excess"])),
+        "ifd": np.where(read, np.clip((lm.ifd[1] - scores["lm_ifd"]) / (lm.ifd[1] - lm.ifd[0]), 0, 1),
+                        np.clip((ifd_p95 - scores["ifd"]) / max(ifd_p95 - ifd_median, 1e-6), 0, 1)),
     }
 
 
@@ -230,7 +251,8 @@ def rules_broken(scores: dict[str, np.ndarray], params: Quality) -> dict[str, np
             "alpha_ratio": scores["alpha_ratio"] < limits.min_alpha_ratio,
             "symbol_ratio": scores["symbol_ratio"] > limits.max_symbol_ratio,
             "stopwords": scores["stopwords"] < limits.min_stopwords,
-            "unfinished": (scores["unfinished"] > 0) | (scores["end_surprisal"] > limits.max_end_surprisal),
+            "unfinished": (scores["unfinished"] > 0) | (scores["end_surprisal"] > limits.max_end_surprisal)
+            | (scores["document_end_surprisal"] > limits.max_document_end_surprisal),
             "response_ratio": scores["response_ratio"] < limits.min_response_ratio,
         }
 
