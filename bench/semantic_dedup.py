@@ -55,7 +55,7 @@ PROMPT = ("Paraphrase the following text: say the same thing in different words.
           "Reply with the paraphrase only.\n\nText: {text}")
 MIN_WORDS, MAX_WORDS = 8, 40  # passages short enough for the teacher to rewrite whole
 SENTENCE = re.compile(r"(?<=[.!?])\s+")
-THRESHOLDS = (0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
+THRESHOLDS = (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
 
 
 def sentences(texts: list[str]) -> list[str]:
@@ -162,6 +162,8 @@ def main() -> None:
                         help="records parquet file (the dedup stage's output); run `dvc repro dedup` first")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    if not args.records_file.is_file():
+        parser.error(f"{args.records_file} is missing: run `dvc repro dedup`, or pass --records-file")
     defaults = Dedup()
     semantic, near = defaults.semantic, defaults.near
 

@@ -223,7 +223,7 @@ def clusters(vectors: np.ndarray, semantic: SemanticDuplicates) -> tuple[np.ndar
     if k <= 1:
         return np.zeros(len(vectors), dtype=np.int64), vectors.mean(axis=0, keepdims=True)
     kmeans = MiniBatchKMeans(n_clusters=k, random_state=semantic.seed, batch_size=4096, n_init=3)
-    with threadpool_limits(1):  # same result on any core count
+    with threadpool_limits(1):  # one thread: the clusters must not depend on the core count
         labels = kmeans.fit_predict(vectors)
     return labels.astype(np.int64), kmeans.cluster_centers_.astype(np.float32)
 

@@ -253,7 +253,7 @@ class SemanticDuplicates(Section):
 
     enabled: Bool = Field(False, description="embed and compare the pool's records; off by default: MiniLM embeds about "
                           "130 records/s on 2 CPU cores, hours for the built-in 1.1M-record pool")
-    threshold: Float = Field(0.9, gt=0.0, lt=1.0, description="cosine similarity of MiniLM embeddings that makes two records duplicates")
+    threshold: Float = Field(0.75, gt=0.0, lt=1.0, description="cosine similarity of MiniLM embeddings that makes two records duplicates")
     records_per_cluster: Int = Field(1000, ge=2, description="k-means clusters of about this many records; pairs are compared within a cluster")
     keep: Literal["first", "central"] = Field("first", description="the record kept of a group: first: the first in input order "
                                                "(as MinHash); central: the one nearest its cluster's centroid")
