@@ -23,7 +23,7 @@ shingles).
 Throughput: embedding, k-means and the pair search within clusters
 (``synthtrain.semantic_dedup``), timed apart, on ``--records`` records of
 ``--records-file`` (the records' text or "role: content" lines, as the stage
-reads them).
+reads them), and how many of those records each threshold would remove.
 
     python bench/semantic_dedup.py [--records 100000] [--records-file data/dedup/train.parquet]
 """
@@ -31,6 +31,7 @@ reads them).
 import argparse
 import hashlib
 import json
+import os
 import re
 import sys
 import time
@@ -187,9 +188,13 @@ def main() -> None:
     roots = semantic_roots(record_vectors, semantic)
     finished = time.perf_counter()
     total = finished - started
+    load = os.getloadavg()[0]  # other work on the machine slows the embedding: record how busy it was
+    removed = {str(t): int((semantic_roots(record_vectors, semantic.model_copy(update={"threshold": t})) != np.arange(len(records))).sum())
+               for t in THRESHOLDS}
     print(f"{len(records):,} records of {args.records_file.name}: embedding {embedded - started:.1f} s, clustering and pair search "
           f"{finished - embedded:.1f} s, {len(records) / total:,.0f} records/s; {int((roots != np.arange(len(records))).sum()):,} "
-          f"semantic duplicates at cosine >= {semantic.threshold}")
+          f"semantic duplicates at cosine >= {semantic.threshold}; 1-minute load average {load:.1f}")
+    print(f"semantic duplicates among the records by threshold: {removed}")
     write_results(
         "semantic_dedup",
         figures={"precision": ours["precision"], "recall": ours["recall"], "f1": ours["f1"],
@@ -198,7 +203,8 @@ def main() -> None:
                  "median_cosine_positive": float(np.median(cosine[labels])), "median_cosine_negative": float(np.median(cosine[~labels])),
                  "records_measured": len(records), "records_per_s": len(records) / total, "seconds": total,
                  "embedding_seconds": embedded - started, "cluster_and_pair_search_seconds": finished - embedded,
-                 "semantic_duplicates_in_records": int((roots != np.arange(len(records))).sum())},
+                 "semantic_duplicates_in_records": int((roots != np.arange(len(records))).sum()),
+                 "semantic_duplicates_in_records_by_threshold": removed, "load_average_1min_after_throughput": load},
         settings={"threshold": semantic.threshold, "records_per_cluster": semantic.records_per_cluster, "batch_size": semantic.batch_size,
                   "minhash_threshold": near.threshold, "passages": len(chosen), "passages_per_source": args.per_source,
                   "sources": sorted({source for source, _ in chosen}), "paraphrases_kept": int(labels.sum()),
