@@ -38,6 +38,7 @@ bench: venv
 	python bench/builtin_generator.py
 	python bench/local_loader.py
 	python bench/dedup_speed.py
+	python bench/semantic_dedup.py
 	python bench/quality_speed.py
 	python bench/tokenize_speed.py
 	python bench/train_speed.py

@@ -47,7 +47,7 @@ matplotlib.use("Agg")  # files only: no display on a server or in CI
 import matplotlib.pyplot as plt  # noqa: E402
 
 from synthtrain.cli import run_stage, stage_arguments  # noqa: E402
-from synthtrain.evaluation.judges import minilm_encoder  # noqa: E402
+from synthtrain.embeddings import minilm_encoder  # noqa: E402
 from synthtrain.evaluation.textmetrics import distinct_n, self_bleu  # noqa: E402
 from synthtrain.experiments import commit_rows  # noqa: E402
 from synthtrain.generation import Generator, load_model  # noqa: E402

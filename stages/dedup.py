@@ -1,4 +1,4 @@
-"""dedup stage: exact and near-duplicate removal, the held-out split and decontamination.
+"""dedup stage: exact, near and (optionally) semantic duplicate removal, the held-out split and decontamination.
 
     python -m stages.dedup [--params FILE]
 
@@ -18,13 +18,13 @@ log = logging.getLogger("dedup")
 
 
 def main(argv=None) -> None:
-    args = stage_arguments("Exact and near-duplicate removal, held-out split, decontamination").parse_args(argv)
+    args = stage_arguments("Exact, near and semantic duplicate removal, held-out split, decontamination").parse_args(argv)
     started = time.time()
     metrics = dedup(load_params(args.params))
     write_metrics(METRICS, metrics)
-    log.info("read %s; kept %s; held out %s; removed %s exact and %s near duplicates (%s clusters), %s contaminated; "
+    log.info("read %s; kept %s; held out %s; removed %s exact, %s near and %s semantic duplicates (%s clusters), %s contaminated; "
              "wrote %s, %s/, %s in %.1f s", f"{metrics['in']:,}", f"{metrics['kept']:,}", f"{metrics['heldout']:,}",
-             f"{metrics['exact_duplicates']:,}", f"{metrics['near_duplicates']:,}", f"{metrics['clusters']:,}",
+             f"{metrics['exact_duplicates']:,}", f"{metrics['near_duplicates']:,}", f"{metrics['semantic_duplicates']:,}", f"{metrics['clusters']:,}",
              f"{metrics['decontaminated']:,}", TRAIN, HELDOUT, REJECTS, time.time() - started)
 
 

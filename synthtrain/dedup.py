@@ -1,11 +1,13 @@
-"""dedup stage: exact and near-duplicate removal across sources, a held-out split
+"""dedup stage: exact, near and semantic duplicate removal across sources, a held-out split
 per source, and decontamination of the training records (``python -m stages.dedup``).
 
 ``dedup`` runs the steps in order: exact duplicates by a folded 64-bit content
 key (``text.fold_column``); near duplicates by MinHash LSH (``MinHasher``, bands
 and rows from ``optimal_bands``), candidate pairs verified by their true
 Jaccard similarity and clustered by ``union_find``; the first record of each
-cluster kept; the held-out split by a seeded hash of the content key; then
+cluster kept; when ``dedup.semantic.enabled``, semantic duplicates among the
+pool's remaining records (``semantic_roots``: MiniLM embeddings, k-means, cosine
+similarity within clusters); the held-out split by a seeded hash of the content key; then
 n-gram decontamination against held-out records, built-in problems and
 benchmark files (``contamination_table``). What each step does, its params and
 the outputs: docs/quality.md.
@@ -15,6 +17,7 @@ import logging
 import json
 import functools
 import itertools
+import math
 import os
 import tempfile
 from collections import Counter
@@ -24,12 +27,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from sklearn.cluster import MiniBatchKMeans
+from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
+from synthtrain.embeddings import minilm_encoder
 from synthtrain.sources.formats import Parsed
 from synthtrain.sources.local import read as read_local
 from synthtrain.parallel import parallel_map
-from synthtrain.params import LocalSource, NearDuplicates, Params, StageError
+from synthtrain.params import LocalSource, NearDuplicates, Params, SemanticDuplicates, StageError
 from synthtrain.records import DEDUP_REJECT_SCHEMA, OUTSIDE_POOL, ParquetSink, RecordWriter, content_of, meta_field, open_parquet, output_directory
 from synthtrain.text import content_column, mix64, ngram_hashes, word_hashes
 
@@ -45,6 +51,8 @@ BUILTIN_EVAL = RAW / "builtin_eval.parquet"
 ROW_GROUPS_PER_JOB = 5
 NO_KEY = np.uint64(0)  # content key of a record with no words at all
 BITMAP_MASK = np.uint64(2**24 - 1)  # low hash bits indexing the contamination prefilter
+SEMANTIC_MAX_CHARS = 2048  # MiniLM reads 256 tokens (about 1,000 characters): tokenizing the rest of a long text is wasted
+SIMILARITY_BLOCK = 1024  # rows of a cluster's similarity matrix computed at once (memory: BLOCK x cluster size floats)
 
 
 # --- LSH configuration ----------------------------------------------------------
@@ -194,6 +202,61 @@ def near_duplicate_roots(texts: list[str], near: NearDuplicates) -> np.ndarray:
     verified = pairs[jaccard(pairs, sets) >= near.threshold] if len(pairs) else pairs
     roots = union_find(len(texts), verified)
     return roots[first]
+
+
+# --- semantic duplicates ------------------------------------------------------------
+# Records that say the same thing in other words, which shared shingles cannot
+# show: unit-length MiniLM embeddings split into k-means clusters of about
+# records_per_cluster records (cosine neighbours nearly always share a cluster,
+# and comparing within clusters keeps the pair search linear in the records),
+# pairs of a cluster with cosine similarity >= threshold joined by union_find,
+# one record kept per group.
+def embed(texts: list[str], semantic: SemanticDuplicates) -> np.ndarray:
+    """Unit-length MiniLM embeddings of the texts' beginnings, float32."""
+    return minilm_encoder([text[:SEMANTIC_MAX_CHARS] for text in texts], semantic.batch_size).astype(np.float32)
+
+
+def clusters(vectors: np.ndarray, semantic: SemanticDuplicates) -> tuple[np.ndarray, np.ndarray]:
+    """(cluster of each vector, centroids) of seeded k-means; on unit vectors
+    the Euclidean k-means groups by cosine similarity."""
+    k = math.ceil(len(vectors) / semantic.records_per_cluster)
+    if k <= 1:
+        return np.zeros(len(vectors), dtype=np.int64), vectors.mean(axis=0, keepdims=True)
+    kmeans = MiniBatchKMeans(n_clusters=k, random_state=semantic.seed, batch_size=4096, n_init=3)
+    with threadpool_limits(1):  # one thread: the clusters must not depend on the core count
+        labels = kmeans.fit_predict(vectors)
+    return labels.astype(np.int64), kmeans.cluster_centers_.astype(np.float32)
+
+
+def similar_pairs(vectors: np.ndarray, labels: np.ndarray, threshold: float) -> np.ndarray:
+    """Pairs (i, j), i < j, of one cluster whose cosine similarity is >= threshold."""
+    order = np.argsort(labels, kind="stable")
+    starts = np.flatnonzero(np.r_[True, labels[order][1:] != labels[order][:-1]])
+    found = []
+    for members in np.split(order, starts[1:]):
+        members = np.sort(members)
+        block = vectors[members]
+        for first in range(0, len(members), SIMILARITY_BLOCK):
+            similarity = block[first : first + SIMILARITY_BLOCK] @ block.T
+            i, j = np.nonzero(similarity >= threshold)
+            i += first
+            above = j > i
+            found.append(np.stack([members[i[above]], members[j[above]]], axis=1))
+    return np.concatenate(found) if found else np.empty((0, 2), dtype=np.int64)
+
+
+def semantic_roots(vectors: np.ndarray, semantic: SemanticDuplicates) -> np.ndarray:
+    """For each vector, the index of the record kept for its group (itself when it is kept)."""
+    labels, centroids = clusters(vectors, semantic)
+    roots = union_find(len(vectors), similar_pairs(vectors, labels, semantic.threshold))
+    if semantic.keep == "first":
+        return roots
+    centrality = np.einsum("ij,ij->i", vectors, centroids[labels])
+    order = np.lexsort((-centrality, roots))  # by group, the most central first (ties: input order)
+    starts = np.flatnonzero(np.r_[True, roots[order][1:] != roots[order][:-1]])
+    kept = np.empty(len(vectors), dtype=np.int64)
+    kept[roots[order][starts]] = order[starts]
+    return kept[roots]
 
 
 # --- accuracy ---------------------------------------------------------------------
@@ -383,6 +446,27 @@ def candidate_sets(state: dict, job):
     return shingle_sets(shingles, owner, rows.tolist())
 
 
+def root_after_semantic_dedup(inputs: Inputs, eligible: np.ndarray, semantic: SemanticDuplicates) -> np.ndarray:
+    """For each record, the record kept in its place by semantic dedup of the
+    eligible records (itself when it is kept or not eligible)."""
+    rows = np.flatnonzero(eligible)
+    root = np.arange(inputs.count)
+    if len(rows):
+        root[rows] = rows[semantic_roots(embed(texts_of(inputs, rows), semantic), semantic)]
+    return root
+
+
+def texts_of(inputs: Inputs, rows: np.ndarray) -> list[str]:
+    """The content (text, or "role: content" lines) of these global rows, sorted, in order."""
+    texts = []
+    for job in inputs.jobs:
+        _, _, first, count = job
+        within = rows[np.searchsorted(rows, first) : np.searchsorted(rows, first + count)] - first
+        if len(within):
+            texts.extend(content_column(inputs.read(job, ["messages", "text"])).take(within).to_pylist())
+    return texts
+
+
 def contamination(state: dict, job):
     """Pass 2: which training records of the job contain which contamination
     entries. Returns the job's record count per entry, and the (global row,
@@ -455,7 +539,15 @@ def dedup(params: Params) -> dict:
     near_duplicate = ~exact_duplicate & (root != np.arange(inputs.count))
     survivor = root == np.arange(inputs.count)
 
-    # 3. held-out split per source
+    # 3. semantic duplicates among the pool's survivors; a near duplicate of a record
+    # removed here points at the record kept in its place
+    semantic_duplicate = np.zeros(inputs.count, dtype=bool)
+    if config.semantic.enabled:
+        root = root_after_semantic_dedup(inputs, survivor & in_pool, config.semantic)[root]
+        semantic_duplicate = survivor & (root != np.arange(inputs.count))
+        survivor &= ~semantic_duplicate
+
+    # 4. held-out split per source
     heldout = np.zeros(inputs.count, dtype=bool)
     held_score = mix64(keys ^ mix64(np.full(inputs.count, config.heldout.seed, dtype=np.uint64)))
     limit = np.uint64(min(int(config.heldout.fraction * 2.0**64), 2**64 - 1))
@@ -465,7 +557,7 @@ def dedup(params: Params) -> dict:
         rows = rows[np.argsort(held_score[rows], kind="stable")][: config.heldout.max_per_source]
         heldout[rows] = True
 
-    # 4. decontamination
+    # 5. decontamination
     state["wanted"] = np.flatnonzero(heldout)
     words_by_benchmark = {"heldout": concatenate_words([wanted_words(state, job)[1] for job in inputs.jobs]), **words_by_benchmark}
     benchmarks = list(words_by_benchmark)
@@ -498,22 +590,24 @@ def dedup(params: Params) -> dict:
         raise StageError(
             f"no training record is left of {inputs.count:,}: {int(exact_duplicate.sum()):,} exact and "
             f"{int(near_duplicate.sum()):,} near duplicates (dedup.near.threshold = {config.near.threshold}), "
+            f"{int(semantic_duplicate.sum()):,} semantic duplicates (dedup.semantic), "
             f"{int(heldout.sum()):,} held out (dedup.heldout.fraction = {config.heldout.fraction}, max_per_source = "
             f"{config.heldout.max_per_source}), {int(decontaminated.sum()):,} contaminated (dedup.decontaminate)")
 
-    # 5. write
+    # 6. write
     cluster_roots = np.unique(root[~survivor])
     cluster_id = np.full(inputs.count, -1, dtype=np.int64)
     members = np.isin(root, cluster_roots)
     cluster_id[members] = np.searchsorted(cluster_roots, root[members])
     duplicate_of = np.where(exact_duplicate, first, root)
-    counts = write_outputs(inputs, len(pool_sources), train, heldout, exact_duplicate, near_duplicate, decontaminated, contaminated_by, cluster_id, duplicate_of, ids)
+    counts = write_outputs(inputs, len(pool_sources), train, heldout, exact_duplicate, near_duplicate, semantic_duplicate, decontaminated, contaminated_by, cluster_id, duplicate_of, ids)
 
     per_benchmark = Counter(b for names in contaminated_by.values() for b in names)
     metrics = {
         "in": inputs.count,
         "exact_duplicates": int(exact_duplicate.sum()),
         "near_duplicates": int(near_duplicate.sum()),
+        "semantic_duplicates": int(semantic_duplicate.sum()),
         "heldout": int(heldout.sum()),
         "decontaminated": int(decontaminated.sum()),
         "kept": int(train.sum()),
@@ -530,7 +624,8 @@ def dedup(params: Params) -> dict:
             "real_text_edits": real_text_accuracy(config),
         },
     }
-    assert metrics["in"] == metrics["kept"] + metrics["heldout"] + metrics["exact_duplicates"] + metrics["near_duplicates"] + metrics["decontaminated"]
+    assert metrics["in"] == (metrics["kept"] + metrics["heldout"] + metrics["exact_duplicates"] + metrics["near_duplicates"]
+                            + metrics["semantic_duplicates"] + metrics["decontaminated"])
     return metrics
 
 
@@ -627,7 +722,7 @@ def contamination_table(texts: dict[str, tuple | None], decontaminate) -> tuple[
     return table, entry_benchmarks, coverage
 
 
-def write_outputs(inputs: Inputs, pool_sources: int, train, heldout, exact_duplicate, near_duplicate, decontaminated, contaminated_by,
+def write_outputs(inputs: Inputs, pool_sources: int, train, heldout, exact_duplicate, near_duplicate, semantic_duplicate, decontaminated, contaminated_by,
                   cluster_id, duplicate_of, ids) -> dict:
     """One sequential pass in input order: train, held-out and reject files; the kept records of the
     sources after the first ``pool_sources`` go to data/dedup/sources/<source>.parquet instead of train.
@@ -647,10 +742,12 @@ def write_outputs(inputs: Inputs, pool_sources: int, train, heldout, exact_dupli
             if in_pool:
                 train_writer.write_table(table.filter(train[rows]))
             writers[source].write_table(table.filter((heldout if in_pool else train)[rows]))
-            rejected = rows[exact_duplicate[rows] | near_duplicate[rows] | decontaminated[rows]]
+            duplicate = exact_duplicate[rows] | near_duplicate[rows] | semantic_duplicate[rows]
+            rejected = rows[duplicate | decontaminated[rows]]
             if len(rejected):
-                reason = np.where(exact_duplicate[rejected], "exact_duplicate", np.where(near_duplicate[rejected], "near_duplicate", "decontaminated"))
-                duplicated = np.isin(reason, ["exact_duplicate", "near_duplicate"])
+                reason = np.select([exact_duplicate[rejected], near_duplicate[rejected], semantic_duplicate[rejected]],
+                                   ["exact_duplicate", "near_duplicate", "semantic_duplicate"], "decontaminated")
+                duplicated = reason != "decontaminated"
                 taken = table.take(rejected - job[2])
                 for name, values in (
                     ("reason", pa.array(reason)),
@@ -666,6 +763,7 @@ def write_outputs(inputs: Inputs, pool_sources: int, train, heldout, exact_dupli
             c["heldout"] += int(heldout[rows].sum())
             c["exact_duplicates"] += int(exact_duplicate[rows].sum())
             c["near_duplicates"] += int(near_duplicate[rows].sum())
+            c["semantic_duplicates"] += int(semantic_duplicate[rows].sum())
             c["decontaminated"] += int(decontaminated[rows].sum())
         for writer in writers.values():
             writer.close()

