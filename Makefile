@@ -40,6 +40,7 @@ bench: venv
 	python bench/dedup_speed.py
 	python bench/semantic_dedup.py
 	python bench/quality_speed.py
+	python bench/lm_quality.py
 	python bench/tokenize_speed.py
 	python bench/train_speed.py
 	python bench/eval_speed.py

@@ -21,7 +21,7 @@ thresholds), MinHash at the default ``dedup.near`` (Jaccard of 5-word
 shingles).
 
 Throughput: embedding, k-means and the pair search within clusters
-(``synthtrain.semantic_dedup``), timed apart, on ``--records`` records of
+(``synthtrain.dedup.semantic_roots``), timed apart, on ``--records`` records of
 ``--records-file`` (the records' text or "role: content" lines, as the stage
 reads them), and how many of those records each threshold would remove.
 

@@ -432,7 +432,7 @@ class ScoredFile(InputFile):
     category: Category
     format: Format = "auto"
     split: Literal["block", "line"] = "block"
-    max_records: Int = Field(5_000, ge=1)
+    max_records: Int = Field(100, ge=1, description="records read from the start of the file (the LM scorer reads each one)")
 
 
 class LMScorer(Section):
@@ -441,7 +441,7 @@ class LMScorer(Section):
     decision (docs/quality.md, "The LM scorer")."""
 
     model: str | None = Field("smollm2-135m-instruct", description="a teacher name or save_pretrained folder; null: off")
-    max_records: Int = Field(20_000, ge=0, description="more records of real sources than this: none is read by the LM (a warning says so)")
+    max_records: Int = Field(5_000, ge=0, description="more records of real sources than this: none is read by the LM (a warning says so)")
     max_tokens: Int = Field(256, ge=16, le=8192, description="tokens read of a record (a prompt and its reply together); longer replies are cut")
     batch_tokens: Int = Field(4096, ge=1, description="tokens per forward pass (padding included)")
     precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto: whichever a timed forward pass finds faster")

@@ -266,3 +266,34 @@ def test_an_unknown_format_names_the_fields_and_the_supported_formats(tmp_path):
 
 def test_the_format_param_allows_exactly_the_formats_there_are():
     assert set(get_args(Format)) == {"auto", *FORMATS}
+
+
+# UltraFeedback-binarized (HuggingFaceH4/ultrafeedback_binarized): a prompt string, and chosen and rejected as
+# whole conversations that repeat it; the extra columns go to meta.
+ULTRAFEEDBACK = [
+    {"prompt": "What color is the sky?", "prompt_id": "a1", "chosen": SKY + [assistant("It is blue.")],
+     "rejected": SKY + [assistant("It is green.")], "messages": SKY + [assistant("It is blue.")], "score_chosen": 8.0, "score_rejected": 3.0},
+    {"prompt": "Is the sun a star?", "prompt_id": "a2", "chosen": SKY + [assistant("Yes.")], "rejected": SKY + [assistant("No.")],
+     "messages": SKY + [assistant("Yes.")], "score_chosen": 7.0, "score_rejected": 2.0},  # the prompt is not the conversations' question
+]
+# LLaMA-Factory's alpaca-style preference data: instruction and input are the prompt.
+ALPACA_PAIRS = [{"instruction": "Add the numbers.", "input": "2 and 3", "chosen": "5", "rejected": "6"},
+                {"instruction": "Name a colour.", "chosen": "Red.", "rejected": "Red."}]
+
+
+def test_ultrafeedback_and_alpaca_style_pairs_keep_both_sides(tmp_path):
+    metrics, records = run(tmp_path, write_jsonl(tmp_path / "uf.jsonl", ULTRAFEEDBACK), "instruction")
+    assert metrics["read"] == 2 and metrics["kept"] == metrics["pairs"] == 1 and metrics["rejected_by_reason"] == {"prompt_mismatch": 1}
+    assert pair_rows(records) == [{"prompt": SKY, "chosen": [assistant("It is blue.")], "rejected": [assistant("It is green.")]}]
+    assert json.loads(records[0]["meta"])["score_rejected"] == 3.0
+    metrics, records = run(tmp_path / "alpaca", write_jsonl(tmp_path / "alpaca.jsonl", ALPACA_PAIRS), "instruction")
+    assert metrics["read"] == 2 and metrics["kept"] == 1 and metrics["rejected_by_reason"] == {"identical_pair": 1}
+    assert pair_rows(records) == [{"prompt": [user("Add the numbers.\n\n2 and 3")], "chosen": [assistant("5")], "rejected": [assistant("6")]}]
+
+
+def test_download_max_chars_counts_the_rejected_reply_of_a_pair(tmp_path):
+    rows = [{"prompt": "Say it.", "chosen": "short", "rejected": "x" * 60}, {"prompt": "Say it.", "chosen": "short", "rejected": "long"}]
+    source = {"kind": "local", "path": str(write_jsonl(tmp_path / "pairs.jsonl", rows)), "category": "instruction", "max_samples": 10}
+    metrics = download(parse_params({"sources": {"src": source}, "download": {"max_chars": 50}}), "src", tmp_path)
+    assert metrics["read"] == 2 and metrics["kept"] == 1 and metrics["rejected_by_reason"] == {"too_long": 1}
+    assert pair_rows(pq.read_table(tmp_path / "data/raw/src.parquet").to_pylist())[0]["rejected"] == [assistant("long")]

@@ -63,6 +63,7 @@ def project(tmp_path_factory):
         "evol_instruct": {**generate, "method": "evol_instruct", "seed_file": seeds},
         "magpie": {**generate, "method": "magpie", "preferences": {"temperatures": [0.5, 1.0, 1.5], "teacher_judge": True}},
     }
+    params["quality"]["lm_scorer"]["model"] = teacher  # the tiny teacher reads the real sources in seconds
     params["builtin_eval"]["per_family"] = 20
     params["sample"]["sizes"] = {"small": 300, "large": 1000}
     params["mix"].update(pool="large", tokens=30_000)
@@ -103,6 +104,10 @@ def test_generate_sources_flow_through_the_pipeline_and_give_preference_pairs(pr
         meta = json.loads(pq.read_table(project / f"data/raw/{method}.parquet").column("meta")[0].as_py())
         assert meta["method"] == method and meta["teacher"].endswith("teacher0") and meta["sampling"]["max_new_tokens"] == 24
         assert dedup["by_source"][method]["in"] == 20  # dedup read the source like any other
+    # the LM scorer read every record of the sources that are not built in, and the comparison files
+    lm_scorer = json.loads((project / "metrics/quality_scores.json").read_text())["lm_scorer"]
+    real = sum(entry["kept"] for name, entry in dedup["by_source"].items() if name != "builtin")
+    assert lm_scorer["real_records"] == lm_scorer["pool_records_read"] == real > 0 and lm_scorer["file_records_read"] > 0
     preferences = json.loads((project / "metrics/preferences.json").read_text())["sources"]
     assert set(preferences) == {"magpie"} and preferences["magpie"]["judges"] == ["coherence", "relevance", "teacher"]
     lines = (project / "data/preferences/magpie.jsonl").read_text().splitlines()

@@ -17,6 +17,7 @@ batch_tokens and precision matter here; the outputs and metrics: docs/quality.md
 import logging
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -81,52 +82,47 @@ def real_rows(parquet: pq.ParquetFile, params: Params) -> np.ndarray:
     return np.flatnonzero(~pc.is_in(sources, pa.array(builtin, pa.string())).to_numpy(zero_copy_only=False))
 
 
-def fill_lm_columns(path: Path, rows: np.ndarray, values: dict[str, np.ndarray], schema: pa.Schema) -> None:
-    """Rewrite the score file at ``path`` row group by row group with the LM scorer's
-    ``values`` at ``rows`` (sorted indices)."""
-    parquet = open_parquet(path)
-    with ParquetSink(path, schema) as writer:
-        start = 0
-        for group in range(parquet.num_row_groups):
-            table = parquet.read_row_group(group)
-            mine = (rows >= start) & (rows < start + table.num_rows)
-            for name in LM_SCORER_COLUMNS:
-                column = pc.cast(table.column(name), pa.float64()).to_numpy(zero_copy_only=False).copy()
-                column[rows[mine] - start] = values[name][mine]
-                table = table.set_column(table.schema.get_field_index(name), name,
-                                         pa.array(column.astype(np.float32), mask=np.isnan(column), type=pa.float32()))
-            writer.write_table(table)
-            start += table.num_rows
+@dataclass
+class LMScores:
+    """What the LM scorer read: the pool's ``rows`` (sorted) and their values, the file records' values, its metrics."""
+
+    rows: np.ndarray
+    pool: dict[str, np.ndarray]
+    files: dict[str, np.ndarray]
+    report: dict
+
+    def fill(self, scores: dict[str, np.ndarray], start: int) -> dict[str, np.ndarray]:
+        """``scores`` of the pool's rows from ``start`` on, with the LM's values where it read them."""
+        mine = (self.rows >= start) & (self.rows < start + len(scores["words"]))
+        for name in LM_SCORER_COLUMNS:
+            scores[name][self.rows[mine] - start] = self.pool[name][mine]
+        return scores
 
 
-def lm_score(params: Params, parquet: pq.ParquetFile, files: pa.Table, root: Path) -> dict:
-    """The LM scorer's pass over the scores already written of ``parquet`` (its real records)
-    and of the ``files`` records; its metrics."""
+def lm_score(params: Params, parquet: pq.ParquetFile, files: pa.Table) -> LMScores:
+    """The LM scorer's pass over the real records of ``parquet`` and the ``files`` records. It runs
+    before the trigram scoring forks its workers, and frees the model: torch's threads do not fork well."""
     lm = params.quality.lm_scorer
-    if lm.model is None:
-        return {"model": None}
-    rows = real_rows(parquet, params)
+    rows = real_rows(parquet, params) if lm.model else np.empty(0, dtype=np.int64)
     report = {"model": lm.model, "real_records": len(rows), "max_records": lm.max_records}
     if len(rows) > lm.max_records:
         log.warning("quality.lm_scorer: %d records of real sources, more than max_records = %d; they are scored "
                     "without the LM scorer (raise quality.lm_scorer.max_records to read them)", len(rows), lm.max_records)
         rows = rows[:0]
     report["pool_records_read"] = len(rows)
-    if not len(rows) and not files.num_rows:
-        return report
+    empty = {name: np.empty(0) for name in LM_SCORER_COLUMNS}
+    if lm.model is None or (not len(rows) and not files.num_rows):
+        return LMScores(rows, empty, {name: np.full(files.num_rows, np.nan) for name in LM_SCORER_COLUMNS}, report)
     scorer = LMScorer(lm.model, lm.max_tokens, lm.batch_tokens, lm.precision)
     started = time.perf_counter()
-    if len(rows):
-        fill_lm_columns(root / SCORES, rows, scorer(lm_items(read_rows(parquet, rows))), QUALITY_SCORES)
-    if files.num_rows:
-        fill_lm_columns(root / FILE_SCORES, np.arange(files.num_rows), scorer(lm_items(files)), FILE_SCORES_SCHEMA)
+    pool = scorer(lm_items(read_rows(parquet, rows))) if len(rows) else empty
+    read_files = scorer(lm_items(files))
     seconds = time.perf_counter() - started
-    records = len(rows) + files.num_rows
     report.update({"file_records_read": files.num_rows, **scorer.speed(),
-                   "records_per_s": round(records / seconds, 2), "wall_seconds": round(seconds, 1)})
+                   "records_per_s": round((len(rows) + files.num_rows) / seconds, 2), "wall_seconds": round(seconds, 1)})
     log.info("LM scorer %s (%s): %d pool and %d file records, %.1f records/s", lm.model, report["precision"], len(rows),
              files.num_rows, report["records_per_s"])
-    return report
+    return LMScores(rows, pool, read_files, report)
 
 
 def file_records(params: Quality) -> tuple[pa.Table, dict]:
@@ -170,22 +166,24 @@ def score_stage(params: Params, input_path: str | os.PathLike = INPUT, root: str
     log.info("trained on a sample: classifier held-out accuracy %s; reference LM of %d tokens",
              training["classifier"]["heldout_accuracy"], training["reference_lm"]["tokens"])
 
+    files, report = file_records(q)
+    read = lm_score(params, parquet, files)
     workers = min(q.workers or os.cpu_count() or 1, parquet.num_row_groups)
     def score_row_group(index: int) -> dict[str, np.ndarray]:
         return scorer.score(pq.ParquetFile(input_path).read_row_group(index, columns=["messages", "text"]))
 
     with ParquetSink(root / SCORES, QUALITY_SCORES) as writer, tqdm(total=parquet.metadata.num_rows, unit="rec", desc="score", mininterval=1) as bar:
-        jobs = range(parquet.num_row_groups)
+        jobs, start = range(parquet.num_row_groups), 0
         for index, scores in zip(jobs, parallel_map(score_row_group, jobs, workers)):
-            writer.write_table(pa.Table.from_arrays(score_columns(scores), schema=writer.schema))  # one row group per input row group
+            writer.write_table(pa.Table.from_arrays(score_columns(read.fill(scores, start)), schema=writer.schema))  # one row group per input row group
+            start += parquet.metadata.row_group(index).num_rows
             bar.update(parquet.metadata.row_group(index).num_rows)
 
-    files, report = file_records(q)
     with ParquetSink(root / FILE_SCORES, FILE_SCORES_SCHEMA) as writer:
         if files.num_rows:
-            columns = [files.column("source"), files.column("category")] + score_columns(scorer.score(files))
+            columns = [files.column("source"), files.column("category")] + score_columns({**scorer.score(files), **read.files})
             writer.write_table(pa.Table.from_arrays(columns, schema=FILE_SCORES_SCHEMA))
-    metrics = {"scored": parquet.metadata.num_rows, **training, "files": report, "lm_scorer": lm_score(params, parquet, files, root)}
+    metrics = {"scored": parquet.metadata.num_rows, **training, "files": report, "lm_scorer": read.report}
     write_metrics(root / "metrics/quality_scores.json", metrics)
     log.info("scored %d records -> %s; %d records of %d files -> %s", parquet.metadata.num_rows, SCORES, files.num_rows,
              len(report), FILE_SCORES)

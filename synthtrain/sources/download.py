@@ -39,6 +39,10 @@ def ingest(items, name: str, category: str, max_samples: int, max_chars: int, re
                 continue
             try:
                 record = make_record(name, category, messages=item.messages, text=item.text, meta=item.meta, max_chars=max_chars)
+                if item.pair == "keep":  # the rejected reply, kept in meta, counts too
+                    both = sum(len(turn["content"]) for turn in [*item.messages, *item.meta["rejected"]])
+                    if both > max_chars:
+                        raise InvalidRecord("too_long", f"the pair holds {both:,} characters with both replies, over download.max_chars={max_chars:,}")
             except InvalidRecord as exc:
                 rejects.reject(exc.reason, item.location, str(exc), item.raw)
                 continue

@@ -56,12 +56,15 @@ def optional_str(row: dict, key: str) -> str:
     return value
 
 
+def alpaca_prompt(row: dict) -> str:
+    """An alpaca row's user turn: the instruction, then its input when there is one."""
+    instruction, extra = require(row, "instruction"), optional_str(row, "input")
+    return f"{instruction}\n\n{extra}" if extra.strip() else instruction
+
+
 def alpaca(row: dict) -> dict:
-    instruction = require(row, "instruction")
-    extra = optional_str(row, "input")
     answer_key = "output" if "output" in row else "response"
-    user = f"{instruction}\n\n{extra}" if extra.strip() else instruction
-    return {"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": require(row, answer_key)}]}
+    return {"messages": [{"role": "user", "content": alpaca_prompt(row)}, {"role": "assistant", "content": require(row, answer_key)}]}
 
 
 def sharegpt_turn(turn: object, name: str) -> dict:
@@ -168,13 +171,27 @@ def shared_prompt(chosen: list[dict], rejected: list[dict]) -> dict:
 def preference(row: dict) -> dict:
     """TRL's preference format: standard (``prompt``, ``chosen``, ``rejected`` strings)
     or conversational (message lists; without ``prompt``, chosen and rejected are
-    whole conversations that share the prompt turns)."""
-    if row.get("prompt") is None:
+    whole conversations that share the prompt turns). Also a prompt string with two
+    whole conversations (UltraFeedback-binarized, whose lists repeat the prompt turn),
+    and alpaca-style pairs (``instruction`` and ``input`` as the prompt)."""
+    prompt = row.get("prompt")
+    if prompt is None and "instruction" in row:
+        prompt = alpaca_prompt(row)
+    if prompt is None:
         return shared_prompt(message_list(row, "chosen"), message_list(row, "rejected"))
-    if isinstance(row["prompt"], str):
-        return pair([{"role": "user", "content": row["prompt"]}], [{"role": "assistant", "content": require(row, "chosen")}],
+    if not isinstance(prompt, str):
+        return pair(message_list(row, "prompt"), message_list(row, "chosen"), message_list(row, "rejected"))
+    if not isinstance(row["chosen"], list):
+        return pair([{"role": "user", "content": prompt}], [{"role": "assistant", "content": require(row, "chosen")}],
                     [{"role": "assistant", "content": require(row, "rejected")}])
-    return pair(message_list(row, "prompt"), message_list(row, "chosen"), message_list(row, "rejected"))
+    chosen, rejected = message_list(row, "chosen"), message_list(row, "rejected")
+    if chosen and chosen[0]["role"] == "assistant":  # the replies alone
+        return pair([{"role": "user", "content": prompt}], chosen, rejected)
+    fields = shared_prompt(chosen, rejected)
+    asked = next((turn["content"] for turn in reversed(chosen[: fields["pair"]["prompt_turns"]]) if turn["role"] == "user"), None)
+    if asked is not None and asked.strip() != prompt.strip():
+        raise InvalidRecord("prompt_mismatch", "field 'prompt' is not the last user turn that chosen and rejected share")
+    return fields
 
 
 def hh_transcript(row: dict, key: str) -> list[dict]:
@@ -230,7 +247,7 @@ CONTENT_FIELDS = {
     "prompt_completion": {"prompt", "completion"},
     "self_instruct": {"instruction", "instances"},
     "text": {"text"},
-    "preference": {"prompt", "chosen", "rejected"},
+    "preference": {"prompt", "instruction", "input", "chosen", "rejected"},
     "hh_rlhf": {"chosen", "rejected"},
     "sharegpt_preference": {"conversations", "chosen", "rejected"},
     "turns": {"turns"},
@@ -265,7 +282,7 @@ def preference_format(row: dict) -> str | None:
     """Which of the preference formats a row with ``chosen`` and ``rejected`` is in, or None."""
     if "conversations" in row:
         return "sharegpt_preference"
-    if "prompt" in row or isinstance(row["chosen"], list):
+    if "prompt" in row or "instruction" in row or isinstance(row["chosen"], list):
         return "preference"
     if isinstance(row["chosen"], str) and HH_TURN.search(row["chosen"].lstrip("\n")):
         return "hh_rlhf"
