@@ -1,7 +1,9 @@
-"""Benchmark: the LM scorer (quality.lm_scorer) on real text: does quality rank real
-human- and GPT-4-written text above damaged copies of it, and how fast is it.
+"""Benchmark: the LM scorer (quality.lm_scorer) on real text and damaged copies of it.
 
-    python bench/lm_quality.py [--records 40] [--baseline-records 12]
+Does quality rank real human- and GPT-4-written text above damaged copies of it,
+and how fast is the LM scorer?
+
+    python bench/lm_quality.py [--records 30] [--baseline-records 12]
 
 Needs the scorers of `dvc repro quality_score` (data/quality/) and the teacher
 (`dvc repro teacher`). For each real file of ../shared/data (C4, Wikipedia,
@@ -33,6 +35,7 @@ from sklearn.metrics import roc_auc_score
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.machine import REPO, write_results  # noqa: E402
+from synthtrain.hardware import GPU_PEAK_TFLOPS  # noqa: E402
 from synthtrain.params import LocalSource, load_params  # noqa: E402
 from synthtrain.quality.decide import decide  # noqa: E402
 from synthtrain.quality.enrich import lm_items, load_scorer  # noqa: E402
@@ -51,6 +54,7 @@ FILES = {  # name: (path, category, how LocalSource reads it)
     "self_instruct_seeds": ("human/self-instruct-seed-tasks.jsonl", "instruction", {}),
 }
 DAMAGES = ("shuffled", "truncated", "repeated")
+ASSUMED_MFU = 0.3  # for the GPU estimate only: no GPU was measured
 
 
 def damaged(text: str, damage: str, rng: random.Random) -> str:
@@ -104,7 +108,7 @@ def auc(original: np.ndarray, values: np.ndarray, mine: np.ndarray) -> float | N
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--records", type=int, default=40, help="records of each file (each with three damaged copies)")
+    parser.add_argument("--records", type=int, default=30, help="records of each file (each with three damaged copies)")
     parser.add_argument("--baseline-records", type=int, default=12)
     args = parser.parse_args()
     params = load_params(REPO / "params.yaml")
@@ -164,6 +168,13 @@ def main() -> None:
                         "max_tokens": lm.max_tokens, "batch_tokens": lm.batch_tokens}
     for size in (10_000, 100_000, 1_000_000):
         results["speed"][f"cpu_minutes_for_{size}"] = round(size / batched_rate / 60, 1)
+    # A GPU's time, estimated (not measured): forward FLOPs (2 per parameter per token read) of the
+    # tokens these records needed, at ASSUMED_MFU of the datasheet's bf16 peak.
+    parameters = sum(p.numel() for p in scorer.model.parameters())
+    tokens_per_record = scorer.tokens / len(items)
+    results["speed"]["gpu_estimate"] = {"assumed_mfu": ASSUMED_MFU, "tokens_per_record": round(tokens_per_record, 1), **{
+        f"{gpu}_minutes_for_1000000": round(1e6 * tokens_per_record * 2 * parameters / (dict(GPU_PEAK_TFLOPS)[gpu] * 1e12 * ASSUMED_MFU) / 60, 1)
+        for gpu in ("RTX 4090", "H100")}}
     print(f"LM scorer: {batched_rate:.2f} records/s batched ({scorer.speed()['precision']}), {single_rate:.2f} one at a time: "
           f"{batched_rate / single_rate:.2f}x")
     write_results("lm_quality", results, {"model": lm.model, "records_per_file": args.records, "baseline_records": args.baseline_records})
