@@ -106,7 +106,7 @@ def write_preference_judge(root: Path) -> Path:
 @pytest.fixture(scope="session")
 def teacher_project(tmp_path_factory) -> Path:
     """A project where the teacher stage ran (about half a minute): models/teachers/smollm2-135m-instruct."""
-    root = tmp_path_factory.mktemp("teacher")
+    root = tmp_path_factory.mktemp("smollm2")  # not "teacher": tests name their tiny teachers teacher0, teacher1, ...
     (root / "params.yaml").write_text(yaml.safe_dump({"sources": {"builtin": {"kind": "builtin"}}}))
     result = stage(root, "stages.teacher")
     assert "de-quantized into models/teachers/smollm2-135m-instruct/" in result.stderr
