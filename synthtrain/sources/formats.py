@@ -181,7 +181,7 @@ def preference(row: dict) -> dict:
         return shared_prompt(message_list(row, "chosen"), message_list(row, "rejected"))
     if not isinstance(prompt, str):
         return pair(message_list(row, "prompt"), message_list(row, "chosen"), message_list(row, "rejected"))
-    if not isinstance(row["chosen"], list):
+    if not isinstance(row.get("chosen"), list):
         return pair([{"role": "user", "content": prompt}], [{"role": "assistant", "content": require(row, "chosen")}],
                     [{"role": "assistant", "content": require(row, "rejected")}])
     chosen, rejected = message_list(row, "chosen"), message_list(row, "rejected")
