@@ -1,5 +1,7 @@
-"""Benchmark: semantic deduplication (``dedup.semantic``) on a labelled
-paraphrase set built from real texts, against MinHash, and its throughput.
+"""Benchmark: semantic deduplication (``dedup.semantic``) on real paraphrases against MinHash, and its records/s.
+
+Precision and recall on a labelled paraphrase set built from real texts,
+against MinHash, and the throughput.
 
 The paraphrase set: short passages of the real texts under ../shared/data
 (self-instruct and GPTeacher instructions, sentences of TinyStories, C4 and
@@ -23,7 +25,10 @@ shingles).
 Throughput: embedding, k-means and the pair search within clusters
 (``synthtrain.dedup.semantic_roots``), timed apart, on ``--records`` records of
 ``--records-file`` (the records' text or "role: content" lines, as the stage
-reads them), and how many of those records each threshold would remove.
+reads them), and how many of those records each threshold would remove. The
+encoder's precision (``synthtrain.embeddings`` picks bf16 or fp32 by a timed
+pass): records/s of each on the first ``--precision-records`` records, and the
+cosine between the two embeddings of each record.
 
     python bench/semantic_dedup.py [--records 100000] [--records-file data/dedup/train.parquet]
 """
@@ -44,9 +49,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.machine import write_results  # noqa: E402
-from synthtrain.dedup import embed, near_duplicate_roots, scores, semantic_roots  # noqa: E402
+from synthtrain.dedup import clusters, embed, near_duplicate_roots, scores, semantic_roots, similar_roots  # noqa: E402
+from synthtrain.embeddings import minilm_model  # noqa: E402
 from synthtrain.params import Dedup, EvalGeneration  # noqa: E402
-
 from synthtrain.text import content_column, normalize  # noqa: E402
 
 SHARED = REPO.parent / "shared/data"
@@ -155,12 +160,33 @@ def record_texts(path: Path, count: int) -> list[str]:
     return texts[:count]
 
 
+def precisions(texts: list[str], semantic) -> dict:
+    """records/s of the encoder in fp32 and in bf16, and the cosine between the two embeddings of each text."""
+    import torch
+
+    model = minilm_model()
+    chosen = next(model.parameters()).dtype
+    speed, vectors = {}, {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        model.to(dtype)
+        embed(texts[: semantic.batch_size], semantic)  # warm-up
+        started = time.perf_counter()
+        vectors[name] = embed(texts, semantic)
+        speed[name] = len(texts) / (time.perf_counter() - started)
+    model.to(chosen)
+    cosine = np.einsum("ij,ij->i", vectors["fp32"], vectors["bf16"])
+    return {"fp32_records_per_s": speed["fp32"], "bf16_records_per_s": speed["bf16"], "bf16_speedup": speed["bf16"] / speed["fp32"],
+            "cosine_fp32_bf16_min": float(cosine.min()), "cosine_fp32_bf16_median": float(np.median(cosine)),
+            "precision_chosen": "bf16" if chosen == torch.bfloat16 else "fp32"}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--per-source", type=int, default=40, help="passages of each real source to paraphrase")
     parser.add_argument("--records", type=int, default=100_000, help="records for the throughput measurement")
     parser.add_argument("--records-file", type=Path, default=REPO / "data/dedup/train.parquet",
                         help="records parquet file (the dedup stage's output); run `dvc repro dedup` first")
+    parser.add_argument("--precision-records", type=int, default=2_000, help="records for the fp32 / bf16 comparison")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     if not args.records_file.is_file():
@@ -182,6 +208,10 @@ def main() -> None:
     print(f"MinHash, Jaccard >= {near.threshold}: precision {minhash['precision']:.3f}, recall {minhash['recall']:.3f}, F1 {minhash['f1']:.3f}")
 
     records = record_texts(args.records_file, args.records)
+    precision = precisions(records[: args.precision_records], semantic)
+    print(f"encoder on {min(args.precision_records, len(records)):,} records: fp32 {precision['fp32_records_per_s']:.1f}, "
+          f"bf16 {precision['bf16_records_per_s']:.1f} records/s ({precision['bf16_speedup']:.2f}x); cosine between the two "
+          f"embeddings: min {precision['cosine_fp32_bf16_min']:.4f}; the stage uses {precision['precision_chosen']}")
     started = time.perf_counter()
     record_vectors = embed(records, semantic)
     embedded = time.perf_counter()
@@ -189,8 +219,8 @@ def main() -> None:
     finished = time.perf_counter()
     total = finished - started
     load = os.getloadavg()[0]  # other work on the machine slows the embedding: record how busy it was
-    removed = {str(t): int((semantic_roots(record_vectors, semantic.model_copy(update={"threshold": t})) != np.arange(len(records))).sum())
-               for t in THRESHOLDS}
+    labels, _ = clusters(record_vectors, semantic)  # the clusters do not depend on the threshold
+    removed = {str(t): int((similar_roots(record_vectors, labels, t) != np.arange(len(records))).sum()) for t in THRESHOLDS}
     print(f"{len(records):,} records of {args.records_file.name}: embedding {embedded - started:.1f} s, clustering and pair search "
           f"{finished - embedded:.1f} s, {len(records) / total:,.0f} records/s; {int((roots != np.arange(len(records))).sum()):,} "
           f"semantic duplicates at cosine >= {semantic.threshold}; 1-minute load average {load:.1f}")
@@ -204,13 +234,14 @@ def main() -> None:
                  "records_measured": len(records), "records_per_s": len(records) / total, "seconds": total,
                  "embedding_seconds": embedded - started, "cluster_and_pair_search_seconds": finished - embedded,
                  "semantic_duplicates_in_records": int((roots != np.arange(len(records))).sum()),
-                 "semantic_duplicates_in_records_by_threshold": removed, "load_average_1min_after_throughput": load},
+                 "semantic_duplicates_in_records_by_threshold": removed, "load_average_1min_after_throughput": load, **precision},
         settings={"threshold": semantic.threshold, "records_per_cluster": semantic.records_per_cluster, "batch_size": semantic.batch_size,
                   "minhash_threshold": near.threshold, "passages": len(chosen), "passages_per_source": args.per_source,
                   "sources": sorted({source for source, _ in chosen}), "paraphrases_kept": int(labels.sum()),
                   "paraphrases_discarded": discarded, "labelled_pairs": len(labels),
                   "paraphrase_teacher": "SmolLM2-135M-Instruct (models/teachers/smollm2-135m-instruct), greedy, bf16 on CPU",
-                  "teacher_speed": speed, "records_requested": args.records, "records_file": str(args.records_file)},
+                  "teacher_speed": speed, "records_requested": args.records, "records_file": str(args.records_file),
+                  "precision_records": min(args.precision_records, len(records))},
     )
 
 

@@ -50,7 +50,7 @@ from synthtrain.cli import run_stage, stage_arguments  # noqa: E402
 from synthtrain.embeddings import minilm_encoder  # noqa: E402
 from synthtrain.evaluation.textmetrics import distinct_n, self_bleu  # noqa: E402
 from synthtrain.experiments import commit_rows  # noqa: E402
-from synthtrain.generation import Generator, load_model  # noqa: E402
+from synthtrain.generation import Generator, load_model, use_faster_precision  # noqa: E402
 from synthtrain.params import Collapse, StageError, load_params, parse_params  # noqa: E402
 from synthtrain.records import SCHEMA, make_record, write_metrics  # noqa: E402
 from synthtrain.statistics import t_interval  # noqa: E402
@@ -191,6 +191,7 @@ def continuations(workdir: Path, prompts: list[list[int]], config: Collapse, see
     """What the run's model writes after each prompt block: one whole block each (as Shumailov et al.: 64 tokens), its
     end token held back until then, so that every generation's records are as long as the human ones."""
     model, tokenizer = load_model(workdir / "models/current", fix="the run's train stage did not finish")
+    use_faster_precision(model, config.sampling.batch_size)
     generator = Generator(model, tokenizer, config.sampling, seed)
     replies = generator.complete([tokenizer.decode(ids) for ids in prompts], desc=f"{workdir.name}: writing", min_new_tokens=config.block_tokens)
     return [reply.text for reply in replies]

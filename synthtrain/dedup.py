@@ -4,7 +4,7 @@ per source, and decontamination of the training records (``python -m stages.dedu
 ``dedup`` runs the steps in order: exact duplicates by a folded 64-bit content
 key (``text.fold_column``); near duplicates by MinHash LSH (``MinHasher``, bands
 and rows from ``optimal_bands``), candidate pairs verified by their true
-Jaccard similarity and clustered by ``union_find``; the first record of each
+Jaccard similarity and clustered by ``component_roots``; the first record of each
 cluster kept; when ``dedup.semantic.enabled``, semantic duplicates among the
 pool's remaining records (``semantic_roots``: MiniLM embeddings, k-means, cosine
 similarity within clusters); the held-out split by a seeded hash of the content key; then
@@ -27,6 +27,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 from sklearn.cluster import MiniBatchKMeans
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
@@ -158,25 +160,16 @@ def shingle_sets(shingles: np.ndarray, owner: np.ndarray, ids) -> dict[int, np.n
     return {i: np.unique(shingles[starts[k] : starts[k + 1]]) for k, i in enumerate(ids)}
 
 
-def union_find(count: int, pairs: np.ndarray) -> np.ndarray:
-    """The root of every record: the smallest index in its connected component."""
-    parent = np.arange(count)
-
-    def find(x: int) -> int:
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    for i, j in pairs:
-        ri, rj = find(i), find(j)
-        if ri != rj:
-            parent[max(ri, rj)] = min(ri, rj)
-    while True:  # point every record at its root
-        grandparent = parent[parent]
-        if np.array_equal(grandparent, parent):
-            return parent
-        parent = grandparent
+def component_roots(count: int, pairs: np.ndarray) -> np.ndarray:
+    """The root of every record: the smallest index in its connected component of ``pairs``.
+    scipy's connected components, linear in the pairs: templated records link millions."""
+    if not len(pairs):
+        return np.arange(count)
+    graph = coo_matrix((np.ones(len(pairs), dtype=np.int8), (pairs[:, 0], pairs[:, 1])), shape=(count, count))
+    _, component = connected_components(graph, directed=False)
+    smallest = np.full(component.max() + 1, count)
+    np.minimum.at(smallest, component, np.arange(count))
+    return smallest[component]
 
 
 def first_of_equal(keys: np.ndarray) -> np.ndarray:
@@ -200,7 +193,7 @@ def near_duplicate_roots(texts: list[str], near: NearDuplicates) -> np.ndarray:
     pairs = candidate_pairs(minhasher.band_keys(shingles, owner, len(texts)), eligible)
     sets = shingle_sets(shingles, owner, range(len(texts)))
     verified = pairs[jaccard(pairs, sets) >= near.threshold] if len(pairs) else pairs
-    roots = union_find(len(texts), verified)
+    roots = component_roots(len(texts), verified)
     return roots[first]
 
 
@@ -209,7 +202,7 @@ def near_duplicate_roots(texts: list[str], near: NearDuplicates) -> np.ndarray:
 # show: unit-length MiniLM embeddings split into k-means clusters of about
 # records_per_cluster records (cosine neighbours nearly always share a cluster,
 # and comparing within clusters keeps the pair search linear in the records),
-# pairs of a cluster with cosine similarity >= threshold joined by union_find,
+# pairs of a cluster with cosine similarity >= threshold joined into groups,
 # one record kept per group.
 def embed(texts: list[str], semantic: SemanticDuplicates) -> np.ndarray:
     """Unit-length MiniLM embeddings of the texts' beginnings, float32."""
@@ -228,27 +221,30 @@ def clusters(vectors: np.ndarray, semantic: SemanticDuplicates) -> tuple[np.ndar
     return labels.astype(np.int64), kmeans.cluster_centers_.astype(np.float32)
 
 
-def similar_pairs(vectors: np.ndarray, labels: np.ndarray, threshold: float) -> np.ndarray:
-    """Pairs (i, j), i < j, of one cluster whose cosine similarity is >= threshold."""
+def similar_roots(vectors: np.ndarray, labels: np.ndarray, threshold: float) -> np.ndarray:
+    """``component_roots`` of the pairs of one cluster whose cosine similarity is >= threshold,
+    a cluster at a time: memory is bounded by a cluster's pairs, not all of them."""
+    roots = np.arange(len(vectors))
     order = np.argsort(labels, kind="stable")
     starts = np.flatnonzero(np.r_[True, labels[order][1:] != labels[order][:-1]])
-    found = []
     for members in np.split(order, starts[1:]):
-        members = np.sort(members)
+        members = np.sort(members)  # the smallest index of a group is its first record in input order
         block = vectors[members]
+        found = []
         for first in range(0, len(members), SIMILARITY_BLOCK):
             similarity = block[first : first + SIMILARITY_BLOCK] @ block.T
             i, j = np.nonzero(similarity >= threshold)
             i += first
             above = j > i
-            found.append(np.stack([members[i[above]], members[j[above]]], axis=1))
-    return np.concatenate(found) if found else np.empty((0, 2), dtype=np.int64)
+            found.append(np.stack([i[above], j[above]], axis=1))
+        roots[members] = members[component_roots(len(members), np.concatenate(found))]
+    return roots
 
 
 def semantic_roots(vectors: np.ndarray, semantic: SemanticDuplicates) -> np.ndarray:
     """For each vector, the index of the record kept for its group (itself when it is kept)."""
     labels, centroids = clusters(vectors, semantic)
-    roots = union_find(len(vectors), similar_pairs(vectors, labels, semantic.threshold))
+    roots = similar_roots(vectors, labels, semantic.threshold)
     if semantic.keep == "first":
         return roots
     centrality = np.einsum("ij,ij->i", vectors, centroids[labels])
@@ -529,7 +525,7 @@ def dedup(params: Params) -> dict:
     del sets
     verified = pairs[similarity >= config.near.threshold]
     within_pool = in_pool[verified].all(axis=1)
-    root = union_find(inputs.count, verified[within_pool])
+    root = component_roots(inputs.count, verified[within_pool])
     # a record outside the pool near an earlier one joins its cluster, but links no two pool records:
     # the pool's clusters are what they would be without it (pairs by their later record, so roots are final)
     outside = np.sort(verified[~within_pool], axis=1)

@@ -21,11 +21,13 @@ from pathlib import Path
 
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, GgufConfig
 
+from synthtrain.model import parameter_count
 from synthtrain.params import TEACHER_NAMES, TEACHERS, StageError, model_path
 from synthtrain.records import output_directory
+from synthtrain.tokens.chat import ENDOFTEXT, IM_END
 
 log = logging.getLogger("teacher")
-END_TOKENS = ("<|im_end|>", "<|endoftext|>")  # a reply ends at either: the end of its turn, or of the text
+END_TOKENS = (IM_END, ENDOFTEXT)  # a reply ends at either: the end of its turn, or of the text
 
 
 @dataclass(frozen=True)
@@ -63,7 +65,7 @@ def convert(name: str) -> dict:
         model.save_pretrained(directory)
         tokenizer.save_pretrained(directory)
         GenerationConfig(eos_token_id=ends, pad_token_id=tokenizer.pad_token_id, max_new_tokens=256).save_pretrained(directory)
-    parameters = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    parameters = parameter_count(model)
     log.info("%s: %s (%s parameters, %s tokens) de-quantized into %s/", name, path.name, f"{parameters:,}", f"{len(tokenizer):,}", TEACHERS / name)
     return {"source": str(path.name), "parameters": parameters, "vocab_size": len(tokenizer), "context": model.config.max_position_embeddings}
 

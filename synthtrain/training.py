@@ -707,7 +707,7 @@ def summarise(config: Train, plan: Layout, history: list[dict], seconds: dict, h
         "steps": plan.steps, "tokens": tokens, "epochs": round(tokens / (data.sequences * seq_len), 4),
         "train_loss": sum(r["train/loss"] for r in history[-LAST_STEPS:]) / len(history[-LAST_STEPS:]),
         "heldout_loss": heldout.get("all"), "heldout_by_source": {name: loss for name, loss in heldout.items() if name != "all"},
-        "wall_time_s": round(seconds["wall"], 1), "warmup_s": round(seconds["warmup"], 1), "compiled": compiling,
+        "wall_time_s": round(seconds["wall"], 1), "warmup_s": round(seconds["warmup"], 3), "compiled": compiling,
         "tokens_per_s": round(tokens_per_s, 1),
         "mfu": flops * tokens_per_s / (peak * processes) if peak else None,
         "device_hours": round(device_hours, 5), "cost_usd": round(device_hours * config.price_per_hour, 4),

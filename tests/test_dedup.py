@@ -8,7 +8,7 @@ import yaml
 
 from conftest import REPO, SHARED_DATA, stage
 from synthtrain.dedup import (MinHasher, collision_probability, edited_copy, jaccard, near_duplicate_roots, optimal_bands,
-                          real_text_accuracy, shingle_sets, union_find)
+                          real_text_accuracy, shingle_sets, component_roots)
 from synthtrain.sources.download import download
 from synthtrain.params import NearDuplicates, parse_params
 from synthtrain.records import RecordWriter, make_record
@@ -63,9 +63,10 @@ def test_near_duplicates_above_the_threshold_cluster_and_those_below_do_not():
     assert roots.tolist() == [0, 1, 1, 3, 4]  # the first of a cluster is its representative
 
 
-def test_union_find_joins_chains_and_roots_at_the_smallest_index():
-    roots = union_find(7, np.array([[5, 6], [2, 5], [1, 3]]))
+def test_component_roots_join_chains_and_root_at_the_smallest_index():
+    roots = component_roots(7, np.array([[5, 6], [2, 5], [1, 3], [6, 5]]))
     assert roots.tolist() == [0, 1, 2, 1, 4, 2, 2]
+    assert component_roots(3, np.empty((0, 2), dtype=np.int64)).tolist() == [0, 1, 2]
 
 
 def test_edited_copies_land_near_their_target_similarity():

@@ -14,12 +14,15 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 import yaml
 from datasets import load_dataset
 from rouge_score import rouge_scorer
 
 from conftest import REPO, SHARED_DATA, build_teacher, split_builtin_records, stage
 from research.collapse import CollapseRun, collapse, data_metrics, plan, rare_units, training_texts
+from synthtrain.generation import PRECISIONS, load_model, use_faster_precision
+from synthtrain.hardware import faster_dtype
 from synthtrain.sources.download import download
 from synthtrain.synthesis.self_instruct import Pool, rouge_l
 from synthtrain.synthesis.preferences import preferences
@@ -65,7 +68,8 @@ def test_each_method_keeps_n_records_with_provenance_and_accounts_for_every_prom
     records = pq.read_table(workdir / f"data/raw/{method}.parquet").to_pylist()
     assert len(records) == 30 and all([m["role"] for m in r["messages"]] == ["user", "assistant"] for r in records)
     meta = json.loads(records[0]["meta"])
-    assert {"teacher", "teacher_weights", "method", "template", "sampling", "seed"} <= set(meta) and meta["method"] == method
+    assert {"teacher", "teacher_weights", "precision", "method", "template", "sampling", "seed"} <= set(meta) and meta["method"] == method
+    assert meta["precision"] == metrics["precision"] and metrics["precision"] in {"fp32", "bf16"}
     assert meta["sampling"] == {"max_new_tokens": 24, "batch_size": 32, "do_sample": True, "temperature": 0.7, "top_p": 0.95}
     rejects = pq.read_table(workdir / f"data/rejects/download-{method}.parquet").to_pylist()
     assert len(rejects) == metrics["rejected"]
@@ -98,6 +102,20 @@ def test_an_interrupted_run_resumes_and_writes_the_same_records(workdir, tmp_pat
     metrics = json.loads((workdir / "metrics/download/resumed.json").read_text())
     assert metrics["shards_resumed"] >= 5 and metrics["kept"] == 160
     assert pq.read_table(workdir / "data/raw/resumed.parquet").equals(uninterrupted)
+
+
+def test_the_teacher_writes_in_the_precision_asked_and_in_bf16_only_where_it_is_clearly_faster(workdir):
+    model, _ = load_model(workdir / "teacher")
+    assert use_faster_precision(model, 4, "bf16") == "bf16" and model.dtype == torch.bfloat16
+    assert use_faster_precision(model, 4, "fp32") == "fp32" and model.dtype == torch.float32
+    assert model.dtype == PRECISIONS[use_faster_precision(model, 4)]  # timed here: either, and the model is cast to it
+
+    def forward(bf16_seconds: float, fp32_seconds: float = 0.05):
+        return lambda: time.sleep(bf16_seconds if next(model.parameters()).dtype == torch.bfloat16 else fp32_seconds)
+
+    # 4 % faster is within the margin: a close timing keeps fp32, so it cannot flip from one run to the next
+    assert faster_dtype(model, forward(0.048)) == torch.float32 and faster_dtype(model, forward(0.01)) == torch.bfloat16
+    assert next(model.parameters()).dtype == torch.float32  # the timing leaves the model in fp32
 
 
 def test_new_settings_do_not_resume_old_shards(workdir):

@@ -27,12 +27,12 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from synthtrain.generation import load_model
+from synthtrain.generation import PRECISIONS, load_model
 from synthtrain.hardware import faster_dtype
+from synthtrain.tokens.chat import ENDOFTEXT, IM_END
 
 log = logging.getLogger("quality")
-DOCUMENT_START = "<|endoftext|>"  # SmolLM2's document separator: the first token of a text has context
-TURN_END = "<|im_end|>"
+DOCUMENT_START = ENDOFTEXT  # SmolLM2's document separator: the first token of a text has context
 
 
 @dataclass
@@ -62,10 +62,10 @@ class LMScorer:
         self.max_tokens, self.batch_tokens = max_tokens, batch_tokens
         vocabulary = self.tokenizer.get_vocab()
         self.end_of_text = vocabulary.get(DOCUMENT_START, self.tokenizer.eos_token_id)  # also a document's start
-        self.turn_end = vocabulary.get(TURN_END, self.tokenizer.eos_token_id)
+        self.turn_end = vocabulary.get(IM_END, self.tokenizer.eos_token_id)
         self.device = next(self.model.parameters()).device
         example = torch.randint(0, len(self.tokenizer), (max(1, batch_tokens // max_tokens), max_tokens), device=self.device)
-        self.dtype = faster_dtype(self.model, example) if precision == "auto" else {"bf16": torch.bfloat16, "fp32": torch.float32}[precision]
+        self.dtype = faster_dtype(self.model, lambda: self.model(example)) if precision == "auto" else PRECISIONS[precision]
         self.model.to(self.dtype)
         self.tokens = 0
         self.seconds = 0.0

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from synthtrain.sources import local
 from synthtrain.sources.formats import FORMATS, Rejected
-from synthtrain.generation import Generator, load_model
+from synthtrain.generation import Generator, load_model, use_faster_precision
 from synthtrain.params import TEACHER_OR_FOLDER, GenerateSource, LocalSource, StageError
 from synthtrain.records import InvalidRecord, RecordWriter, RejectWriter, make_record
 from synthtrain.synthesis import evol_instruct, magpie, self_instruct
@@ -82,18 +82,22 @@ def write_shard(path: Path, candidates: list[Candidate]) -> None:
     partial.rename(path)
 
 
-def generate(source: GenerateSource, name: str, max_chars: int, records: RecordWriter, rejects: RejectWriter, root: str | Path = ".") -> dict:
-    """Run the shards of ``source`` into ``records`` and ``rejects``; returns the download stage's counts."""
+def generate(source: GenerateSource, name: str, max_chars: int, records: RecordWriter, rejects: RejectWriter, root: str | Path = ".",
+             precision: str = "auto") -> dict:
+    """Run the shards of ``source`` into ``records`` and ``rejects``; returns the download stage's counts.
+    ``precision``: auto (the faster of fp32 and bf16 here), or one of them (bench/generate_speed.py)."""
     model, tokenizer = load_model(source.teacher, fix=f"sources.{name}.teacher must be {TEACHER_OR_FOLDER} of a causal language "
                                   "model with a chat template (for example models/current), or a hub id in the local cache")
     seeds = read_seeds(source) if source.seed_file else []
+    teacher = weights_fingerprint(model)  # of the weights as saved, before the cast
+    precision = use_faster_precision(model, source.sampling.batch_size, precision)
     generator = Generator(model, tokenizer, source.sampling, source.seed)
     method = method_for(source, generator, seeds)
     settings = source.model_dump(exclude={"preferences"})
-    teacher = weights_fingerprint(model)
-    fingerprint = hashlib.blake2b(json.dumps([settings, teacher], sort_keys=True).encode(), digest_size=6).hexdigest()
-    provenance = {"teacher": source.teacher, "teacher_weights": teacher, "method": source.method, "template": method.template,
-                  "sampling": source.sampling.model_dump(), "seed": source.seed}  # fmt: skip
+    # a shard is what this teacher wrote in this precision: sampling in bf16 and in fp32 differ
+    fingerprint = hashlib.blake2b(json.dumps([settings, teacher, precision], sort_keys=True).encode(), digest_size=6).hexdigest()
+    provenance = {"teacher": source.teacher, "teacher_weights": teacher, "precision": precision, "method": source.method,
+                  "template": method.template, "sampling": source.sampling.model_dump(), "seed": source.seed}  # fmt: skip
     shards = Path(root) / SHARDS / f"{name}-{fingerprint}"
     shards.mkdir(parents=True, exist_ok=True)
     budget = source.n * source.max_attempts
@@ -144,4 +148,4 @@ def generate(source: GenerateSource, name: str, max_chars: int, records: RecordW
     log.info("%s: %d records in %.0fs (%.2f records/s, %.0f generated tokens/s), %d shards resumed", name, kept, seconds,
              kept / max(seconds, 1e-9), speed["generation_tokens_per_s"], resumed)
     return {"read": read, "kept": kept, "by_category": {source.category: kept}, "shards_resumed": resumed,
-            "records_per_s": round(kept / max(seconds, 1e-9), 3), **speed}  # fmt: skip
+            "records_per_s": round(kept / max(seconds, 1e-9), 3), "precision": precision, **speed}  # fmt: skip

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from synthtrain.generation import Generator, load_model
+from synthtrain.generation import Generator, load_model, use_faster_precision
 from synthtrain.evaluation.judges import judge_probabilities
 from synthtrain.evaluation.textmetrics import is_empty_reply
 from synthtrain.params import TEACHER_OR_FOLDER, GenerateSource, Params
@@ -59,6 +59,7 @@ def pairs_for(name: str, source: GenerateSource, rejects: RejectWriter, root: Pa
     instructions = [prompt[0]["content"] for prompt in prompts]
     model, tokenizer = load_model(source.teacher, fix=f"sources.{name}.teacher must be {TEACHER_OR_FOLDER} of a causal language "
                                   "model with a chat template (for example models/current), or a hub id in the local cache")
+    use_faster_precision(model, source.sampling.batch_size)
     responses = []  # per temperature, one reply per prompt
     for number, temperature in enumerate(config.temperatures):
         sampling = source.sampling.model_copy(update={"do_sample": True, "temperature": temperature})
