@@ -1,8 +1,5 @@
 """Benchmark: semantic deduplication (``dedup.semantic``) on real paraphrases against MinHash, and its records/s.
 
-Precision and recall on a labelled paraphrase set built from real texts,
-against MinHash, and the throughput.
-
 The paraphrase set: short passages of the real texts under ../shared/data
 (self-instruct and GPTeacher instructions, sentences of TinyStories, C4 and
 Wikipedia; ``--per-source`` of each, seeded), each paraphrased by the teacher,
@@ -51,6 +48,7 @@ sys.path.insert(0, str(REPO))
 from bench.machine import write_results  # noqa: E402
 from synthtrain.dedup import clusters, embed, near_duplicate_roots, scores, semantic_roots, similar_roots  # noqa: E402
 from synthtrain.embeddings import minilm_model  # noqa: E402
+from synthtrain.generation import PRECISIONS  # noqa: E402
 from synthtrain.params import Dedup, EvalGeneration  # noqa: E402
 from synthtrain.text import content_column, normalize  # noqa: E402
 
@@ -177,7 +175,7 @@ def precisions(texts: list[str], semantic) -> dict:
     cosine = np.einsum("ij,ij->i", vectors["fp32"], vectors["bf16"])
     return {"fp32_records_per_s": speed["fp32"], "bf16_records_per_s": speed["bf16"], "bf16_speedup": speed["bf16"] / speed["fp32"],
             "cosine_fp32_bf16_min": float(cosine.min()), "cosine_fp32_bf16_median": float(np.median(cosine)),
-            "precision_chosen": "bf16" if chosen == torch.bfloat16 else "fp32"}
+            "precision_chosen": next(name for name, dtype in PRECISIONS.items() if dtype == chosen)}
 
 
 def main() -> None:
