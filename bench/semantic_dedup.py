@@ -48,7 +48,7 @@ sys.path.insert(0, str(REPO))
 from bench.machine import write_results  # noqa: E402
 from synthtrain.dedup import clusters, embed, near_duplicate_roots, scores, semantic_roots, similar_roots  # noqa: E402
 from synthtrain.embeddings import minilm_model  # noqa: E402
-from synthtrain.generation import PRECISIONS  # noqa: E402
+from synthtrain.precision import precision_name  # noqa: E402
 from synthtrain.params import Dedup, EvalGeneration  # noqa: E402
 from synthtrain.text import content_column, normalize  # noqa: E402
 
@@ -175,7 +175,7 @@ def precisions(texts: list[str], semantic) -> dict:
     cosine = np.einsum("ij,ij->i", vectors["fp32"], vectors["bf16"])
     return {"fp32_records_per_s": speed["fp32"], "bf16_records_per_s": speed["bf16"], "bf16_speedup": speed["bf16"] / speed["fp32"],
             "cosine_fp32_bf16_min": float(cosine.min()), "cosine_fp32_bf16_median": float(np.median(cosine)),
-            "precision_chosen": next(name for name, dtype in PRECISIONS.items() if dtype == chosen)}
+            "precision_chosen": precision_name(chosen)}
 
 
 def main() -> None:

@@ -9,7 +9,7 @@ import functools
 import numpy as np
 import torch
 
-from synthtrain.hardware import faster_dtype
+from synthtrain.precision import faster_dtype
 from synthtrain.params import StageError
 
 EMBED_BATCH = 64

@@ -17,8 +17,8 @@ import torch
 from tqdm import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from synthtrain.hardware import faster_dtype
 from synthtrain.params import EvalGeneration, StageError
+from synthtrain.precision import PRECISIONS, faster_dtype, precision_name
 from synthtrain.teacher import teacher_folder
 
 log = logging.getLogger("eval")
@@ -53,11 +53,8 @@ def load_model(path: str | Path, fix: str = "run `dvc repro train`, or point the
     return model.to(device).eval(), tokenizer
 
 
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
-
-
 def use_faster_precision(model: PreTrainedModel, batch_size: int, precision: str = "auto") -> str:
-    """Casts ``model`` to bf16 or fp32, whichever generates faster here (``hardware.faster_dtype``,
+    """Casts ``model`` to bf16 or fp32, whichever generates faster here (``precision.faster_dtype``,
     timed on a batch of ``batch_size`` 32-token prompts decoding 8 tokens each), or to ``precision``
     when it names one; returns its name. For a teacher writing data: the eval stage keeps fp32 on
     the CPU, so that the scores of models evaluated on different machines compare."""
@@ -72,7 +69,7 @@ def use_faster_precision(model: PreTrainedModel, batch_size: int, precision: str
 
     dtype = faster_dtype(model, decode)
     model.to(dtype)
-    return next(name for name, known in PRECISIONS.items() if known == dtype)
+    return precision_name(dtype)
 
 
 @dataclass

@@ -20,7 +20,6 @@ import os
 import platform
 import subprocess
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -167,29 +166,3 @@ def record_peak(precision: str, flops: float) -> None:
         partial.replace(path)
     except (OSError, ValueError, AttributeError):
         pass
-
-
-BF16_MARGIN = 1.2  # bf16 is 2-3x faster where the CPU has AVX512-BF16 or AMX, and slower where it has neither
-
-
-def faster_dtype(model: torch.nn.Module, forward: Callable[[], object], repeats: int = 2) -> torch.dtype:
-    """bf16 or fp32, whichever runs ``forward()`` (a pass of ``model`` over a typical batch) faster,
-    by the best of ``repeats`` timed calls after a warm-up one: on CPUs without AMX or AVX512-BF16
-    bf16 is the slower one. bf16 must win by ``BF16_MARGIN``: where the two are close (tiny
-    models) a coin-flip timing would make the same run's outputs differ from one try to the
-    next. On a GPU: bf16 where it is supported. The model is left in fp32."""
-    if next(model.parameters()).device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    seconds = {}
-    with torch.inference_mode():
-        for dtype in (torch.float32, torch.bfloat16):
-            model.to(dtype)
-            forward()  # warm-up: one-off kernel selection
-            times = []
-            for _ in range(repeats):
-                started = time.perf_counter()
-                forward()
-                times.append(time.perf_counter() - started)
-            seconds[dtype] = min(times)
-    model.to(torch.float32)
-    return torch.bfloat16 if seconds[torch.float32] > BF16_MARGIN * seconds[torch.bfloat16] else torch.float32

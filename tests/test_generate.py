@@ -21,8 +21,8 @@ from rouge_score import rouge_scorer
 
 from conftest import REPO, SHARED_DATA, build_teacher, split_builtin_records, stage
 from research.collapse import CollapseRun, collapse, data_metrics, plan, rare_units, training_texts
-from synthtrain.generation import PRECISIONS, load_model, use_faster_precision
-from synthtrain.hardware import faster_dtype
+from synthtrain.generation import load_model, use_faster_precision
+from synthtrain.precision import PRECISIONS, faster_dtype
 from synthtrain.sources.download import download
 from synthtrain.synthesis.self_instruct import Pool, rouge_l
 from synthtrain.synthesis.preferences import preferences

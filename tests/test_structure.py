@@ -88,12 +88,32 @@ def missing_deps(dvc_yaml: dict, params) -> dict[str, list[str]]:
     return missing
 
 
+def stale_code_deps(dvc_yaml: dict) -> dict[str, list[str]]:
+    """Per stage, the project's Python files its deps list that its code no longer imports:
+    each makes an edit to that file rerun the stage (the train stage for minutes) for nothing."""
+    stale = {}
+    for name, stage in dvc_yaml["stages"].items():
+        stage = stage.get("do", stage)
+        used = import_closure(stage_module(stage["cmd"]))
+        deps = [dep if isinstance(dep, str) else next(iter(dep)) for dep in stage.get("deps", [])]
+        if unused := sorted(dep for dep in deps if dep.endswith(".py") and dep not in used):
+            stale[name] = unused
+    return stale
+
+
 def dvc_yaml() -> dict:
     return yaml.safe_load((REPO / "dvc.yaml").read_text())
 
 
 def test_every_stage_lists_the_code_it_imports_and_the_files_it_reads():
     assert missing_deps(dvc_yaml(), load_params(REPO / "params.yaml")) == {}
+
+
+def test_no_stage_lists_code_it_does_not_import():
+    assert stale_code_deps(dvc_yaml()) == {}
+    drifted = copy.deepcopy(dvc_yaml())
+    drifted["stages"]["sample"]["do"]["deps"].append("synthtrain/hardware.py")
+    assert stale_code_deps(drifted) == {"sample": ["synthtrain/hardware.py"]}
 
 
 def test_a_dep_dropped_from_dvc_yaml_is_caught():

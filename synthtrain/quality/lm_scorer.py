@@ -14,7 +14,7 @@ by default) reads each record and gives three numbers (docs/quality.md, "The LM 
 Records are sorted by length and packed into batches of about ``batch_tokens``
 tokens, right-padded; the vocabulary projection runs only at the positions that are
 scored. The model runs in bf16 where a timed forward pass says it is faster than
-fp32 (``hardware.faster_dtype``), so that machines without fast bf16 keep fp32.
+fp32 (``precision.faster_dtype``), so that machines without fast bf16 keep fp32.
 """
 
 import logging
@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from synthtrain.generation import PRECISIONS, load_model
-from synthtrain.hardware import faster_dtype
+from synthtrain.generation import load_model
+from synthtrain.precision import PRECISIONS, faster_dtype
 from synthtrain.tokens.chat import ENDOFTEXT, IM_END
 
 log = logging.getLogger("quality")
