@@ -141,17 +141,22 @@ class FlawRates(Section):
         return self
 
 
-class BuiltinSource(Section):
+class SourceSection(Section):
+    """What every kind of source has: whether its records make the pool."""
+
+    pool: Bool = Field(True, description="false: deduplicated and decontaminated against the pool but kept out of it (no held-out "
+                       "split, quality, samples or tokenizer) in data/dedup/sources/<name>.parquet, for mix.sources")
+
+
+class BuiltinSource(SourceSection):
     kind: Literal["builtin"]
     max_samples: Int = Field(1_500_000, ge=1, description="records to generate")
     seed: Int = 0
-    pool: Bool = Field(True, description="false: deduplicated and decontaminated against the pool but kept out of it (no held-out "
-                       "split, quality, samples or tokenizer) in data/dedup/sources/<name>.parquet, for mix.sources")
     shares: CategoryShares = CategoryShares()
     flaws: FlawRates = FlawRates()
 
 
-class HubSource(Section):
+class HubSource(SourceSection):
     kind: Literal["hub"]
     name: str = Field(min_length=1, description="hub dataset id, or a local directory laid out like one")
     config: str | None = None
@@ -162,19 +167,15 @@ class HubSource(Section):
         None, description="implied by a known dataset name"
     )
     min_int_score: Int | None = Field(None, ge=0, le=5, description="FineWeb-Edu only")
-    pool: Bool = Field(True, description="false: deduplicated and decontaminated against the pool but kept out of it (no held-out "
-                       "split, quality, samples or tokenizer) in data/dedup/sources/<name>.parquet, for mix.sources")
 
 
-class LocalSource(Section):
+class LocalSource(SourceSection):
     kind: Literal["local"]
     path: str = Field(min_length=1, description="a file or a glob")
     category: Category
     max_samples: Int = Field(ge=1)
     format: Format = "auto"
     split: Literal["block", "line"] = Field("block", description="plain text: one document per blank-line block or per line")
-    pool: Bool = Field(True, description="false: deduplicated and decontaminated against the pool but kept out of it (no held-out "
-                       "split, quality, samples or tokenizer) in data/dedup/sources/<name>.parquet, for mix.sources")
     pairs: Literal["keep", "chosen"] = Field("keep", description="preference pairs: keep the rejected reply in meta, or chosen: "
                                              "the chosen side only (SFT), the rejected replies dropped and counted")
 
@@ -199,7 +200,7 @@ class Preferences(Section):
     max_prompts: Int | None = Field(None, ge=1, description="prompts of the source used; null: all")
 
 
-class GenerateSource(Section):
+class GenerateSource(SourceSection):
     """Records written by a teacher model (synthtrain/synthesis)."""
 
     kind: Literal["generate"]
@@ -216,8 +217,6 @@ class GenerateSource(Section):
     shard_prompts: Int = Field(256, ge=1, description="prompts per shard: the unit that an interrupted run keeps")
     max_attempts: Int = Field(4, ge=1, le=100, description="stop after n x this many prompts even if fewer than n records were kept")
     preferences: Preferences | None = None
-    pool: Bool = Field(True, description="false: deduplicated and decontaminated against the pool but kept out of it (no held-out "
-                       "split, quality, samples or tokenizer) in data/dedup/sources/<name>.parquet, for mix.sources")
 
     @model_validator(mode="after")
     def _seed_file_for_seeded_methods(self):
@@ -717,7 +716,7 @@ class Eval(Section):
     seed: Int = 0
     batch_size: Int = Field(32, ge=1, description="sequences per forward pass for held-out loss and benchmark scoring")
     heldout_records: Int = Field(1000, ge=0, description="held-out records per source scored for loss, perplexity and bits per byte")
-    tasks_per_family: Int = Field(40, ge=0, description="built-in held-out problems answered per family (of builtin_eval.per_family)")
+    tasks_per_family: Int = Field(200, ge=0, description="built-in held-out problems answered per family (of builtin_eval.per_family)")
     references: Int = Field(100, ge=0, description="held-out instructions answered and compared with their reference reply")
     behaviour_per_suite: Int = Field(20, ge=0, description="test cases per behavioural suite")
     generation: EvalGeneration = EvalGeneration()
