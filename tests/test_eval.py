@@ -72,6 +72,14 @@ def test_extraction_and_accuracy_per_family():
     assert correct == [True, False, True]
     assert metrics == {"tasks_fact_recall_accuracy": 0.5, "tasks_fact_recall_items": 2, "tasks_arithmetic_accuracy": 1.0,
                        "tasks_arithmetic_items": 1, "tasks_accuracy": 0.75, "tasks_items": 3}  # families weigh the same
+    # fact recall split by the entity's question-answer training data; a problem without the flag counts in neither
+    problems = [{"meta": {**FACT, "qa_trained": True}}, {"meta": {**FACT, "qa_trained": False}}, {"meta": {**FACT, "qa_trained": False}},
+                {"meta": FACT}]
+    metrics, _ = task_accuracy(problems, ["Dune", "Dune", "Sand", "Dune"])
+    assert {key: value for key, value in metrics.items() if key.startswith("fact_recall_")} == {
+        "fact_recall_qa_trained_accuracy": 1.0, "fact_recall_qa_trained_items": 1,
+        "fact_recall_passages_only_accuracy": 0.5, "fact_recall_passages_only_items": 2}
+    assert metrics["tasks_fact_recall_accuracy"] == 0.75 and "tasks_fact_recall_qa_trained_accuracy" not in metrics
 
 
 def test_chance_is_a_uniform_guess_among_the_attributes_values_and_any_word_for_the_one_word_format():

@@ -67,7 +67,8 @@ def is_correct(reply: str, meta: dict) -> bool:
 
 
 def task_accuracy(problems: list[dict], replies: list[str]) -> tuple[dict, list[bool]]:
-    """Flat metrics ``tasks_<family>_accuracy`` / ``tasks_<family>_items`` and the
+    """Flat metrics ``tasks_<family>_accuracy`` / ``tasks_<family>_items``, fact recall's
+    ``fact_recall_qa_trained_*`` and ``fact_recall_passages_only_*``, and the
     overall ``tasks_accuracy`` (mean over families, so each family weighs the
     same); and whether each reply was correct."""
     correct = [is_correct(reply, problem["meta"]) for problem, reply in zip(problems, replies)]
@@ -78,6 +79,15 @@ def task_accuracy(problems: list[dict], replies: list[str]) -> tuple[dict, list[
     for family, oks in sorted(families.items()):
         metrics[f"tasks_{family}_accuracy"] = round(sum(oks) / len(oks), 4)
         metrics[f"tasks_{family}_items"] = len(oks)
+    # Fact recall split by whether the entity had question-answer training data: answers learned as
+    # answers, against answers the model must draw from knowledge passages alone (no "tasks_" prefix:
+    # these are not families)
+    for qa_trained, name in ((True, "qa_trained"), (False, "passages_only")):
+        oks = [ok for problem, ok in zip(problems, correct)
+               if problem["meta"]["family"] == "fact_recall" and problem["meta"].get("qa_trained") is qa_trained]
+        if oks:
+            metrics[f"fact_recall_{name}_accuracy"] = round(sum(oks) / len(oks), 4)
+            metrics[f"fact_recall_{name}_items"] = len(oks)
     if families:
         metrics["tasks_accuracy"] = round(sum(sum(o) / len(o) for o in families.values()) / len(families), 4)
     metrics["tasks_items"] = len(correct)
