@@ -96,7 +96,7 @@ def load_definition(profile: str) -> Definition:
 
 
 def expand(definition: Definition, names: list[str] | None = None) -> list[ExperimentRun]:
-    """Every run of the named experiments (all when None; in the order named), per seed. A run whose sets
+    """Every run of the named experiments (all when None; in the order named), seed by seed. A run whose sets
     equal those of a run of an earlier experiment in the definition is that run: it keeps the earlier
     name, whichever experiments are named, so it trains once and every experiment reads it."""
     unknown = sorted(set(names or []) - set(definition.experiments))
@@ -108,8 +108,9 @@ def expand(definition: Definition, names: list[str] | None = None) -> list[Exper
         configs = {SEPARATOR.join(map(str, values)): dict(zip(spec.grid, values)) for values in itertools.product(*spec.grid.values())}
         configs = {**(configs if spec.grid else {}), **spec.runs}
         runs[experiment] = []
-        for config, sets in configs.items():
-            for seed in spec.seeds or definition.seeds:
+        # seed by seed: an experiment stopped part-way has every configuration once before it has any three times
+        for seed in spec.seeds or definition.seeds:
+            for config, sets in configs.items():
                 sets_of_run = {**definition.profile, **spec.fixed, **sets, **dict.fromkeys(definition.seed_params, seed)}
                 name = first_named.setdefault(json.dumps(sets_of_run, sort_keys=True), f"{experiment}{SEPARATOR}{config}{SEPARATOR}s{seed}")
                 runs[experiment].append(ExperimentRun(experiment=experiment, name=name, config=config, seed=seed, sets=sets_of_run))

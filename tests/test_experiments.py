@@ -53,6 +53,8 @@ def test_a_run_sets_profile_then_fixed_then_its_own_then_the_seed():
                               "fixed": {"train.model": "5M"}, "runs": {"epoch": {"mix.tokens": None}}}}})
     runs = expand(definition)
     assert [r.name for r in runs] == ["e-a-x-s3", "e-b-x-s3", "e-epoch-s3"]
+    two_seeds = expand(definition.model_copy(update={"seeds": [3, 4]}))
+    assert [r.name for r in two_seeds] == ["e-a-x-s3", "e-b-x-s3", "e-epoch-s3", "e-a-x-s4", "e-b-x-s4", "e-epoch-s4"]  # seed by seed
     assert runs[1].sets == {"train.model": "5M", "mix.pool": "b", "sample.strategy": "x", "train.seed": 3, "mix.seed": 3}
     assert runs[2].command()[:6] == ["dvc", "exp", "run", "--queue", "-n", "e-epoch-s3"]
     assert "mix.tokens=null" in runs[2].command() and format_value(True) == "true" and format_value(0.5) == "0.5"

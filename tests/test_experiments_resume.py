@@ -48,7 +48,7 @@ def write_rows(path, names):
 # --- resume ---------------------------------------------------------------------------------------
 def test_the_plan_skips_exactly_the_runs_with_a_row(project, capsys):
     runs = expand(load_definition("tiny"))
-    assert [run.name for run in runs] == ["exp3-equal-s0", "exp3-equal-s1", "exp3-web_heavy-s0", "exp3-web_heavy-s1"]
+    assert [run.name for run in runs] == ["exp3-equal-s0", "exp3-web_heavy-s0", "exp3-equal-s1", "exp3-web_heavy-s1"]
     path = project / "reports/tiny/runs.csv"  # a profile other than cpu: its own runs.csv (the run names are the same)
     write_rows(path, ["exp3-equal-s1", "exp3-web_heavy-s0", "exp9-other-s0"])
     assert [run.name for run in unrecorded(runs, path)] == ["exp3-equal-s0", "exp3-web_heavy-s1"]
@@ -93,7 +93,7 @@ def test_the_report_keeps_the_rows_of_runs_from_another_machine(project):
     runs = expand(load_definition("tiny"))
     path = project / "reports/tiny/runs.csv"
     write_rows(path, ["exp3-equal-s0"])  # finished elsewhere: this machine's dvc has no such experiment
-    write_runs_csv([Result(runs[1], "0123456789abcdef", {"heldout_bpb": 2.25, "training_tokens": 327680.0})], path)
+    write_runs_csv([Result(runs[2], "0123456789abcdef", {"heldout_bpb": 2.25, "training_tokens": 327680.0})], path)
     with path.open(newline="") as handle:
         rows = {row["name"]: row for row in csv.DictReader(handle)}
     assert set(rows) == {"exp3-equal-s0", "exp3-equal-s1"} and rows["exp3-equal-s0"]["heldout_bpb"] == "2.5"
