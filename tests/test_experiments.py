@@ -33,7 +33,12 @@ def test_the_cpu_profile_has_every_experiment_with_three_seeds_and_shares_equal_
         seeds = sorted(r.seed for r in runs if (r.experiment, r.config) == (experiment, config))
         assert seeds == ([0] if experiment == "exp4" else [0, 1, 2])  # exp4: a population for correlations, not a comparison
     exp2 = {r.config for r in runs if r.experiment == "exp2"}
-    assert exp2 == {f"{pool}-{strategy}" for pool in ("10K", "30K", "100K", "300K", "1M") for strategy in ("top_quality", "random")}
+    assert exp2 == {"10K-top_quality", "10K-random", "1M-random"}  # quality at equal size, quantity at equal strategy
+    # the curated and the random 10K differ in the sample strategy alone, the two random samples in the pool alone
+    exp2_sets = {r.config: r.sets for r in runs if r.experiment == "exp2" and r.seed == 0}
+    differ = lambda a, b: {key for key in exp2_sets[a].keys() | exp2_sets[b].keys() if exp2_sets[a].get(key) != exp2_sets[b].get(key)}
+    assert differ("10K-top_quality", "10K-random") == {"sample.strategy"}
+    assert differ("10K-random", "1M-random") == {"mix.pool"}
     assert len({r.config for r in runs if r.experiment == "exp3"}) == 6
     for experiment in ("exp1", "exp2", "exp3"):
         assert len({r.sets["train.tokens"] for r in runs if r.experiment == experiment}) == 1  # equal compute within an experiment
