@@ -468,17 +468,18 @@ def equal_compute(results: list[Result]) -> dict[str, list[Result]]:
     return {config: group for config, group in by_config(results, "exp2").items() if not config.endswith("epoch")}
 
 
-def answer_quality(results: list[Result]) -> tuple[list[str], list[str]]:
+def answer_quality(results: list[Result], sizes: dict[str, int]) -> tuple[list[str], list[str]]:
     family = Family(by_config(results, "exp2"), exp2_metric(results))
     ranking, lead = family.ranking(list(equal_compute(results)))
     if ranking is None:
         return [f"exp2: {lead}."], []
     lines, surprises = [f"At equal compute, {lead}."], []
-    for pool in sorted({r.run.sets["mix.pool"] for g in equal_compute(results).values() for r in g}):
+    pools = sorted({r.run.sets["mix.pool"] for g in equal_compute(results).values() for r in g}, key=sizes.get)
+    for pool in pools:
         curated, noisy = f"{pool}-top_quality", f"{pool}-random"
         if curated in family.groups and noisy in family.groups:
             comparison, words = family.compare(curated, noisy)
-            lines.append(f"{pool}: {words}.")
+            lines.append(f"Curated against random at equal size ({pool}): {words}.")
             if comparison and comparison.significant and comparison.difference > 0:
                 surprises.append(f"At {pool}, random sampling beat top_quality on {family.metric.label} ({words}).")
     if "10K-top_quality" in family.groups and "1M-random" in family.groups:
@@ -490,6 +491,14 @@ def answer_quality(results: list[Result]) -> tuple[list[str], list[str]]:
                 surprises.append(f"The curated 10K did not beat the noisy 1M pool at equal compute ({words}).")
         else:
             lines.append(f"The curated 10K against the noisy 1M: {words}.")
+    for strategy in ("top_quality", "random"):
+        small, large = (f"{pool}-{strategy}" for pool in (pools[0], pools[-1]))
+        if small != large and small in family.groups and large in family.groups:
+            lines.append(f"More data at equal strategy ({strategy}): {family.compare(large, small)[1]}.")
+    capabilities = [f"{metric.label}: {Family(family.groups, metric).ranking(list(equal_compute(results)))[1]}" for metric in CAPABILITIES
+                    if all(metric.key in r.metrics for group in equal_compute(results).values() for r in group)]
+    if capabilities:
+        lines.append("What each sample buys, by capability: " + "; ".join(capabilities) + ".")
     for strategy in ("top_quality", "random"):
         epoch, budget = f"10K-{strategy}-epoch", f"10K-{strategy}"
         if epoch in family.groups and budget in family.groups:
@@ -754,7 +763,7 @@ def signal_summary(results: list[Result]) -> str:
 
 def markdown(definition, results: list[Result], missing: list[str], table_rho: dict, profile: str, plots: Path, sizes: dict[str, int]) -> str:
     pending = unfinished(definition, results)
-    q2, s2 = answer_quality(results)
+    q2, s2 = answer_quality(results, sizes)
     q3, s3 = answer_mix(results)
     q2, q3 = ([f"Partial: {why}."] + lines if (why := partial(experiment, pending, results)) else lines for experiment, lines in (("exp2", q2), ("exp3", q3)))
     q4, s4 = answer_correlation(table_rho, results)

@@ -5,7 +5,7 @@ import math
 import pytest
 from scipy import stats
 
-from research.report import (PRIMARY, Family, Result, category_table, current_chance, expected_pool, markdown, plot_loss_curves, plot_mix,
+from research.report import (PRIMARY, Family, Result, answer_quality, category_table, current_chance, expected_pool, markdown, plot_loss_curves, plot_mix,
                              plot_quality_vs_quantity, table, unexpected, write_runs_csv)
 from synthtrain.statistics import NO_SIGNAL, SIGNAL, UNKNOWN, holm, signal, t_interval, welch
 from synthtrain.experiments import Definition, ExperimentRun
@@ -141,6 +141,24 @@ def test_a_50k_pool_is_judged_by_its_share_of_the_best_gain_over_the_unigram_bas
     assert text.startswith("30K records (between 30K and 100K); ") and verdict == "met"  # 50K lies between
     old = [run(r.run.config, r.run.seed, "exp2", r.run.sets, heldout_bpb=r.metrics["heldout_bpb"], **LEARNED) for r in results]
     assert expected_pool(old, sizes)[1] == "not measured"  # no unigram baseline: no share
+
+
+def test_exp2_answers_quality_at_equal_size_quantity_at_equal_strategy_and_each_capability():
+    sizes = {"10K": 10_000, "1M": 1_000_000}
+    bpb = {"10K-top_quality": [1.50, 1.52, 1.48], "10K-random": [1.51, 1.49, 1.53], "1M-random": [1.00, 1.01, 0.99]}
+    facts = {"10K-top_quality": [0.5, 0.52, 0.48], "10K-random": [0.3, 0.31, 0.29], "1M-random": [0.3, 0.32, 0.28]}
+    results = [run(config, seed, "exp2", {"mix.pool": config.split("-")[0], "sample.strategy": config.split("-")[1]}, heldout_bpb=value,
+                   tasks_fact_recall_accuracy=facts[config][seed], tasks_fact_recall_items=200, **LEARNED)
+               for config, values in bpb.items() for seed, value in enumerate(values)]
+    lines, surprises = answer_quality(results, sizes)
+    text = " ".join(lines)
+    assert lines[0].startswith("At equal compute, the lowest held-out bits/byte is **1M-random**")
+    assert "Curated against random at equal size (10K): 10K-top_quality 1.500 [1.450, 1.550] against 10K-random 1.510 [1.460, 1.560]" in text and "not significant" in lines[1]
+    assert "More data at equal strategy (random): 1M-random 1.000 [0.975, 1.025] against 10K-random" in text
+    assert "significant" in lines[3] and "not significant" not in lines[3]
+    # by capability the curated sample leads fact recall, though it does not lead held-out bits/byte
+    assert "fact recall: the highest fact recall is **10K-top_quality**" in text
+    assert surprises == [f"The curated 10K did not beat the noisy 1M pool at equal compute ({lines[2].split('(', 1)[1][:-2]})."]
 
 
 def test_welch_without_spread_or_with_one_seed():
