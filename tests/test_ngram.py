@@ -43,3 +43,15 @@ def test_every_context_gives_a_distribution(baselines):
         rows = np.stack([np.full(4, context), np.arange(4)], axis=1)
         assert np.exp(-baselines.bigram_losses(rows)).sum() == pytest.approx(1.0)
         assert np.exp(-baselines.unigram_losses(rows)).sum() == pytest.approx(1.0)
+
+
+def test_data_repeated_twice_keeps_every_probability_above_zero(tmp_path):
+    # every bigram is seen an even number of times, so none once: Ney's d would be 0 and unseen pairs impossible
+    np.save(tmp_path / "tokens-00000.npy", np.concatenate([CORPUS, CORPUS]))
+    (tmp_path / "index.json").write_text(json.dumps({"shards": [{"tokens": "tokens-00000.npy", "sequences": 4}]}))
+    repeated = NgramBaselines.fit(tmp_path, 4)
+    assert repeated.discount == 0.5
+    for context in range(4):
+        rows = np.stack([np.full(4, context), np.arange(4)], axis=1)
+        losses = repeated.bigram_losses(rows)
+        assert np.isfinite(losses).all() and np.exp(-losses).sum() == pytest.approx(1.0)

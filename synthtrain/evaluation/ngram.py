@@ -12,7 +12,7 @@ tokens exactly where the model is scored (the same packed rows and masks):
   P_cont(w) = N1+(• w) / N1+(• •) interpolated with the uniform distribution
   (weight d · types / N1+(• •)) so that no token has probability 0;
   d = n1 / (n1 + 2 n2) (Ney et al., 1994) from the counts of bigrams seen once
-  and twice. A context never seen falls back to P_cont.
+  and twice, 0.5 when none is seen once (repeated data). A context never seen falls back to P_cont.
 
 Both are over the model's own vocabulary, so their loss and bits per byte sit
 on the model's scale (docs/evaluation.md, "Baselines").
@@ -36,7 +36,9 @@ class NgramBaselines:
         self.context_types = np.bincount(contexts, minlength=vocab_size).astype(np.float64)
         continuation = np.bincount(self.keys % vocab_size, minlength=vocab_size).astype(np.float64)
         n1, n2 = float((self.counts == 1).sum()), float((self.counts == 2).sum())
-        self.discount = n1 / (n1 + 2 * n2) if n1 + n2 else 0.5
+        # Ney's estimate is 0 where no bigram is seen once, as in a mix that repeats its pool a whole number of
+        # times: a discount of 0 leaves no mass for unseen pairs (infinite loss), so that case takes 0.5
+        self.discount = n1 / (n1 + 2 * n2) if n1 else 0.5
         types, seen = float(len(self.keys)), float((continuation > 0).sum())
         # max(N1+(• w) − d, 0) / N1+(• •), plus the discounted mass spread uniformly: sums to 1
         self.continuation = ((np.maximum(continuation - self.discount, 0) + self.discount * seen / vocab_size) / types if types
