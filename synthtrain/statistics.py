@@ -154,9 +154,11 @@ class Signal:
 
 def categories_at_bigram(metrics: dict[str, float]) -> list[str] | None:
     """The held-out categories (``<source>_<category>``) whose loss is not clearly below their bigram loss;
-    None when no category has a bigram baseline (runs from before the eval fitted one)."""
+    None when no category has a finite bigram baseline (runs from before the eval fitted one, or whose bigram
+    was infinite: a mix repeated a whole number of times, before ngram.py's discount handled it)."""
     pairs = {key.removeprefix("heldout_").removesuffix("_loss"): (value, metrics[bigram]) for key, value in metrics.items()
-             if CATEGORY_LOSS.fullmatch(key) and (bigram := key.removesuffix("_loss") + "_bigram_loss") in metrics}
+             if CATEGORY_LOSS.fullmatch(key) and (bigram := key.removesuffix("_loss") + "_bigram_loss") in metrics
+             and math.isfinite(metrics[bigram])}
     if not pairs:
         return None
     return [category for category, (loss, bigram) in sorted(pairs.items()) if loss >= bigram - BIGRAM_MARGIN]

@@ -79,6 +79,8 @@ def test_a_run_at_its_bigram_baseline_has_no_signal():
     assert signal(at_chance).reasons == ("every task family and benchmark at chance",)  # both within two binomial SEs
     old = {"heldout_loss": 3.0, "tasks_arithmetic_accuracy": 0.5, "tasks_arithmetic_items": 40}  # from before the baselines
     assert signal(old).label == UNKNOWN and signal(old).reasons == ("no n-gram baselines",)
+    infinite = LEARNED | {"heldout_builtin_web_bigram_loss": math.inf, "heldout_builtin_instruction_bigram_loss": math.nan}
+    assert signal(infinite).label == UNKNOWN  # an infinite bigram is no baseline beaten
 
 
 def test_a_configuration_without_signal_is_named_not_ranked():
