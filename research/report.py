@@ -672,6 +672,8 @@ def expected_pool(results: list[Result], sizes: dict[str, int]) -> tuple[str, st
     if isinstance(found, str):
         return found, "no signal" if found == "no signal" else "not measured"
     best, shares = found
+    if len(shares) < 2:  # a share of the best across pools needs a second pool with signal
+        return f"only the {next(iter(shares))} pool has runs with signal ({best}): no second pool to compare", "no signal"
     reached = lambda test: next((pool for pool, share in shares.items() if test(share)), None)
     needed, lowest, surely = reached(lambda s: s.mean >= SHARE_BAR), reached(lambda s: s.high >= SHARE_BAR), reached(lambda s: s.low >= SHARE_BAR)
     listing = ", ".join(f"{pool} {share.mean:.0%} [{share.low:.0%}, {share.high:.0%}]" for pool, share in shares.items())

@@ -143,6 +143,8 @@ def test_a_50k_pool_is_judged_by_its_share_of_the_best_gain_over_the_unigram_bas
     assert text.startswith("30K records (between 30K and 100K); ") and verdict == "met"  # 50K lies between
     old = [run(r.run.config, r.run.seed, "exp2", r.run.sets, heldout_bpb=r.metrics["heldout_bpb"], **LEARNED) for r in results]
     assert expected_pool(old, sizes)[1] == "not measured"  # no unigram baseline: no share
+    one_pool = [r for r in results if r.run.sets["mix.pool"] == "10K"]
+    assert expected_pool(one_pool, sizes) == ("only the 10K pool has runs with signal (10K-random): no second pool to compare", "no signal")
 
 
 def test_exp2_answers_quality_at_equal_size_quantity_at_equal_strategy_and_each_capability():
