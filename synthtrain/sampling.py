@@ -12,6 +12,7 @@ metrics: docs/quality.md.
 """
 
 import logging
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -150,6 +151,7 @@ def write_sample(rows: np.ndarray, path: Path, params: Params) -> dict:
     tokenizer = load_tokenizer()
     parquet = open_parquet(INPUT)
     by_category = {c: {"records": 0, "tokens": 0, "loss_tokens": 0, "quality": 0.0} for c in CATEGORIES}
+    families: Counter = Counter()  # "<category>/<family>" of built-in records: what a strategy chose within a category
     flawed = judged = 0
     start = 0
     with RecordWriter(path) as writer:
@@ -173,10 +175,12 @@ def write_sample(rows: np.ndarray, path: Path, params: Params) -> dict:
                 entry["quality"] += float(quality[here].sum())
             meta = table.column("meta")
             builtin = pc.fill_null(pc.equal(meta_field(meta, "generator"), "builtin"), False).to_numpy(zero_copy_only=False)
+            family = meta_field(meta, "family").to_pylist()
+            families.update(f"{c}/{f}" for c, f, b in zip(category, family, builtin) if b and f is not None)
             judged += int(builtin.sum())
             flawed += int((builtin & pc.is_valid(meta_field(meta, "flaw")).to_numpy(zero_copy_only=False)).sum())
     for entry in by_category.values():
         entry["mean_quality"] = round(entry.pop("quality") / entry["records"], 4) if entry["records"] else None
     records = sum(e["records"] for e in by_category.values())
     return {"records": records, "tokens": sum(e["tokens"] for e in by_category.values()), "by_category": by_category,
-            "flaw_rate": round(flawed / judged, 4) if judged else None, "ground_truth_records": judged}
+            "by_family": dict(sorted(families.items())), "flaw_rate": round(flawed / judged, 4) if judged else None, "ground_truth_records": judged}

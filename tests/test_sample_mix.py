@@ -3,6 +3,7 @@ quality and the tokenizer run for real once, then each test samples and mixes.""
 
 import json
 import shutil
+from collections import Counter
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -73,6 +74,9 @@ def test_every_strategy_gives_the_exact_size_with_the_pool_category_shares(workd
     assert result["records"] == SIZES["small"] and not result["short"] and result["strategy"] == strategy
     tokens, _ = count_tokens(load_tokenizer(workdir / "models/tokenizer"), pq.read_table(workdir / "data/sample/small.parquet"), True)
     assert result["tokens"] == int(tokens.sum())
+    # what the strategy chose within each category, counted from the rows written
+    families = Counter(f"{r['category']}/{json.loads(r['meta'])['family']}" for r in rows)
+    assert result["by_family"] == dict(sorted(families.items())) and sum(families.values()) == SIZES["small"]
 
 
 def test_top_quality_takes_the_best_of_each_category_and_random_does_not(workdir):
