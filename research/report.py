@@ -469,12 +469,12 @@ def equal_compute(results: list[Result]) -> dict[str, list[Result]]:
 
 
 def answer_quality(results: list[Result], sizes: dict[str, int]) -> tuple[list[str], list[str]]:
-    family = Family(by_config(results, "exp2"), exp2_metric(results))
-    ranking, lead = family.ranking(list(equal_compute(results)))
+    family, budgeted = Family(by_config(results, "exp2"), exp2_metric(results)), equal_compute(results)
+    ranking, lead = family.ranking(list(budgeted))
     if ranking is None:
         return [f"exp2: {lead}."], []
     lines, surprises = [f"At equal compute, {lead}."], []
-    pools = sorted({r.run.sets["mix.pool"] for g in equal_compute(results).values() for r in g}, key=sizes.get)
+    pools = sorted({r.run.sets["mix.pool"] for g in budgeted.values() for r in g}, key=sizes.get)
     for pool in pools:
         curated, noisy = f"{pool}-top_quality", f"{pool}-random"
         if curated in family.groups and noisy in family.groups:
@@ -495,8 +495,8 @@ def answer_quality(results: list[Result], sizes: dict[str, int]) -> tuple[list[s
         small, large = (f"{pool}-{strategy}" for pool in (pools[0], pools[-1]))
         if small != large and small in family.groups and large in family.groups:
             lines.append(f"More data at equal strategy ({strategy}): {family.compare(large, small)[1]}.")
-    capabilities = [f"{metric.label}: {Family(family.groups, metric).ranking(list(equal_compute(results)))[1]}" for metric in CAPABILITIES
-                    if all(metric.key in r.metrics for group in equal_compute(results).values() for r in group)]
+    capabilities = [f"{metric.label}: {Family(family.groups, metric).ranking(list(budgeted))[1]}" for metric in CAPABILITIES
+                    if all(metric.key in r.metrics for group in budgeted.values() for r in group)]
     if capabilities:
         lines.append("What each sample buys, by capability: " + "; ".join(capabilities) + ".")
     for strategy in ("top_quality", "random"):
