@@ -24,9 +24,11 @@ $(VENV)/.installed: requirements.txt
 repro: venv
 	dvc repro
 
-# --durations: the slowest tests in every CI log, to keep the suite's time in view
+# --durations: the slowest tests in every CI log, to keep the suite's time in view; TEST_WORKERS pytest-xdist
+# processes (a file's tests stay together in one, as they share fixtures)
+TEST_WORKERS ?= 2
 test: venv
-	python -m pytest -q --durations=15 tests
+	python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15 tests
 
 # The fuzz test of kind: local (tests/test_fuzz.py) with FUZZ_EXAMPLES cases per file
 # type instead of CI's 300; the statistics say what the cases reached.
@@ -46,6 +48,7 @@ bench: venv
 	python bench/eval_speed.py
 	python bench/experiment_parallelism.py
 	python bench/generate_speed.py
+	python bench/generate_batching.py
 	python bench/world_learnability.py --minutes 3 --records 30000 --problems 50
 	python bench/repro_time.py
 	python -m bench.report

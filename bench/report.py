@@ -24,7 +24,7 @@ DOCS = REPO / "docs/benchmarks.md"
 METRICS = REPO / "metrics"
 # Sections in the order `make bench` runs them; other scripts follow by name.
 ORDER = ["builtin_generator", "local_loader", "dedup_speed", "semantic_dedup", "quality_speed", "lm_quality", "tokenize_speed", "train_speed",
-         "eval_speed", "experiment_parallelism", "generate_speed", "world_learnability", "repro_time"]
+         "eval_speed", "experiment_parallelism", "generate_speed", "generate_batching", "world_learnability", "repro_time"]
 NOT_BENCHMARKS = {"__init__", "machine", "report"}
 
 INTRO = """\

@@ -1,11 +1,17 @@
 import os
-import subprocess
-import sys
-from pathlib import Path
 
-import pytest
-import torch
-import yaml
+# make test runs two pytest-xdist workers: each, and every stage it starts, computes on one thread, as
+# two torch processes of two threads each on a 2-core machine would spin against each other
+if "PYTEST_XDIST_WORKER" in os.environ:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import yaml  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
