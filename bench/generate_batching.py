@@ -1,7 +1,7 @@
 """Benchmark: the teacher's batch size, static batches against continuous batching, in useful tokens/s.
 
 Two workloads of SmolLM2-135M-Instruct (the teacher stage's model) in the precision
-the stages pick (``use_faster_precision``), sampling at temperature 0.7, top-p 0.95:
+the stages pick (``use_faster_precision``), sampling as ``kind: generate`` does by default:
 
 - **Replies** (Self-Instruct's response turns, where a ``distilled`` source spends
   most of its tokens): the first ``--prompts`` of the 175 human seed tasks as user
@@ -11,8 +11,8 @@ the stages pick (``use_faster_precision``), sampling at temperature 0.7, top-p 0
   continuous batching (``generate_batch``: a finished reply's slot takes the next
   prompt at once). Useful tokens count each reply up to its end; a static batch
   computes until its longest reply ends.
-- **Blocks** (``make collapse``: every prompt a 64-token block of its Wikipedia text, every continuation
-  exactly 64 tokens): static batches only, as every row runs to the end anyway.
+- **Blocks** (``make collapse``: every prompt a 64-token block of its Wikipedia
+  text, every continuation exactly 64 tokens): static batches only, as every row runs to the end anyway.
 
 The baseline is the ``kind: generate`` default batch size, 32 (``TeacherSampling``),
 in the same run; ratios are against it. Sampling is seeded per batch, so the
@@ -40,7 +40,8 @@ from synthtrain.synthesis.generate import read_seeds  # noqa: E402
 TEACHER = "smollm2-135m-instruct"
 SEED_FILE = REPO.parent / "shared/data/human/self-instruct-seed-tasks.jsonl"
 HUMAN_TEXT = REPO.parent / "shared/data/human/wiki-sample.txt"  # make collapse's text
-DEFAULT_BATCH = TeacherSampling().batch_size
+SAMPLING = TeacherSampling()  # the kind: generate defaults: batch size (the baseline), temperature, top-p
+DEFAULT_BATCH = SAMPLING.batch_size
 BLOCK_TOKENS = 64
 
 
@@ -55,7 +56,7 @@ def static(model, tokenizer, prompts: list[str], batch: int, max_new_tokens: int
 
 def continuous(model, tokenizer, prompts: list[str], max_new_tokens: int) -> dict:
     ids = [tokenizer(prompt, add_special_tokens=False)["input_ids"] for prompt in prompts]
-    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=True, temperature=0.7, top_p=0.95,
+    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=True, temperature=SAMPLING.temperature, top_p=SAMPLING.top_p,
                               eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     torch.manual_seed(0)
     started = time.perf_counter()
@@ -75,7 +76,7 @@ def main() -> None:
     model, tokenizer = load_model(TEACHER)
     precision = use_faster_precision(model, DEFAULT_BATCH)
     source = GenerateSource(kind="generate", teacher=TEACHER, method="self_instruct", n=1, seed_file=str(SEED_FILE))
-    generator = Generator(model, tokenizer, TeacherSampling(), seed=0)
+    generator = Generator(model, tokenizer, SAMPLING, seed=0)
     replies = [generator.chat_prompt(task) for task in read_seeds(source)[: args.prompts]]
     generator.complete(replies[:2], desc="warm-up")
     print(f"{TEACHER} in {precision}; replies to {len(replies)} seed tasks, at most {args.max_new_tokens} new tokens")
@@ -95,16 +96,17 @@ def main() -> None:
 
     ids = tokenizer(HUMAN_TEXT.read_text(encoding="utf-8"), add_special_tokens=False)["input_ids"]
     blocks = [tokenizer.decode(ids[start : start + BLOCK_TOKENS]) for start in range(0, BLOCK_TOKENS * args.prompts, BLOCK_TOKENS)]
-    for batch in [size for size in batches if size >= 16]:
+    block_batches = [size for size in batches if size >= 16]
+    for batch in block_batches:
         result = static(model, tokenizer, blocks, batch, BLOCK_TOKENS, fixed=True)
         figures.update({f"blocks_static_{batch}_{key}": value for key, value in result.items() if key != "capped"})
         print(f"blocks, static batch {batch:>3}: {result['seconds']:6.1f} s, {result['useful_tokens_per_s']:6.1f} tokens/s", flush=True)
-    for batch in [size for size in batches if size >= 16]:
+    for batch in block_batches:
         figures[f"blocks_static_{batch}_vs_batch_{DEFAULT_BATCH}"] = (figures[f"blocks_static_{batch}_useful_tokens_per_s"]
                                                                        / figures[f"blocks_static_{DEFAULT_BATCH}_useful_tokens_per_s"])
     write_results("generate_batching", figures,
                   settings={"model": TEACHER, "prompts": len(replies), "max_new_tokens": args.max_new_tokens, "block_tokens": BLOCK_TOKENS,
-                            "temperature": 0.7, "top_p": 0.95, "baseline_batch": DEFAULT_BATCH})
+                            "temperature": SAMPLING.temperature, "top_p": SAMPLING.top_p, "baseline_batch": DEFAULT_BATCH})
 
 
 if __name__ == "__main__":
