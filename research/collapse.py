@@ -51,7 +51,7 @@ from synthtrain.embeddings import minilm_encoder  # noqa: E402
 from synthtrain.evaluation.textmetrics import distinct_n, self_bleu  # noqa: E402
 from synthtrain.experiments import commit_rows  # noqa: E402
 from synthtrain.generation import Generator, load_model, use_faster_precision  # noqa: E402
-from synthtrain.params import Collapse, StageError, load_params, parse_params  # noqa: E402
+from synthtrain.params import Collapse, StageError, load_params, model_path, parse_params  # noqa: E402
 from synthtrain.records import SCHEMA, make_record, write_metrics  # noqa: E402
 from synthtrain.statistics import t_interval  # noqa: E402
 
@@ -128,8 +128,11 @@ def run_params(raw: dict, config: Collapse, run: CollapseRun) -> dict:
     params = copy.deepcopy(raw)
     for section in ("train", "tokenize", "eval"):
         params.setdefault(section, {}).update(getattr(config, section))
-    params["train"].update(init=config.teacher, seed=run.seed)
-    params.setdefault("tokenizer", {})["pretrained"] = config.teacher
+    teacher = model_path(config.teacher)
+    if Path(teacher).exists():  # a folder: made absolute, since each run's stages start in the run's own directory
+        teacher = str(Path(teacher).resolve())
+    params["train"].update(init=teacher, seed=run.seed)
+    params.setdefault("tokenizer", {})["pretrained"] = teacher
     params.pop("collapse", None)
     parse_params(params, f"collapse run {run.name}")  # collapse.train/tokenize/eval keys are checked here
     return params

@@ -26,7 +26,7 @@ from synthtrain.precision import PRECISIONS, faster_dtype
 from synthtrain.sources.download import download
 from synthtrain.synthesis.self_instruct import Pool, rouge_l
 from synthtrain.synthesis.preferences import preferences
-from synthtrain.params import Collapse, StageError, parse_params
+from synthtrain.params import TEACHER_NAMES, TEACHERS, Collapse, StageError, parse_params
 from synthtrain.tokens.bpe import train_bpe
 
 SEEDS = str(SHARED_DATA / "human/self-instruct-seed-tasks.jsonl")
@@ -240,9 +240,11 @@ def test_the_tails_are_the_rare_tokens_and_bigrams_and_a_narrow_text_keeps_fewer
 
 
 def test_make_collapse_fine_tunes_the_teacher_per_generation_records_each_run_and_skips_it_after(tmp_path, monkeypatch):
-    teacher = build_teacher(tmp_path / "teacher")
+    # installed where the teacher stage puts it and named as make collapse names it: each run's stages start in
+    # their own directory, where the name must still find the folder
+    teacher = build_teacher(tmp_path / TEACHERS / TEACHER_NAMES[0])
     monkeypatch.chdir(tmp_path)
-    tiny = {"teacher": str(teacher), "text": str(SHARED_DATA / "human/wiki-sample.txt"), "heldout_documents": 2, "block_tokens": 16,
+    tiny = {"teacher": TEACHER_NAMES[0], "text": str(SHARED_DATA / "human/wiki-sample.txt"), "heldout_documents": 2, "block_tokens": 16,
             "blocks": 32, "generations": 1, "seeds": [0], "spread_records": 20, "sampling": {"max_new_tokens": 16, "batch_size": 32},
             "train": {"tokens": 1024, "batch_tokens": 256, "micro_batch": 4, "lr": 0.0001, "warmup_steps": 1, "eval_every": 4,
                       "eval_sequences": 4, "checkpoint_every": 4},
@@ -260,7 +262,7 @@ def test_make_collapse_fine_tunes_the_teacher_per_generation_records_each_run_an
     lengths = [r["training_data"]["tokens_per_record"] for r in results.values()]
     assert all(r["training_data"]["records"] == 32 for r in results.values()) and max(lengths) - min(lengths) < 4, lengths
     for name in results:
-        assert json.loads(Path(f"data/collapse/{name}/metrics/train/metrics.json").read_text())["init"] == str(teacher)
+        assert json.loads(Path(f"data/collapse/{name}/metrics/train/metrics.json").read_text())["init"] == str(teacher.resolve())
     rows = [line for line in Path("reports/collapse.md").read_text().splitlines() if line.startswith("| s0-gen")]
     assert results["s0-gen0"]["heldout_ppl"] > 1 and len(rows) == 3
     # recorded runs are skipped: with their directories gone, nothing trains again and the report is the same
