@@ -65,6 +65,7 @@ REPORT = Path("reports/collapse.md")
 SHARED = ("data/raw/builtin_eval.parquet",)  # the pipeline's, which the eval stage checks
 GENERATED = Path("generated.parquet")  # in a run's directory: what its model wrote, the next generation's data
 ARMS = ("pure", "mixed")
+ZERO_SHOT = "zero-shot"  # the teacher itself, not fine-tuned: a row of RESULTS that is not a generation
 
 
 @dataclass(frozen=True)
@@ -152,7 +153,7 @@ def training_texts(run: CollapseRun, config: Collapse, human: list[str]) -> list
 
 def stage(workdir: Path, module: str, *args: str) -> None:
     """``python -m <module>`` in the run's directory, its log kept there."""
-    log_path = workdir / "logs" / f"{module.split('.')[-1]}{'-' + args[0] if args else ''}.log"
+    log_path = workdir / "logs" / f"{module.split('.')[-1]}.log"
     log_path.parent.mkdir(exist_ok=True)
     env = dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
     with open(log_path, "w") as out:
@@ -211,6 +212,25 @@ def execute(run: CollapseRun, params: dict, config: Collapse, human: list[str], 
     if generate and not (workdir / GENERATED).is_file():
         pq.write_table(pa.table({"text": continuations(workdir, prompts, config, run.seed)}), workdir / GENERATED)
     return workdir
+
+
+def zero_shot(config: Collapse, raw: dict, human: list[str], heldout: list[str], commit: bool) -> dict:
+    """The teacher before any fine-tuning, scored by the same eval stage on the same held-out text (the reference's
+    zero-shot baseline, which fine-tuning on the human text must beat); recorded like a run."""
+    done = recorded()
+    if ZERO_SHOT in done:
+        return done[ZERO_SHOT]
+    run = CollapseRun(ZERO_SHOT, config.seeds[0], 0, "original", None)
+    params = run_params(raw, config, run)
+    workdir = prepare(run, params, human, heldout)
+    for module in ("stages.train_tokenizer", "stages.tokenize"):  # the eval stage's n-gram baselines read the tokenized text
+        stage(workdir, module)
+    log.info("%s: stages.eval of the teacher itself", ZERO_SHOT)
+    stage(workdir, "stages.eval", "--model", params["train"]["init"])
+    evaluation = json.loads((workdir / "metrics/eval.json").read_text())
+    result = {"name": ZERO_SHOT, "heldout_ppl": evaluation["heldout_human_ppl"], "heldout_bpb": evaluation["heldout_human_bpb"]}
+    record(result, commit)
+    return result
 
 
 # --- what a generation's data looks like ---------------------------------------------------------------
@@ -283,7 +303,7 @@ PANELS = (  # (title, value of a run, its human-text value or None)
 )
 
 
-def plot(results: dict[str, dict], original: dict, config: Collapse, path: Path) -> None:
+def plot(results: dict[str, dict], original: dict, baseline: dict, config: Collapse, path: Path) -> None:
     figure, axes = plt.subplots(2, 3, figsize=(13, 7))
     for ax, (title, key, human) in zip(axes.flat, PANELS):
         for arm, style in zip(ARMS, ("o-", "s--")):
@@ -293,6 +313,8 @@ def plot(results: dict[str, dict], original: dict, config: Collapse, path: Path)
                         capsize=3, label=label)
         if human is not None:
             ax.axhline(original[human], color="grey", linestyle=":", label="the human training text")
+        else:
+            ax.axhline(baseline["heldout_ppl"], color="grey", linestyle=":", label="the teacher before fine-tuning")
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("generation")
         ax.set_xticks(range(config.generations + 1))
@@ -310,6 +332,42 @@ def listing(points: dict[int, list[float]]) -> str:
     return " → ".join(t_interval(values).text(4) for values in points.values())
 
 
+def direction(points: dict[int, list[float]], start: int) -> str:
+    """How the mean over seeds moves from generation ``start`` to the last: every step up, every step down, or neither."""
+    steps = np.diff([float(np.mean(points[g])) for g in sorted(points) if g >= start])
+    if len(steps) == 0:
+        return "has one generation only"
+    return "rises every generation" if np.all(steps > 0) else "falls every generation" if np.all(steps < 0) else "moves both ways"
+
+
+def comparison(ppl: dict, data: dict, baseline: dict, config: Collapse) -> list[str]:
+    """The reference's findings one by one against this run's (means over seeds)."""
+    last = max(ppl["pure"])
+    mean = {arm: {g: float(np.mean(v)) for g, v in ppl[arm].items()} for arm in ARMS}
+    gen0 = mean["pure"][0]
+    pure_rise, mixed_rise = mean["pure"][last] / gen0, mean["mixed"][last] / gen0
+    kept = {arm: {g: float(np.mean(v)) for g, v in data["rare_tokens_kept"][arm].items()} for arm in ARMS}
+    findings = [
+        ("Fine-tuning on the human text learns it: perplexity falls well below the zero-shot model's",
+         f"zero-shot {baseline['heldout_ppl']:.2f} → generation 0 {gen0:.2f}", gen0 < baseline["heldout_ppl"]),
+        ("With no human text kept, perplexity on the human test text rises generation after generation",
+         f"pure arm {direction(ppl['pure'], 0)} from generation 0; generation {last} is {pure_rise:.2f}× generation 0", pure_rise > 1),
+        (f"Keeping {config.real_fraction:.0%} of the human text limits the rise",
+         f"mixed arm at generation {last} is {mixed_rise:.2f}× generation 0 (pure {pure_rise:.2f}×)", mixed_rise < pure_rise),
+        ("The generated text loses the tails of the human distribution",
+         f"rare human tokens kept, pure arm: {kept['pure'][1]:.1%} at generation 1 → {kept['pure'][last]:.1%} at generation {last} "
+         f"(the human blocks: {kept['pure'][0]:.1%})", kept["pure"][last] < kept["pure"][0]),
+        ("The generated text narrows (more repetition)",
+         f"of the generated text (generation 1 on), pure arm: self-BLEU {direction(data['self_bleu']['pure'], 1)}, distinct-2 "
+         f"{direction(data['distinct_2']['pure'], 1)}",
+         None),
+    ]
+    lines = ["| the reference (Shumailov et al., 2023) | here, means over seeds | agrees |", "|---|---|---|"]
+    for claim, ours, agrees in findings:
+        lines.append(f"| {claim} | {ours} | {'yes' if agrees else 'no' if agrees is not None else 'see the per-run table'} |")
+    return lines
+
+
 def verdict(pure: dict[int, list[float]], mixed: dict[int, list[float]]) -> str:
     """The reference's two findings against ours: perplexity rises with each pure generation (every seed), and the
     mixed arm ends below the pure arm (every seed); 'replicated' when both hold, 'partly' when one does."""
@@ -322,7 +380,7 @@ def verdict(pure: dict[int, list[float]], mixed: dict[int, list[float]]) -> str:
     return f"**{word.capitalize()}**: {findings[0]}, and {findings[1]}."
 
 
-def report(results: dict[str, dict], original: dict, config: Collapse, params: dict, path: Path) -> None:
+def report(results: dict[str, dict], original: dict, baseline: dict, config: Collapse, params: dict, path: Path) -> None:
     ppl = {arm: series(results, arm, lambda r: r["heldout_ppl"]) for arm in ARMS}
     data = {key: {arm: series(results, arm, lambda r, k=key: r["training_data"][k]) for arm in ARMS}
             for key in ("rare_tokens_kept", "rare_bigrams_kept", "distinct_2", "self_bleu", "spread")}
@@ -347,7 +405,10 @@ def report(results: dict[str, dict], original: dict, config: Collapse, params: d
         "",
         verdict(ppl["pure"], ppl["mixed"]),
         "",
-        f"- **Perplexity on held-out human text**: pure {listing(ppl['pure'])}; mixed {listing(ppl['mixed'])}.",
+        *comparison(ppl, data, baseline, config),
+        "",
+        f"- **Perplexity on held-out human text**: the teacher before fine-tuning {baseline['heldout_ppl']:.3f}; pure "
+        f"{listing(ppl['pure'])}; mixed {listing(ppl['mixed'])}.",
         f"- **Tails** (tokens and bigrams seen at most {config.rare_count}× in all the human training documents, of which "
         f"generation 0's {config.blocks} human blocks hold {original['rare_tokens_kept']:.0%} and {original['rare_bigrams_kept']:.0%}): "
         f"rare tokens kept, pure "
@@ -394,11 +455,12 @@ def collapse(params_path: str = "params.yaml", commit: bool = False) -> dict:
             done[run.name] = result
             log.info("%s: held-out perplexity %.3f", run.name, result["heldout_ppl"])
     results = {run.name: done[run.name] for run in runs}
-    first = human.training_blocks(config, config.seeds[0])
-    original = data_metrics([tokenizer.decode(ids) for ids in first], tokenizer, tails, config)
-    write_metrics(METRICS, {"human_text": original, "runs": results})
-    plot(results, original, config, PLOT)
-    report(results, original, config, raw, REPORT)
+    first = [tokenizer.decode(ids) for ids in human.training_blocks(config, config.seeds[0])]
+    baseline = zero_shot(config, raw, first, human.heldout, commit)
+    original = data_metrics(first, tokenizer, tails, config)
+    write_metrics(METRICS, {"human_text": original, "zero_shot": baseline, "runs": results})
+    plot(results, original, baseline, config, PLOT)
+    report(results, original, baseline, config, raw, REPORT)
     log.info("wrote %s, %s and %s", METRICS, PLOT, REPORT)
     return results
 

@@ -11,7 +11,9 @@ anything trains: the passes over its pool that mix allows, its GPU's memory, the
 cost. ``run`` runs each run that has no row in the profile's ``runs.csv`` yet, one
 at a time (``dvc exp run --temp -n <experiment>-<run>-s<seed> -S ...``), and adds
 its row as soon as it finishes (``--commit``: and commits it), so a clone on
-another machine continues where this one stopped. ``queue`` puts the runs in DVC's
+another machine continues where this one stopped; a ``kind: generate`` source's
+shards go to this workspace's ``data/generate/``, so that a run killed with its
+temporary workspace resumes its generation in the next. ``queue`` puts the runs in DVC's
 queue instead, for ``dvc exp run --run-all -j N``. Both link the sibling
 directories params refer to (``../shared``) next to DVC's temporary workspaces;
 ``estimate`` prints each experiment's training cost on the profile's GPU
@@ -19,6 +21,7 @@ directories params refer to (``../shared``) next to DVC's temporary workspaces;
 """
 
 import argparse
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -31,6 +34,7 @@ from synthtrain.experiments import (GIB, MEMORY_HEADROOM, Definition, Experiment
                                     unique_runs, load_definition, recorded_runs, report_dir, run_params, training_cost, unrecorded)
 from synthtrain.hardware import GPU_MEMORY_GIB
 from synthtrain.params import Params, StageError, load_params
+from synthtrain.synthesis.generate import SHARDS, SHARDS_ENV
 
 EXECUTOR_DIR = Path(".dvc/tmp/exps")  # where DVC's queue makes each run's temporary workspace
 STANDALONE_DIR = EXECUTOR_DIR / "standalone"  # where `dvc exp run --temp` makes it
@@ -115,7 +119,7 @@ def run_all(runs: list[ExperimentRun], profile: str, params_path: Path, commit: 
             continue
         print(f"experiments: run {number} of {len(todo)}: {run.name}", flush=True)
         baseline = head()
-        if subprocess.run(run.command("--temp")).returncode != 0:
+        if subprocess.run(run.command("--temp"), env=dict(os.environ, **{SHARDS_ENV: str(SHARDS.resolve())})).returncode != 0:
             failed.append(run.name)
             continue
         record_rows(profile, baseline)

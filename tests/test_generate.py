@@ -25,6 +25,7 @@ from synthtrain.generation import load_model, use_faster_precision
 from synthtrain.precision import PRECISIONS, faster_dtype
 from synthtrain.sources.download import download
 from synthtrain.synthesis.self_instruct import Pool, rouge_l
+from synthtrain.synthesis.generate import SHARDS_ENV
 from synthtrain.synthesis.preferences import preferences
 from synthtrain.params import TEACHER_NAMES, TEACHERS, Collapse, StageError, parse_params
 from synthtrain.tokens.bpe import train_bpe
@@ -123,6 +124,18 @@ def test_new_settings_do_not_resume_old_shards(workdir):
     run(workdir, {"again": source("magpie", n=10, seed=1)}, "again")
     assert len(list((workdir / "data/generate").glob("again-*"))) == 1  # the other settings' shards are gone
     assert json.loads((workdir / "metrics/download/again.json").read_text())["shards_resumed"] == 0
+
+
+def test_shards_go_where_the_environment_says_and_a_rerun_resumes_them_there(workdir, tmp_path, monkeypatch):
+    # research.experiments points DVC's temporary workspaces at the main workspace's shards this way
+    monkeypatch.setenv(SHARDS_ENV, str(tmp_path / "main-workspace-shards"))
+    run(workdir, {"elsewhere": source("magpie", n=24, shard_prompts=8)}, "elsewhere")
+    first = pq.read_table(workdir / "data/raw/elsewhere.parquet")
+    shards = list((tmp_path / "main-workspace-shards").glob("elsewhere-*/shard-*.parquet"))
+    assert len(shards) >= 3 and not list((workdir / "data/generate").glob("elsewhere-*"))
+    run(workdir, {"elsewhere": source("magpie", n=24, shard_prompts=8)}, "elsewhere")
+    assert json.loads((workdir / "metrics/download/elsewhere.json").read_text())["shards_resumed"] == len(shards)
+    assert pq.read_table(workdir / "data/raw/elsewhere.parquet").equals(first)
 
 
 def test_preference_pairs_have_the_columns_trl_reads(workdir, monkeypatch):
@@ -255,7 +268,9 @@ def test_make_collapse_fine_tunes_the_teacher_per_generation_records_each_run_an
     stage(tmp_path, "stages.builtin_eval")
     results = collapse()
     assert list(results) == ["s0-gen0", "s0-gen1-pure", "s0-gen1-mixed"]
-    assert [json.loads(line)["name"] for line in Path("reports/collapse_runs.jsonl").read_text().splitlines()] == list(results)
+    # the teacher itself, not fine-tuned, is scored once as the zero-shot baseline, after the runs
+    recorded = [json.loads(line) for line in Path("reports/collapse_runs.jsonl").read_text().splitlines()]
+    assert [row["name"] for row in recorded] == [*results, "zero-shot"] and recorded[-1]["heldout_ppl"] > 1
     generated = pq.read_table("data/collapse/s0-gen0/generated.parquet").column("text").to_pylist()
     assert len(generated) == 32 and all(generated)
     # every generation trains on as many records as long as the human blocks, each fine-tuning the teacher afresh

@@ -13,6 +13,7 @@ reject reasons and provenance: docs/sources.md.
 import hashlib
 import json
 import logging
+import os
 import random
 import re
 import shutil
@@ -33,6 +34,9 @@ from synthtrain.synthesis.common import Candidate
 
 log = logging.getLogger("generate")
 SHARDS = Path("data/generate")
+# where the shards go instead of <root>/data/generate: research.experiments points the runs it starts in DVC's
+# temporary workspaces at the main workspace's, so that a run killed with its workspace resumes in the next one
+SHARDS_ENV = "SYNTHTRAIN_GENERATE_SHARDS"
 SHARD_SCHEMA = pa.schema([("reason", pa.string()), ("detail", pa.string()), ("candidate", pa.string())])
 
 
@@ -82,6 +86,10 @@ def write_shard(path: Path, candidates: list[Candidate]) -> None:
     partial.rename(path)
 
 
+def shards_root(root: str | Path) -> Path:
+    return Path(os.environ[SHARDS_ENV]) if os.environ.get(SHARDS_ENV) else Path(root) / SHARDS
+
+
 def generate(source: GenerateSource, name: str, max_chars: int, records: RecordWriter, rejects: RejectWriter, root: str | Path = ".",
              precision: str = "auto") -> dict:
     """Run the shards of ``source`` into ``records`` and ``rejects``; returns the download stage's counts.
@@ -98,7 +106,7 @@ def generate(source: GenerateSource, name: str, max_chars: int, records: RecordW
     fingerprint = hashlib.blake2b(json.dumps([settings, teacher, precision], sort_keys=True).encode(), digest_size=6).hexdigest()
     provenance = {"teacher": source.teacher, "teacher_weights": teacher, "precision": precision, "method": source.method,
                   "template": method.template, "sampling": source.sampling.model_dump(), "seed": source.seed}  # fmt: skip
-    shards = Path(root) / SHARDS / f"{name}-{fingerprint}"
+    shards = shards_root(root) / f"{name}-{fingerprint}"
     shards.mkdir(parents=True, exist_ok=True)
     budget = source.n * source.max_attempts
     kept = read = resumed = 0
@@ -140,7 +148,7 @@ def generate(source: GenerateSource, name: str, max_chars: int, records: RecordW
     if kept < source.n:
         log.warning("%s: only %d of %d records after %d prompts (n x max_attempts); rejected by reason: %s", name, kept, source.n,
                     read, dict(sorted(rejects.by_reason.items())))
-    for stale in (Path(root) / SHARDS).glob(f"{name}-*"):  # shards of earlier settings or teachers can never be resumed
+    for stale in shards_root(root).glob(f"{name}-*"):  # shards of earlier settings or teachers can never be resumed
         if stale != shards and stale.is_dir() and re.fullmatch(rf"{re.escape(name)}-[0-9a-f]{{12}}", stale.name):
             shutil.rmtree(stale)
     seconds = time.perf_counter() - started
