@@ -348,7 +348,7 @@ def comparison(ppl: dict, data: dict, baseline: dict, config: Collapse) -> list[
     pure_rise, mixed_rise = mean["pure"][last] / gen0, mean["mixed"][last] / gen0
     kept = {arm: {g: float(np.mean(v)) for g, v in data["rare_tokens_kept"][arm].items()} for arm in ARMS}
     findings = [
-        ("Fine-tuning on the human text learns it: perplexity falls well below the zero-shot model's",
+        ("Fine-tuning on the human text learns it: perplexity falls below the zero-shot model's",
          f"zero-shot {baseline['heldout_ppl']:.2f} → generation 0 {gen0:.2f}", gen0 < baseline["heldout_ppl"]),
         ("With no human text kept, perplexity on the human test text rises generation after generation",
          f"pure arm {direction(ppl['pure'], 0)} from generation 0; generation {last} is {pure_rise:.2f}× generation 0", pure_rise > 1),
