@@ -101,23 +101,24 @@ class Generator:
         """Sampling from here on depends on ``seed`` and the batch number only (a resumed shard repeats itself)."""
         self.seed, self.batches = seed, 0
 
-    def complete(self, texts: list[str], desc: str = "generating", stop: list[str] | None = None, min_new_tokens: int = 0) -> list[Reply]:
+    def complete(self, texts: list[str], desc: str = "generating", stop: list[str] | None = None, min_new_tokens: int = 0,
+                 max_new_tokens: int | None = None) -> list[Reply]:
         """Continuations of already rendered texts (special tokens included), in order;
-        a continuation also ends at any of the ``stop`` strings (kept in its text), and not at
-        an end token before ``min_new_tokens``."""
+        a continuation also ends at any of the ``stop`` strings (kept in its text), not at
+        an end token before ``min_new_tokens``, and at ``max_new_tokens`` (default: the config's)."""
         ids = [self.tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths together: less padding
         replies: list[Reply | None] = [None] * len(ids)
         size = self.config.batch_size
         for start in tqdm(range(0, len(order), size), desc=desc, unit="batch", leave=False):
             batch = order[start : start + size]
-            for i, reply in zip(batch, self._generate([ids[i] for i in batch], stop, min_new_tokens)):
+            for i, reply in zip(batch, self._generate([ids[i] for i in batch], stop, min_new_tokens, max_new_tokens)):
                 replies[i] = reply
         return replies
 
-    def _generate(self, batch: list[list[int]], stop: list[str] | None = None, min_new_tokens: int = 0) -> list[Reply]:
+    def _generate(self, batch: list[list[int]], stop: list[str] | None, min_new_tokens: int, max_new_tokens: int | None) -> list[Reply]:
         longest = max(map(len, batch))
-        max_new = self.config.max_new_tokens
+        max_new = max_new_tokens or self.config.max_new_tokens
         if self.context:  # a prompt longer than the context keeps its end (where the question and the turn start are)
             keep = max(1, self.context - max_new)
             batch = [ids[-keep:] for ids in batch]

@@ -21,13 +21,13 @@ from rouge_score import rouge_scorer
 
 from conftest import REPO, SHARED_DATA, build_teacher, split_builtin_records, stage
 from research.collapse import CollapseRun, collapse, data_metrics, plan, rare_units, training_texts
-from synthtrain.generation import load_model, use_faster_precision
+from synthtrain.generation import Generator, load_model, use_faster_precision
 from synthtrain.precision import PRECISIONS, faster_dtype
 from synthtrain.sources.download import download
 from synthtrain.synthesis.self_instruct import Pool, rouge_l
-from synthtrain.synthesis.generate import SHARDS_ENV
+from synthtrain.synthesis.generate import SHARDS_ENV, read_seeds
 from synthtrain.synthesis.preferences import preferences
-from synthtrain.params import TEACHER_NAMES, TEACHERS, Collapse, StageError, parse_params
+from synthtrain.params import TEACHER_NAMES, TEACHERS, Collapse, GenerateSource, StageError, TeacherSampling, parse_params
 from synthtrain.tokens.bpe import train_bpe
 
 SEEDS = str(SHARED_DATA / "human/self-instruct-seed-tasks.jsonl")
@@ -200,6 +200,30 @@ def test_the_stage_reports_a_bad_teacher_in_one_line(workdir):
 def test_seeded_methods_need_a_seed_file():
     with pytest.raises(Exception, match="method evol_instruct needs seed_file"):
         parse_params({"sources": {"gen": {"kind": "generate", "teacher": "t", "method": "evol_instruct", "n": 1}}})
+
+
+def test_self_instruct_shows_seed_tasks_by_their_instruction_without_the_input():
+    """Wang et al.'s prompt lists instructions only; a seed's input (a passage, up to 2,000 tokens here) would make
+    the prompt long and teach the teacher to write inputs on the task line. Evol-Instruct evolves the whole turn."""
+    tasks = [json.loads(line) for line in Path(SEEDS).read_text().splitlines()]
+    with_input = next(t for t in tasks if len(t["instances"][0]["input"].split()) > 20)
+    instruction, passage = " ".join(with_input["instruction"].split()), " ".join(with_input["instances"][0]["input"].split())
+    settings = {"kind": "generate", "teacher": "t", "n": 1, "seed_file": SEEDS}
+    self_instruct_seeds = read_seeds(GenerateSource(method="self_instruct", **settings))
+    evol_seeds = read_seeds(GenerateSource(method="evol_instruct", **settings))
+    assert instruction in self_instruct_seeds and not any(passage in seed for seed in self_instruct_seeds)
+    assert f"{instruction} {passage}" in evol_seeds and len(self_instruct_seeds) == len(evol_seeds) == len(tasks)
+
+
+def test_a_call_can_cap_its_replies_below_the_configured_cap(workdir):
+    """Self-Instruct's instruction turn stops at 64 tokens, not at the 256 sized for replies."""
+    model, tokenizer = load_model(workdir / "teacher")
+    generator = Generator(model, tokenizer, TeacherSampling(max_new_tokens=40, batch_size=4), seed=0)
+    texts = [generator.chat_prompt(f"Tell me about topic {i}") for i in range(4)]
+    generator.complete(texts, max_new_tokens=3)
+    assert 4 <= generator.new_tokens <= 4 * 3  # generated tokens, counted to each reply's end
+    generator.complete(texts, min_new_tokens=10)
+    assert generator.new_tokens >= 4 * 3 + 4 * 10
 
 
 # --- self-instruct's similarity filter ------------------------------------------------

@@ -40,9 +40,15 @@ SHARDS_ENV = "SYNTHTRAIN_GENERATE_SHARDS"
 SHARD_SCHEMA = pa.schema([("reason", pa.string()), ("detail", pa.string()), ("candidate", pa.string())])
 
 
+def instruction_of(user: str) -> str:
+    """A user turn without its input: ``formats.alpaca_prompt`` puts an input after a blank line."""
+    return user.split("\n\n", 1)[0]
+
+
 def read_seeds(source: GenerateSource) -> list[str]:
-    """The seed file's instructions (its first user turns, each on one line), unique, in file order.
-    Prompts without answers (MT-bench's turns) are seeds too."""
+    """The seed file's instructions (its first user turns, each on one line; for self_instruct without
+    the input that follows an instruction), unique, in file order. Prompts without answers (MT-bench's
+    turns) are seeds too."""
     supported = f"supported formats: {', '.join(FORMATS)} in {', '.join(local.FILE_TYPES)} files"
     settings = LocalSource(kind="local", path=source.seed_file, category="instruction", max_samples=1, format=source.seed_format,
                            split="line")
@@ -52,6 +58,8 @@ def read_seeds(source: GenerateSource) -> list[str]:
             if isinstance(item, Rejected) or item.messages is None:
                 continue
             user = next((m["content"] for m in item.messages if m.get("role") == "user" and isinstance(m.get("content"), str)), "")
+            if source.method == "self_instruct":  # its prompt lists tasks by their instruction alone, without inputs (Wang et al.)
+                user = instruction_of(user)
             if user.strip():
                 seeds[" ".join(user.split())] = None
     except StageError as exc:  # it says what is supported where that is the problem (a file type, a format)

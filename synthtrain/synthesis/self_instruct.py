@@ -21,6 +21,10 @@ HEADER = "Come up with a series of tasks:\n"
 TEMPLATE = HEADER + "Task 1: {task 1}\n...\nTask {k}: {task k}\nTask {k+1}:"
 UNSUPPORTED = re.compile(r"\b(images?|pictures?|graphs?|files?|maps?|draw|plot|go to|videos?|audio|music|flowcharts?|diagrams?)\b", re.I)
 MACHINE_TASKS = 2
+# An instruction is one line: 90 % of the 175 human seed instructions take at most 27 tokens and 3 take over 64. A
+# batch decodes until its last row stops, so a row that never writes its newline would hold the whole batch to the
+# source's cap (256 tokens, sized for replies).
+INSTRUCTION_TOKENS = 64
 
 
 def rouge_l(a: list[str], b: list[str]) -> float:
@@ -91,7 +95,8 @@ class SelfInstruct:
         return HEADER + "".join(f"Task {i}: {task}\n" for i, task in enumerate(tasks, 1)) + f"Task {len(tasks) + 1}:"
 
     def shard(self, size: int, rng: random.Random) -> list[Candidate]:
-        replies = self.generator.complete([self.prompt(rng) for _ in range(size)], desc="self_instruct: instructions", stop=["\n"])
+        replies = self.generator.complete([self.prompt(rng) for _ in range(size)], desc="self_instruct: instructions", stop=["\n"],
+                                          max_new_tokens=min(INSTRUCTION_TOKENS, self.source.sampling.max_new_tokens))
         candidates: list[Candidate | None] = [None] * size
         accepted: dict[int, str] = {}
         shard_pool = Pool()  # this shard's new instructions are compared with each other too
