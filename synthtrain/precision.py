@@ -23,13 +23,16 @@ def faster_dtype(model: torch.nn.Module, forward: Callable[[], object], repeats:
     """bf16 or fp32, whichever runs ``forward()`` (a pass of ``model`` over a typical batch) faster,
     by the best of ``repeats`` timed calls after a warm-up one. bf16 must win by ``BF16_MARGIN``:
     where the two are close (tiny models) a coin-flip timing would make the same run's outputs
-    differ from one try to the next. On a GPU: bf16 where it is supported. The model is left in fp32.
+    differ from one try to the next. On a GPU: bf16 where it is supported. The model is left in fp32,
+    with its weights as they were.
 
     The casts happen outside ``torch.inference_mode()``: parameters cast inside it become inference
     tensors, and SmolLM2's bf16 generation on those ran no faster than fp32, so the probe picked
     fp32 on an AVX512-BF16 EPYC where bf16 generates twice as fast (bench/generate_speed.py)."""
     if next(model.parameters()).device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    # a cast to bf16 and back rounds the weights: restored after, so a run that timed writes what one told its precision does
+    weights = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
     seconds = {}
     for dtype in (torch.float32, torch.bfloat16):
         model.to(dtype)
@@ -42,4 +45,5 @@ def faster_dtype(model: torch.nn.Module, forward: Callable[[], object], repeats:
                 times.append(time.perf_counter() - started)
         seconds[dtype] = min(times)
     model.to(torch.float32)
+    model.load_state_dict(weights)
     return torch.bfloat16 if seconds[torch.float32] > BF16_MARGIN * seconds[torch.bfloat16] else torch.float32

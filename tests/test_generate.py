@@ -25,8 +25,9 @@ from synthtrain.generation import Generator, load_model, use_faster_precision
 from synthtrain.precision import PRECISIONS, faster_dtype
 from synthtrain.sources.download import download
 from synthtrain.synthesis.self_instruct import Pool, rouge_l
-from synthtrain.synthesis.generate import SHARDS_ENV, read_seeds
+from synthtrain.synthesis.generate import SHARDS_ENV, generate, read_seeds
 from synthtrain.synthesis.preferences import preferences
+from synthtrain.records import RecordWriter, RejectWriter
 from synthtrain.params import TEACHER_NAMES, TEACHERS, Collapse, GenerateSource, StageError, TeacherSampling, parse_params
 from synthtrain.tokens.bpe import train_bpe
 
@@ -115,8 +116,30 @@ def test_the_teacher_writes_in_the_precision_asked_and_in_bf16_only_where_it_is_
         return lambda: time.sleep(bf16_seconds if next(model.parameters()).dtype == torch.bfloat16 else fp32_seconds)
 
     # 4 % faster is within the margin: a close timing keeps fp32, so it cannot flip from one run to the next
+    model.to(torch.float32)
+    weights = {name: tensor.clone() for name, tensor in model.state_dict().items()}
     assert faster_dtype(model, forward(0.048)) == torch.float32 and faster_dtype(model, forward(0.01)) == torch.bfloat16
     assert next(model.parameters()).dtype == torch.float32  # the timing leaves the model in fp32
+    # with the weights it had, not rounded by the cast to bf16 and back
+    assert all(torch.equal(weights[name], tensor) for name, tensor in model.state_dict().items())
+
+
+def test_a_resumed_run_goes_on_in_the_precision_its_shards_were_written_in(workdir, tmp_path):
+    # the tiny teacher times close in both, so "auto" could pick either; shards written in bf16 decide it
+    settings = GenerateSource.model_validate(source("magpie", n=24, shard_prompts=8))
+    cwd = os.getcwd()
+    os.chdir(workdir)
+    try:
+        def generate_once(precision: str, name: str) -> dict:
+            with RecordWriter(tmp_path / f"{name}.parquet") as records, RejectWriter(tmp_path / f"{name}-rejects.parquet", "bench") as rejects:
+                return generate(settings, "precision", 200_000, records, rejects, tmp_path, precision=precision)
+
+        first = generate_once("bf16", "first")
+        resumed = generate_once("auto", "resumed")
+    finally:
+        os.chdir(cwd)
+    assert resumed["precision"] == "bf16" and resumed["shards_resumed"] == len(list(tmp_path.glob("data/generate/precision-*/shard-*"))) >= 3
+    assert pq.read_table(tmp_path / "resumed.parquet").equals(pq.read_table(tmp_path / "first.parquet"))
 
 
 def test_new_settings_do_not_resume_old_shards(workdir):

@@ -28,6 +28,7 @@ from synthtrain.sources import local
 from synthtrain.sources.formats import FORMATS, Rejected
 from synthtrain.generation import Generator, load_model, use_faster_precision
 from synthtrain.params import TEACHER_OR_FOLDER, GenerateSource, LocalSource, StageError
+from synthtrain.precision import PRECISIONS
 from synthtrain.records import InvalidRecord, RecordWriter, RejectWriter, make_record
 from synthtrain.synthesis import evol_instruct, magpie, self_instruct
 from synthtrain.synthesis.common import Candidate
@@ -106,15 +107,21 @@ def generate(source: GenerateSource, name: str, max_chars: int, records: RecordW
                                   "model with a chat template (for example models/current), or a hub id in the local cache")
     seeds = read_seeds(source) if source.seed_file else []
     teacher = weights_fingerprint(model)  # of the weights as saved, before the cast
+    settings = source.model_dump(exclude={"preferences"})
+
+    def folder(precision: str) -> Path:  # a shard is what this teacher wrote in this precision: sampling in bf16 and in fp32 differ
+        fingerprint = hashlib.blake2b(json.dumps([settings, teacher, precision], sort_keys=True).encode(), digest_size=6).hexdigest()
+        return shards_root(root) / f"{name}-{fingerprint}"
+
+    if precision == "auto":  # a resumed run goes on in the precision its shards were written in; where the two time
+        # close, a fresh timing could pick the other one and start over, losing the hours already generated
+        precision = next((known for known in PRECISIONS if any(folder(known).glob("shard-*.parquet"))), precision)
     precision = use_faster_precision(model, source.sampling.batch_size, precision)
     generator = Generator(model, tokenizer, source.sampling, source.seed)
     method = method_for(source, generator, seeds)
-    settings = source.model_dump(exclude={"preferences"})
-    # a shard is what this teacher wrote in this precision: sampling in bf16 and in fp32 differ
-    fingerprint = hashlib.blake2b(json.dumps([settings, teacher, precision], sort_keys=True).encode(), digest_size=6).hexdigest()
     provenance = {"teacher": source.teacher, "teacher_weights": teacher, "precision": precision, "method": source.method,
                   "template": method.template, "sampling": source.sampling.model_dump(), "seed": source.seed}  # fmt: skip
-    shards = shards_root(root) / f"{name}-{fingerprint}"
+    shards = folder(precision)
     shards.mkdir(parents=True, exist_ok=True)
     budget = source.n * source.max_attempts
     kept = read = resumed = 0
