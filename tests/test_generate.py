@@ -138,7 +138,7 @@ def test_a_resumed_run_goes_on_in_the_precision_its_shards_were_written_in(workd
         resumed = generate_once("auto", "resumed")
     finally:
         os.chdir(cwd)
-    assert resumed["precision"] == "bf16" and resumed["shards_resumed"] == len(list(tmp_path.glob("data/generate/precision-*/shard-*"))) >= 3
+    assert first["precision"] == resumed["precision"] == "bf16" and resumed["shards_resumed"] == len(list(tmp_path.glob("data/generate/precision-*/shard-*"))) >= 3
     assert pq.read_table(tmp_path / "resumed.parquet").equals(pq.read_table(tmp_path / "first.parquet"))
 
 
