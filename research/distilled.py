@@ -4,9 +4,9 @@
 
 exp1's ``distilled`` arm generates the source once (``experiments/cpu.yaml``: SmolLM2-135M-Instruct,
 Self-Instruct from the 175 human seed tasks). This reads that run's commit (its ``rev`` in
-``reports/<profile>/runs.csv`` or ``reports/runs.csv``) with ``dvc.api``: the download metrics from git, the
-kept and rejected records from the DVC cache. It writes
-``reports/distilled.md`` (the statistics, an example of each rejection reason and random kept records)
+``reports/<profile>/runs.csv`` or ``reports/runs.csv``) with ``dvc.api``: the download, dedup, quality and
+mix metrics from git, the kept and rejected records from the DVC cache. It writes ``reports/distilled.md``
+(the statistics, an example of each rejection reason and random kept records)
 and the README's section between ``<!-- distilled -->`` and ``<!-- /distilled -->``.
 """
 
@@ -15,6 +15,7 @@ import csv
 import io
 import json
 import textwrap
+from collections import Counter
 from pathlib import Path
 
 import dvc.api
@@ -51,15 +52,33 @@ def run_rev(runs_csv: Path, name: str) -> str:
     return rows[name]["rev"]
 
 
-def table_at(rev: str, path: str):
-    return pq.read_table(io.BytesIO(read_at(rev, path, "rb")))
+def table_at(rev: str, path: str, **read):
+    return pq.read_table(io.BytesIO(read_at(rev, path, "rb")), **read)
+
+
+def pipeline_statistics(rev: str) -> str:
+    """What dedup, quality and the mix of the run did with the records the teacher's filters kept."""
+    dedup = json.loads(read_at(rev, "metrics/dedup.json"))["by_source"][SOURCE]
+    quality = json.loads(read_at(rev, "metrics/quality.json"))["by_source"][SOURCE]
+    mix = json.loads(read_at(rev, "metrics/mix.json"))
+    rejected = table_at(rev, "data/rejects/quality.parquet", columns=["reason"], filters=[("source", "==", SOURCE)])
+    reasons = Counter(rejected.column("reason").to_pylist()).most_common()
+    drawn = [category for category in mix["by_category"].values() if category["records"]]
+    passes = max(category["passes"] for category in drawn)
+    return (f"Then dedup kept {dedup['kept']:,} of {dedup['in']:,} ({dedup['exact_duplicates']:,} exact, "
+            f"{dedup['near_duplicates']:,} near and {dedup['semantic_duplicates']:,} semantic duplicates, "
+            f"{dedup['decontaminated']:,} contaminated, {dedup['heldout']:,} held out) and quality kept {quality['kept']:,} "
+            f"(rejected by reason: " + (", ".join(f"{reason} {count:,}" for reason, count in reasons) or "none") + "). "
+            f"The run's mix drew {mix['tokens']:,} tokens from them: {passes:.1f} passes over their "
+            f"{sum(category['available_tokens'] for category in drawn):,} tokens "
+            "(`metrics/dedup.json`, `metrics/quality.json`, `metrics/mix.json`).")
 
 
 def shown_record(messages: list[dict], width: int = 600) -> str:
     return "\n".join(f"> **{m['role']}**: {textwrap.shorten(m['content'], width)}" for m in messages)
 
 
-def markdown(name: str, rev: str, teacher: str, metrics: dict, kept: list[dict], rejects: list[dict], samples: int,
+def markdown(name: str, rev: str, teacher: str, metrics: dict, machine: str, pipeline: str, kept: list[dict], rejects: list[dict], samples: int,
              seed: int = 0) -> tuple[str, str]:
     """The report, and the README's shorter section (statistics and two kept records)."""
     rng = np.random.default_rng(seed)
@@ -70,7 +89,9 @@ def markdown(name: str, rev: str, teacher: str, metrics: dict, kept: list[dict],
              + ", ".join(f"{reason} {count:,}" for reason, count in reasons) + "."]
     if "generation_tokens_per_s" in metrics:
         stats.append(f"It generated {metrics['generation_tokens_per_s']:,.0f} tokens/s and kept {metrics['records_per_s']:.2f} records/s "
-                     f"(`metrics/download/{SOURCE}.json` of run `{name}`, commit `{rev[:10]}`).")
+                     f"in {metrics['precision']} on the run's machine ({machine}; "
+                     f"`metrics/download/{SOURCE}.json` of run `{name}`, commit `{rev[:10]}`).")
+    stats.append(pipeline)
     report = ["# What SmolLM2-135M-Instruct wrote: the `distilled` source", "",
               f"Written by `python -m research.distilled` from exp1's run `{name}`. " + " ".join(stats), "",
               "## One rejected candidate per reason", ""]
@@ -104,7 +125,9 @@ def main(argv=None) -> None:
     teacher = yaml.safe_load(read_at(rev, "params.yaml"))["sources"][SOURCE]["teacher"]
     kept = table_at(rev, f"data/raw/{SOURCE}.parquet").to_pylist()
     rejects = table_at(rev, f"data/rejects/download-{SOURCE}.parquet").to_pylist()
-    report, section = markdown(args.run, rev, teacher, metrics, kept, rejects, args.samples)
+    trained = json.loads(read_at(rev, "metrics/train/metrics.json"))  # the run generated and trained on one machine
+    machine = f"{trained['cpu']}, {trained['cores']} cores, " + (", ".join(trained["cpu_flags"]) or "no AVX2 or AVX-512")
+    report, section = markdown(args.run, rev, teacher, metrics, machine, pipeline_statistics(rev), kept, rejects, args.samples)
     write_output_text(REPORT, report)
     write_output_text(README, replace_section(README.read_text(), section))
     print(f"distilled: wrote {REPORT} and the README's section from {args.run} ({rev[:10]})")
