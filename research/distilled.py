@@ -4,8 +4,8 @@
 
 exp1's ``distilled`` arm generates the source once (``experiments/cpu.yaml``: SmolLM2-135M-Instruct,
 Self-Instruct from the 175 human seed tasks). This reads that run's commit (its ``rev`` in
-``reports/<profile>/runs.csv`` or ``reports/runs.csv``) with ``dvc.api``: the download, dedup, quality and
-mix metrics from git, the kept and rejected records from the DVC cache. It writes ``reports/distilled.md``
+``reports/<profile>/runs.csv`` or ``reports/runs.csv``) with ``dvc.api``: the download, dedup, mix and train
+metrics from git, the kept and rejected records from the DVC cache. It writes ``reports/distilled.md``
 (the statistics, an example of each rejection reason and random kept records)
 and the README's section between ``<!-- distilled -->`` and ``<!-- /distilled -->``.
 """
@@ -15,7 +15,6 @@ import csv
 import io
 import json
 import textwrap
-from collections import Counter
 from pathlib import Path
 
 import dvc.api
@@ -57,21 +56,17 @@ def table_at(rev: str, path: str, **read):
 
 
 def pipeline_statistics(rev: str) -> str:
-    """What dedup, quality and the mix of the run did with the records the teacher's filters kept."""
+    """What dedup and the mix of the run did with the records the teacher's filters kept. exp1's source is
+    outside the pool (``pool: false``), so it is neither quality-scored nor sampled (docs/sources.md)."""
     dedup = json.loads(read_at(rev, "metrics/dedup.json"))["by_source"][SOURCE]
-    quality = json.loads(read_at(rev, "metrics/quality.json"))["by_source"][SOURCE]
     mix = json.loads(read_at(rev, "metrics/mix.json"))
-    rejected = table_at(rev, "data/rejects/quality.parquet", columns=["reason"], filters=[("source", "==", SOURCE)])
-    reasons = Counter(rejected.column("reason").to_pylist()).most_common()
     drawn = [category for category in mix["by_category"].values() if category["records"]]
     passes = max(category["passes"] for category in drawn)
     return (f"Then dedup kept {dedup['kept']:,} of {dedup['in']:,} ({dedup['exact_duplicates']:,} exact, "
             f"{dedup['near_duplicates']:,} near and {dedup['semantic_duplicates']:,} semantic duplicates, "
-            f"{dedup['decontaminated']:,} contaminated, {dedup['heldout']:,} held out) and quality kept {quality['kept']:,} "
-            f"(rejected by reason: " + (", ".join(f"{reason} {count:,}" for reason, count in reasons) or "none") + "). "
-            f"The run's mix drew {mix['tokens']:,} tokens from them: {passes:.1f} passes over their "
-            f"{sum(category['available_tokens'] for category in drawn):,} tokens "
-            "(`metrics/dedup.json`, `metrics/quality.json`, `metrics/mix.json`).")
+            f"{dedup['decontaminated']:,} contaminated), and the run's mix drew {mix['tokens']:,} tokens from them: "
+            f"{passes:.1f} passes over their {sum(category['available_tokens'] for category in drawn):,} tokens "
+            "(`metrics/dedup.json`, `metrics/mix.json`; a source outside the pool is not quality-scored or sampled).")
 
 
 def shown_record(messages: list[dict], width: int = 600) -> str:

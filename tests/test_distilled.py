@@ -18,7 +18,7 @@ from synthtrain.records import REJECT_SCHEMA, SCHEMA, make_record
 
 README = "# synth-train\n\nintro\n\n<!-- distilled -->\nold section\n<!-- /distilled -->\n\n## Next\n"
 DVC = str(Path(sys.executable).parent / "dvc")  # the environment's, as tests/test_pipeline.py runs it
-OUTS = ("data/raw/distilled.parquet", "data/rejects/download-distilled.parquet", "data/rejects/quality.parquet")
+OUTS = ("data/raw/distilled.parquet", "data/rejects/download-distilled.parquet")
 
 
 def run(root, *command: str) -> str:
@@ -34,14 +34,11 @@ def run_commit(tmp_path, monkeypatch):
             for i in range(8)]
     rejects = [{"source": "distilled", "reason": reason, "location": f"shard 0:{i}", "detail": f"{reason} detail", "raw": f"candidate {i}"}
                for i, reason in enumerate(["too_similar", "too_similar", "capped_reply"])]
-    quality_rejects = [{"source": source, "reason": reason, "location": f"raw {i}", "detail": "", "raw": None}
-                       for i, (source, reason) in enumerate([("distilled", "refusal"), ("builtin", "refusal"), ("distilled", "below_threshold"),
-                                                             ("distilled", "refusal")])]
     run(tmp_path, "git", "init", "-q")
     run(tmp_path, DVC, "init", "-q")
     stage = {"stages": {"download": {"cmd": "true", "outs": list(OUTS)}}}
     (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(stage))
-    for path, rows, schema in zip(OUTS, (kept, rejects, quality_rejects), (SCHEMA, REJECT_SCHEMA, REJECT_SCHEMA)):
+    for path, rows, schema in zip(OUTS, (kept, rejects), (SCHEMA, REJECT_SCHEMA)):
         (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(pa.Table.from_pylist(rows, schema), tmp_path / path)
     metrics = {"read": 11, "kept": 8, "rejected": 3, "rejected_by_reason": {"too_similar": 2, "capped_reply": 1},
@@ -52,7 +49,6 @@ def run_commit(tmp_path, monkeypatch):
     (tmp_path / "metrics/train").mkdir()
     (tmp_path / "metrics/train/metrics.json").write_text(json.dumps({"cpu": "AMD EPYC", "cores": 2, "cpu_flags": ["avx2"]}))
     (tmp_path / "metrics/dedup.json").write_text(json.dumps({"by_source": {"distilled": dedup, "builtin": dict(dedup, kept=99)}}))
-    (tmp_path / "metrics/quality.json").write_text(json.dumps({"by_source": {"distilled": {"records": 7, "kept": 4}}}))
     drawn = {"records": 4, "passes": 12.5, "available_tokens": 800}
     (tmp_path / "metrics/mix.json").write_text(json.dumps({"tokens": 10000, "by_category": {"instruction": drawn, "web": dict(drawn, records=0, passes=0)}}))
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"sources": {"distilled": {"kind": "generate", "teacher": "smollm2-135m-instruct"}}}))
@@ -75,9 +71,8 @@ def test_the_report_has_the_statistics_one_example_per_reason_and_kept_records_a
     assert "wrote 11 candidates and 8 were kept (73%)" in report and "too_similar 2, capped_reply 1" in report
     assert "**too_similar** (too_similar detail)" in report and "**capped_reply**" in report
     assert "kept 0.50 records/s in fp32 on the run's machine (AMD EPYC, 2 cores, avx2;" in report
-    # what dedup, quality (the source's own rejects, not another's) and the mix did with them
-    assert "dedup kept 7 of 8 (1 exact" in report and "quality kept 4 (rejected by reason: refusal 2, below_threshold 1)" in report
-    assert "The run's mix drew 10,000 tokens from them: 12.5 passes over their 800 tokens" in report
+    # what dedup (of this source, not another) and the mix did with them
+    assert "dedup kept 7 of 8 (1 exact" in report and "the run's mix drew 10,000 tokens from them: 12.5 passes over their 800 tokens" in report
     assert report.count("> **user**: Name a colour number") == 3
     readme = (run_commit / "README.md").read_text()
     assert "old section" not in readme and "wrote 11 candidates" in readme and readme.count("> **user**") == 1
