@@ -24,7 +24,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from conftest import REPO, stage
 from synthtrain.sources.download import download
 from synthtrain.params import ParamsError, StageError, parse_params
-from synthtrain.hardware import cpu_datasheet_peak, recorded_peak
+from synthtrain.hardware import cpu_datasheet_peak, matmul_peak, recorded_peak
 from synthtrain.training import (TokenSet, final_peak, is_out_of_memory, layout, learning_rate, out_of_memory_advice, read_inputs,
                                  token_loss_sum)
 
@@ -314,6 +314,12 @@ def test_the_peak_is_the_best_of_the_run_and_of_the_machines_record(tmp_path, mo
     assert later["peak_flops"] == 1e18 and later["peak_tflops_recorded_before"] == 1e6 and later["peak_tflops_this_run"] < 1e6
     given = parse_params({**PARAMS, "train": {**TRAIN, "peak_tflops": 2.0}}).train
     assert final_peak({"peak_flops": 2e12, "precision": "fp32"}, cpu, given) == {"peak_flops": 2e12}
+
+
+def test_the_peak_tries_no_larger_matmul_once_one_outlasts_the_timing_budget():
+    # bf16 without CPU support runs at ~1 GFLOP/s: a 4096² matmul took minutes. With no budget the first (smallest)
+    # size ends it; had the 10⁶² one been tried, its allocation (4 TB) would have failed
+    assert matmul_peak(torch.device("cpu"), torch.float32, sizes=(10**6, 64), seconds=0.0) > 0
 
 
 def test_cpu_datasheet_peaks_for_known_models_only():
