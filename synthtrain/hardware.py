@@ -53,7 +53,8 @@ BF16_FLAGS = ("avx512_bf16", "amx_bf16", "amx_tile", "avx512f", "avx2")
 # fastest blocking of each library; each timed for at least PEAK_SECONDS.
 PEAK_SIZES = (1024, 2048, 4096)
 PEAK_SECONDS = 0.5
-PEAK_METHOD = f"best single matmul over squares {', '.join(f'{size}²' for size in PEAK_SIZES)}, each timed for {PEAK_SECONDS} s (at least 3 runs)"
+PEAK_METHOD = (f"best single matmul over squares {', '.join(f'{size}²' for size in PEAK_SIZES)}, each timed for {PEAK_SECONDS} s "
+               "(at least 3 runs); no larger square once one matmul outlasts that")
 PEAK_DRIFT = 0.10  # start and end peaks further apart than this: the machine was busy for one of them
 
 
@@ -105,7 +106,7 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, sizes=PEAK_SIZES, seco
     """FLOP/s of the fastest single square matmul in dtype over `sizes`: the peak the
     machine reaches when nothing interrupts it, not an average over interruptions.
     Sizes are tried smallest first, and none larger once one matmul outlasts `seconds`: on a
-    CPU without bf16 instructions a bf16 matmul runs at about 1 GFLOP/s, so the 4096² one
+    CPU without bf16 instructions bf16 is emulated, far slower than fp32: the 4096² one
     alone took minutes, timed four times, before every training run (AMD EPYC with AVX2 only)."""
     peak = 0.0
     for size in sorted(sizes):
