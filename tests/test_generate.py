@@ -131,7 +131,7 @@ def test_a_resumed_run_goes_on_in_the_precision_its_shards_were_written_in(workd
     os.chdir(workdir)
     try:
         def generate_once(precision: str, name: str) -> dict:
-            with RecordWriter(tmp_path / f"{name}.parquet") as records, RejectWriter(tmp_path / f"{name}-rejects.parquet", "bench") as rejects:
+            with RecordWriter(tmp_path / f"{name}.parquet") as records, RejectWriter(tmp_path / f"{name}-rejects.parquet", "precision") as rejects:
                 return generate(settings, "precision", 200_000, records, rejects, tmp_path, precision=precision)
 
         first = generate_once("bf16", "first")

@@ -317,7 +317,7 @@ def test_the_peak_is_the_best_of_the_run_and_of_the_machines_record(tmp_path, mo
 
 
 def test_the_peak_tries_no_larger_matmul_once_one_outlasts_the_timing_budget():
-    # bf16 without CPU support runs at ~1 GFLOP/s: a 4096² matmul took minutes. With no budget the first (smallest)
+    # bf16 without CPU support is emulated: a 4096² matmul took minutes. With no budget the first (smallest)
     # size ends it; had the 10⁶² one been tried, its allocation (4 TB) would have failed
     assert matmul_peak(torch.device("cpu"), torch.float32, sizes=(10**6, 64), seconds=0.0) > 0
 
