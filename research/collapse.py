@@ -280,7 +280,7 @@ def record(result: dict, commit: bool) -> None:
     with RESULTS.open("a") as out:
         out.write(json.dumps(result, sort_keys=True) + "\n")
     if commit:
-        commit_rows(RESULTS, f"collapse {result['name']}")
+        commit_rows([RESULTS], f"collapse {result['name']}")
 
 
 # --- the report ---------------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from typing import Any
 import yaml
 
 from synthtrain.cli import run_stage
-from synthtrain.experiments import (GIB, MEMORY_HEADROOM, Definition, ExperimentRun, check_keys, check_run, commit_rows, expand,
+from synthtrain.experiments import (GIB, MEMORY_HEADROOM, Definition, ExperimentRun, check_keys, check_run, commit_rows, curves_path, expand,
                                     unique_runs, load_definition, recorded_runs, report_dir, run_params, training_cost, unrecorded)
 from synthtrain.hardware import GPU_MEMORY_GIB
 from synthtrain.params import Params, StageError, load_params
@@ -127,7 +127,7 @@ def run_all(runs: list[ExperimentRun], profile: str, params_path: Path, commit: 
             failed.append(run.name)  # it ran but left no metrics for a row: research.report says why
             continue
         if commit:
-            commit_rows(path, run.name)
+            commit_rows([path, curves_path(path)], run.name)
     if failed:
         raise StageError(f"{len(failed)} of {len(todo)} runs failed: {', '.join(failed)} (their errors are above)")
 

@@ -27,8 +27,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
-from synthtrain.experiments import ExperimentRun, expand, first_per_name, load_definition, report_dir, save_rows  # noqa: E402
+from synthtrain.experiments import ExperimentRun, curves_path, expand, first_per_name, load_definition, report_dir, save_rows  # noqa: E402
 from synthtrain.params import StageError, load_params  # noqa: E402
+from synthtrain.records import write_output_text  # noqa: E402
 from synthtrain.statistics import (BIGRAM_MARGIN, CATEGORY_LOSS, NO_SIGNAL, SEEDS_NEEDED, SIGNAL, UNKNOWN, Comparison,  # noqa: E402
                                    Interval, Ranking, Signal, pairwise, rank, signal, t_interval, threshold_verdict)
 from synthtrain.cli import run_stage  # noqa: E402
@@ -124,10 +125,32 @@ def exp_show(all_commits: bool = True, rev: str | None = None) -> list[dict]:
 
 
 def loss_curve(rev: str) -> list[tuple[int, float]]:
+    """The training loss per step in the experiment's commit: only on the machine that ran it (DVC keeps experiment
+    commits in local refs), so each run's curve is also committed next to its row (loss_curves.csv)."""
     shown = subprocess.run(["git", "show", f"{rev}:metrics/train/plots/metrics/train/loss.tsv"], capture_output=True, text=True)
     if shown.returncode != 0:
         return []
     return [(int(row["step"]), float(row["loss"])) for row in csv.DictReader(io.StringIO(shown.stdout), delimiter="\t")]
+
+
+def recorded_curves(path: Path) -> dict[str, list[tuple[int, float]]]:
+    """name -> [(step, loss)] of each run in loss_curves.csv."""
+    curves: dict[str, list[tuple[int, float]]] = {}
+    if path.is_file():
+        with path.open(newline="") as handle:
+            for row in csv.DictReader(handle):
+                curves.setdefault(row["name"], []).append((int(row["step"]), float(row["loss"])))
+    return curves
+
+
+def write_curves(results: list[Result], path: Path) -> None:
+    """Add or replace the curves of the results that have one; other runs' curves (other machines) stay."""
+    curves = recorded_curves(path) | {r.run.name: r.loss_curve for r in models(results) if r.loss_curve}
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["name", "step", "loss"])
+    writer.writerows([name, step, f"{loss:.5g}"] for name in sorted(curves) for step, loss in curves[name])
+    write_output_text(path, text.getvalue())
 
 
 def run_metrics(data: dict) -> dict[str, float]:
@@ -172,7 +195,7 @@ def current_chance(metrics: dict[str, float], reference: dict) -> dict[str, floa
 def collect(runs: list[ExperimentRun], all_commits: bool = True, rows: Path | None = None, rev: str | None = None) -> tuple[list[Result], list[str]]:
     """Finished experiments named like ``runs`` (the newest of each name), and the names that are missing or failed.
     A run that has no DVC experiment here but a row in ``rows`` (runs.csv: it finished on another machine, or its
-    experiment was removed) is read from its row; its loss curve only where its commit is here."""
+    experiment was removed) is read from its row, its loss curve from loss_curves.csv next to ``rows``."""
     wanted: dict[str, list[ExperimentRun]] = {}
     for run in runs:
         wanted.setdefault(run.name, []).append(run)
@@ -187,13 +210,14 @@ def collect(runs: list[ExperimentRun], all_commits: bool = True, rows: Path | No
             if name not in newest or data["timestamp"] > newest[name][1]["timestamp"]:
                 newest[name] = (revision["rev"], data)
     recorded = recorded_metrics(rows) if rows else {}
+    curves = recorded_curves(curves_path(rows)) if rows else {}
     reference = json.loads(TASK_CHANCE_REFERENCE.read_text()) if TASK_CHANCE_REFERENCE.is_file() else {}
     results, missing = [], []
     for name, shared in wanted.items():
         rev, metrics = (newest[name][0], run_metrics(newest[name][1])) if name in newest else recorded.get(name, ("", {}))
         if metrics:
             metrics = current_chance(metrics, reference)
-            curve = loss_curve(rev)
+            curve = loss_curve(rev) or curves.get(name, [])
             results += [Result(run, rev, metrics, curve) for run in shared]  # a shared run: one result per experiment
         else:
             missing.append(name)
@@ -414,6 +438,9 @@ def plot_loss_curves(results: list[Result], experiments: list[str], path: Path) 
             if level := summarise([r for group in groups.values() for r in group], baseline.key):
                 color, style = LINE_STYLES[baseline.label.split()[0]]
                 axis.axhline(level.mean, color=color, linestyle=style, label=f"held-out {baseline.label} (mean of runs)")
+        experiment_runs = models([r for group in groups.values() for r in group])
+        if without := sum(not r.loss_curve for r in experiment_runs):  # trained elsewhere before curves were committed
+            axis.text(0.02, 0.02, f"{without} of {len(experiment_runs)} runs: no recorded curve", transform=axis.transAxes, fontsize=8)
         axis.set_title(experiment)
         axis.set_xlabel("optimizer step")
         axis.set_ylabel("training loss (nats/token, mean over seeds)")
@@ -792,7 +819,11 @@ def markdown(definition, results: list[Result], missing: list[str], table_rho: d
     out += [f"- {s}" for s in surprises] or [f"- None: {nothing} went the way the research plan expected."]
     for name, spec in definition.experiments.items():
         out += ["", f"## {name}: {spec.question}", "", *table(by_config(results, name)), *category_table(by_config(results, name))]
+    without_curve = [r.run.name for r in models(results) if not r.loss_curve]
     out += ["", "Plots: " + ", ".join(f"[{p}]({Path('..') / plots / p})" for p in ("quality_vs_quantity.png", "mix.png", "correlation.png", "loss_curves.png")),
+            f"The loss curves are means over the runs whose curve is recorded (loss_curves.csv); {len(without_curve)} of "
+            f"{len(models(results))} runs have none: they trained on a machine that is gone, before their curves were committed "
+            "(their curves are in the git history of loss_curves.png)." if without_curve else None,
             "", "## exp4: Spearman rho of each cheap metric against each reference (95% bootstrap interval)", "",
             "| cheap metric | " + " | ".join(r.label for r in REFERENCES) + " |", "|---|" + "---:|" * len(REFERENCES)]
     for cheap in CHEAP:
@@ -831,6 +862,7 @@ def record_runs(profile: str, path: Path, rev: str | None = None) -> list[Result
     run with the commit the run started from: HEAD may have moved since)."""
     results, _ = collect(expand(load_definition(profile)), all_commits=False, rev=rev)  # not rows: it writes them
     write_runs_csv(results, path)
+    write_curves(results, curves_path(path))
     return results
 
 
@@ -848,6 +880,7 @@ def report(profile: str, out: Path, plots: Path, sizes: dict[str, int]) -> tuple
     plot_loss_curves(results, list(definition.experiments), plots / "loss_curves.png")
     out.write_text(markdown(definition, results, missing, table_rho, profile, plots, sizes))
     write_runs_csv(results, out.with_name("runs.csv"))
+    write_curves(results, curves_path(out.with_name("runs.csv")))
     return results, missing
 
 

@@ -360,10 +360,16 @@ def save_rows(path: Path, columns: list[str], rows: list[dict[str, str]]) -> Non
     write_output_text(path, text.getvalue())
 
 
-def commit_rows(path: Path, name: str) -> None:
-    """Commit one results file alone (whatever else is staged stays staged), so that a clone elsewhere skips the
-    runs it records."""
-    for command in (["git", "add", str(path)], ["git", "commit", "-q", "-m", f"experiments: {name}", "--", str(path)]):
+def curves_path(rows: Path) -> Path:
+    """Each run's training loss per step, next to runs.csv (research.report writes it with the rows)."""
+    return rows.with_name("loss_curves.csv")
+
+
+def commit_rows(paths: list[Path], name: str) -> None:
+    """Commit the results files alone (whatever else is staged stays staged), so that a clone elsewhere skips the
+    runs they record."""
+    files = [str(path) for path in paths if path.exists()]
+    for command in (["git", "add", *files], ["git", "commit", "-q", "-m", f"experiments: {name}", "--", *files]):
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0:
             raise StageError(f"{' '.join(command)} failed: {(done.stderr or done.stdout).strip()}")

@@ -17,8 +17,8 @@ import yaml
 
 from conftest import REPO
 from research.experiments import commit_rows, main
-from research.report import Result, collect, models, write_runs_csv
-from synthtrain.experiments import activation_bytes, expand, load_definition, model_size, recorded_runs, save_rows, unrecorded
+from research.report import Result, collect, models, recorded_curves, write_curves, write_runs_csv
+from synthtrain.experiments import activation_bytes, curves_path, expand, load_definition, model_size, recorded_runs, save_rows, unrecorded
 from synthtrain.params import StageError
 from synthtrain.records import output_transaction
 
@@ -120,7 +120,7 @@ def test_runs_only_reads_the_experiments_of_head_and_keeps_the_other_rows(projec
     assert [(row["name"], row["heldout_bpb"]) for row in rows] == [("exp3-equal-s0", "2.5")]
 
 
-def test_commit_rows_commits_runs_csv_alone(tmp_path, monkeypatch):
+def test_commit_rows_commits_runs_csv_and_the_loss_curves_alone(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
 
     def git(*args):
@@ -135,9 +135,10 @@ def test_commit_rows_commits_runs_csv_alone(tmp_path, monkeypatch):
     (tmp_path / "params.yaml").write_text("a: 2\n")
     git("add", "params.yaml")  # the user's own staged change: it stays staged, out of the commit
     write_rows(tmp_path / "reports/runs.csv", ["exp3-equal-s0"])
-    commit_rows(tmp_path / "reports/runs.csv", "exp3-equal-s0")
+    (tmp_path / "reports/loss_curves.csv").write_text("name,step,loss\nexp3-equal-s0,1,7.5\n")
+    commit_rows([tmp_path / "reports/runs.csv", tmp_path / "reports/loss_curves.csv"], "exp3-equal-s0")
     assert git("log", "-1", "--format=%s") == "experiments: exp3-equal-s0\n"
-    assert git("show", "--name-only", "--format=", "HEAD").split() == ["reports/runs.csv"]
+    assert git("show", "--name-only", "--format=", "HEAD").split() == ["reports/loss_curves.csv", "reports/runs.csv"]
     assert git("diff", "--cached", "--name-only").split() == ["params.yaml"]
     # a fresh clone has the row, so its runner skips the run
     subprocess.run(["git", "clone", "-q", str(tmp_path), str(tmp_path / "clone")], check=True)
@@ -236,9 +237,15 @@ def test_a_fresh_clone_reports_from_the_committed_rows_and_a_shared_run_counts_o
     path = project / "reports/shared/runs.csv"
     save_rows(path, ["name", "rev", "heldout_bpb", "tasks_fact_recall_accuracy"],
               [{"name": "exp1-mixed-s0", "rev": "abc1234", "heldout_bpb": "2.5", "tasks_fact_recall_accuracy": ""}])
+    curves = curves_path(path)  # its commit (abc1234) is not here: its loss curve comes from the committed file
+    curves.write_text("name,step,loss\nexp1-mixed-s0,1,7.5\nexp1-mixed-s0,2,7.25\n")
     results, missing = collect(runs, rows=path)
     assert missing == ["exp3-web_heavy-s0"]
     assert [(r.run.experiment, r.rev, r.metrics) for r in results] == [("exp1", "abc1234", {"heldout_bpb": 2.5}),
                                                                       ("exp3", "abc1234", {"heldout_bpb": 2.5})]
+    assert [r.loss_curve for r in results] == [[(1, 7.5), (2, 7.25)]] * 2
     assert [r.run.name for r in models(results)] == ["exp1-mixed-s0"]
+    # a run that finishes here adds its curve; the other machine's stays, and the shared run's is written once
+    write_curves([*results, Result(runs[2], "def5678", {}, [(1, 8.0)])], curves)
+    assert recorded_curves(curves) == {"exp1-mixed-s0": [(1, 7.5), (2, 7.25)], "exp3-web_heavy-s0": [(1, 8.0)]}
     assert unrecorded(runs, path) == [runs[2]] and collect(runs)[0] == []  # without the rows: nothing finished here
