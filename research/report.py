@@ -17,7 +17,7 @@ import json
 import math
 import subprocess
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import matplotlib
@@ -31,7 +31,7 @@ from synthtrain.experiments import ExperimentRun, curves_path, expand, first_per
 from synthtrain.params import StageError, load_params  # noqa: E402
 from synthtrain.records import write_output_text  # noqa: E402
 from synthtrain.statistics import (BIGRAM_MARGIN, CATEGORY_LOSS, NO_SIGNAL, SEEDS_NEEDED, SIGNAL, UNKNOWN, Comparison,  # noqa: E402
-                                   Interval, Ranking, Signal, pairwise, rank, signal, t_interval, threshold_verdict)
+                                   Interval, Ranking, Signal, holm, pairwise, rank, signal, t_interval, threshold_verdict, welch)
 from synthtrain.cli import run_stage  # noqa: E402
 
 
@@ -573,7 +573,7 @@ def answer_synthetic(results: list[Result]) -> list[str]:
     verdict = config_signal(pure)
     if verdict.label == NO_SIGNAL:
         return [f"No signal at this profile's scale: trained on instruction data alone, the model shows no signal "
-                f"({'; '.join(verdict.reasons)}), so no conclusion is drawn from it ({facts})."]
+                f"({'; '.join(verdict.reasons)}), so no conclusion is drawn from it ({facts})." + answer_distillation(results)]
     opening = "Partly" if verdict.label == SIGNAL else f"Undecided, as its signal is unknown ({'; '.join(verdict.reasons)})"
     words = [f"{opening}: trained on synthetic instruction data alone (the curated 100K pool), the model reaches {facts}"]
     for control, what in EXP1_CONTROLS.items():
@@ -585,7 +585,49 @@ def answer_synthetic(results: list[Result]) -> list[str]:
     if outsiders:
         words.append(f". The {' and '.join(outsiders)} never saw the fictional world the held-out sets and tasks are about: "
                      "they show what language alone, without the world's facts, gives on them")
-    return ["".join(words) + "."]
+    return ["".join(words) + "." + answer_distillation(results)]
+
+
+DISTILLATION_REPLIES = (PREFERENCE, COHERENCE, RELEVANCE)
+
+
+def beats_bigram(result: Result, category: str) -> bool:
+    loss, bigram = result.metrics.get(f"heldout_{category}_loss"), result.metrics.get(f"heldout_{category}_bigram_loss")
+    return loss is not None and bigram is not None and loss < bigram - BIGRAM_MARGIN
+
+
+def answer_distillation(results: list[Result]) -> str:
+    """exp1's distilled arm against the human arm: both never saw the world, so the signal rule (every category
+    below its bigram) rules both out, yet both learn the instruction category's language. They are compared there,
+    where every run of both beats the bigram model of its own training tokens, and on the judges of their replies;
+    Holm over the metrics compared."""
+    groups = by_config(results, "exp1")
+    if not groups.get("distilled") or not groups.get("human"):
+        return ""
+    metrics = list(DISTILLATION_REPLIES)
+    instruction = "clean_instruction"
+    learned = all(beats_bigram(r, instruction) for r in groups["distilled"] + groups["human"])
+    if learned:
+        metrics.insert(0, INSTRUCTION_CLEAN_BPB)
+    values = {m: {config: [r.metrics[m.key] for r in groups[config] if m.key in r.metrics] for config in ("distilled", "human")} for m in metrics}
+    metrics = [m for m in metrics if all(len(v) >= 2 for v in values[m].values())]
+    if not metrics:
+        return ""
+    tests = {m: welch(values[m]["distilled"], values[m]["human"]) for m in metrics}
+    adjusted = dict(zip(metrics, holm([tests[m].p for m in metrics])))
+    parts = [f"{m.label} {t_interval(values[m]['distilled']).text(m.digits)} against {t_interval(values[m]['human']).text(m.digits)}, "
+             f"{replace(tests[m], adjusted=adjusted[m]).text(m.digits)}" for m in metrics]
+    bigram = INSTRUCTION_CLEAN_BPB.baselines[1]
+    bigrams = " and ".join(s.text(bigram.digits) for config in ("distilled", "human") if (s := summarise(groups[config], bigram.key)))
+    where = (f"on the clean instruction held-out set, where every run of both beats the bigram model of its own training tokens "
+             f"({bigram.label}: {bigrams}), and on the judges of their replies" if learned else
+             "on the judges of their replies (not on held-out loss: some run of either is not below its bigram model there)")
+    significant = [m.label for m in metrics if replace(tests[m], adjusted=adjusted[m]).significant]
+    verdict = (f"significant on {', '.join(significant)}" if significant else
+               "no significant difference on any: at this scale the teacher's data and human text are tied")
+    return (f" Distillation: the student of the real teacher's data against the same compute on human-written text (neither saw "
+            f"the world, so both have no signal by the rule above), compared {where}, Holm over these {len(metrics)} metrics: "
+            + "; ".join(parts) + f". Verdict: {verdict}.")
 
 
 def real_reference_lines(path: Path = JUDGE_CHECK) -> list[str]:

@@ -5,7 +5,7 @@ import math
 import pytest
 from scipy import stats
 
-from research.report import (PRIMARY, Family, Result, answer_quality, category_table, current_chance, expected_pool, markdown, plot_loss_curves, plot_mix,
+from research.report import (PRIMARY, Family, Result, answer_distillation, answer_quality, category_table, current_chance, expected_pool, markdown, plot_loss_curves, plot_mix,
                              plot_quality_vs_quantity, table, unexpected, write_runs_csv)
 from synthtrain.statistics import NO_SIGNAL, SIGNAL, UNKNOWN, holm, signal, t_interval, welch
 from synthtrain.experiments import Definition, ExperimentRun
@@ -190,3 +190,25 @@ def test_a_run_scored_before_the_open_answer_chance_gets_the_current_chance_and_
     assert rescored["tasks_string_chance"] == 0.1 and signal(rescored).label == NO_SIGNAL
     other_problems = {**old, "tasks_string_items": 20}
     assert current_chance(other_problems, reference) == other_problems  # not the same problems: left as it was scored
+
+
+def test_the_distilled_and_human_arms_are_compared_where_both_learned_with_holm_over_the_metrics():
+    """Both never saw the world (no signal by the rule), but both beat their bigram on the instruction held-out set."""
+    def arm(config, bpb, preference, knows_instructions=True):
+        return [run(config, seed, "exp1", heldout_clean_instruction_bpb=value, heldout_clean_instruction_bigram_bpb=4.0,
+                    heldout_clean_instruction_loss=5.0 if knows_instructions else 7.0, heldout_clean_instruction_bigram_loss=6.0,
+                    heldout_builtin_web_loss=9.0, heldout_builtin_web_bigram_loss=8.0, judge_preference_rank_length_controlled=p,
+                    judge_coherence_score=0.5, judge_relevance_score=0.1 * seed)
+                for seed, (value, p) in enumerate(zip(bpb, preference))]
+    distilled, human = arm("distilled", [3.00, 3.01, 2.99], [0.2, 0.3, 0.1]), arm("human", [3.60, 3.62, 3.58], [0.2, 0.25, 0.15])
+    assert all(signal(r.metrics).label == NO_SIGNAL for r in distilled + human)
+    text = answer_distillation(distilled + human)
+    raw = [welch([3.00, 3.01, 2.99], [3.60, 3.62, 3.58]).p, welch([0.2, 0.3, 0.1], [0.2, 0.25, 0.15]).p, 1.0, 1.0]
+    assert "Holm over these 4 metrics" in text and "clean instruction held-out bits/byte 3.000 [" in text
+    assert f"Holm p = {holm(raw)[0]:.3g}: significant" in text and "Verdict: significant on clean instruction held-out bits/byte." in text
+    # a run that did not learn the instruction set either: only the replies are compared, and they tie
+    human[0] = arm("human", [3.6], [0.2], knows_instructions=False)[0]
+    text = answer_distillation(distilled + human)
+    assert "Holm over these 3 metrics" in text and "not on held-out loss" in text and "held-out bits/byte 3.000" not in text
+    assert text.endswith("Verdict: no significant difference on any: at this scale the teacher's data and human text are tied.")
+    assert answer_distillation(distilled) == ""  # no human arm: nothing to compare

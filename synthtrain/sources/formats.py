@@ -56,10 +56,13 @@ def optional_str(row: dict, key: str) -> str:
     return value
 
 
+INPUT_SEPARATOR = "\n\n"  # between an alpaca row's instruction and its input in the user turn
+
+
 def alpaca_prompt(row: dict) -> str:
     """An alpaca row's user turn: the instruction, then its input when there is one."""
     instruction, extra = require(row, "instruction"), optional_str(row, "input")
-    return f"{instruction}\n\n{extra}" if extra.strip() else instruction
+    return f"{instruction}{INPUT_SEPARATOR}{extra}" if extra.strip() else instruction
 
 
 def alpaca(row: dict) -> dict:

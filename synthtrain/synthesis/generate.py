@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from synthtrain.sources import local
-from synthtrain.sources.formats import FORMATS, Rejected
+from synthtrain.sources.formats import FORMATS, INPUT_SEPARATOR, Rejected
 from synthtrain.generation import Generator, load_model, use_faster_precision
 from synthtrain.params import TEACHER_OR_FOLDER, GenerateSource, LocalSource, StageError
 from synthtrain.precision import PRECISIONS
@@ -43,7 +43,7 @@ SHARD_SCHEMA = pa.schema([("reason", pa.string()), ("detail", pa.string()), ("ca
 
 def instruction_of(user: str) -> str:
     """A user turn without its input: ``formats.alpaca_prompt`` puts an input after a blank line."""
-    return user.split("\n\n", 1)[0]
+    return user.split(INPUT_SEPARATOR, 1)[0]
 
 
 def read_seeds(source: GenerateSource) -> list[str]:
