@@ -31,7 +31,7 @@ from synthtrain.experiments import ExperimentRun, curves_path, expand, first_per
 from synthtrain.params import StageError, load_params  # noqa: E402
 from synthtrain.records import write_output_text  # noqa: E402
 from synthtrain.statistics import (BIGRAM_MARGIN, CATEGORY_LOSS, NO_SIGNAL, SEEDS_NEEDED, SIGNAL, UNKNOWN, Comparison,  # noqa: E402
-                                   Interval, Ranking, Signal, holm, pairwise, rank, signal, t_interval, threshold_verdict, welch)
+                                   Interval, Ranking, Signal, categories_at_bigram, holm, pairwise, rank, signal, t_interval, threshold_verdict, welch)
 from synthtrain.cli import run_stage  # noqa: E402
 
 
@@ -592,8 +592,9 @@ DISTILLATION_REPLIES = (PREFERENCE, COHERENCE, RELEVANCE)
 
 
 def beats_bigram(result: Result, category: str) -> bool:
-    loss, bigram = result.metrics.get(f"heldout_{category}_loss"), result.metrics.get(f"heldout_{category}_bigram_loss")
-    return loss is not None and bigram is not None and loss < bigram - BIGRAM_MARGIN
+    """The signal rule's test (statistics.categories_at_bigram) on one category, which must have a bigram baseline."""
+    flat = categories_at_bigram(result.metrics)
+    return f"heldout_{category}_bigram_loss" in result.metrics and flat is not None and category not in flat
 
 
 def answer_distillation(results: list[Result]) -> str:
@@ -613,16 +614,16 @@ def answer_distillation(results: list[Result]) -> str:
     metrics = [m for m in metrics if all(len(v) >= 2 for v in values[m].values())]
     if not metrics:
         return ""
-    tests = {m: welch(values[m]["distilled"], values[m]["human"]) for m in metrics}
-    adjusted = dict(zip(metrics, holm([tests[m].p for m in metrics])))
+    raw = [welch(values[m]["distilled"], values[m]["human"]) for m in metrics]
+    tests = {m: replace(test, adjusted=adjusted) for m, test, adjusted in zip(metrics, raw, holm([t.p for t in raw]))}
     parts = [f"{m.label} {t_interval(values[m]['distilled']).text(m.digits)} against {t_interval(values[m]['human']).text(m.digits)}, "
-             f"{replace(tests[m], adjusted=adjusted[m]).text(m.digits)}" for m in metrics]
+             f"{tests[m].text(m.digits)}" for m in metrics]
     bigram = INSTRUCTION_CLEAN_BPB.baselines[1]
     bigrams = " and ".join(s.text(bigram.digits) for config in ("distilled", "human") if (s := summarise(groups[config], bigram.key)))
     where = (f"on the clean instruction held-out set, where every run of both beats the bigram model of its own training tokens "
              f"({bigram.label}: {bigrams}), and on the judges of their replies" if learned else
              "on the judges of their replies (not on held-out loss: some run of either is not below its bigram model there)")
-    significant = [m.label for m in metrics if replace(tests[m], adjusted=adjusted[m]).significant]
+    significant = [m.label for m in metrics if tests[m].significant]
     verdict = (f"significant on {', '.join(significant)}" if significant else
                "no significant difference on any: at this scale the teacher's data and human text are tied")
     return (f" Distillation: the student of the real teacher's data against the same compute on human-written text (neither saw "
